@@ -1,0 +1,168 @@
+"""A campaign directory: its config, its manifest of stages, and where files live.
+
+::
+
+    DIR/campaign.yaml      the campaign config (validated on every load)
+    DIR/manifest.json      per stage: status, inputs, outputs, parameters, counts, times
+    DIR/pool.h5            the candidate pool (stage ``import``)
+    DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
+
+Stages are functions of files; the manifest only records what happened, and a stage
+whose outputs exist and verify is done whatever the manifest says.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
+from hpcxtal.store.hdf5 import atomic_path, verify_file
+
+CONFIG_NAME = "campaign.yaml"
+MANIFEST_NAME = "manifest.json"
+#: Stages in campaign order.
+STAGES = ("import", "shard")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig:
+    """Where the candidate pool comes from."""
+
+    inputs: list[str] = field(default_factory=lambda: ["sacada"])
+    snap_tolerance_A: float | None = None
+    symmetry_tolerance_A: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file (CSV, CIF, extxyz, ASE db, "
+                             ".h5) or 'sacada' for the bundled set")
+        if self.snap_tolerance_A is not None and self.snap_tolerance_A <= 0:
+            raise ValueError("snap_tolerance_A must be positive or null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """How the pool is cut for parallel stages."""
+
+    n_shards: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n_shards < 1:
+            raise ValueError(f"n_shards must be at least 1, got {self.n_shards}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CampaignConfig:
+    """Everything a campaign needs, one section per stage."""
+
+    name: str
+    seed: int = 0
+    site: str = "local"
+    import_: ImportConfig = field(default_factory=ImportConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CampaignConfig":
+        data = load_yaml(path)
+        if isinstance(data, dict) and "import" in data:
+            data = {("import_" if k == "import" else k): v for k, v in data.items()}
+        return from_mapping(cls, data, str(path))
+
+    def to_yaml(self) -> str:
+        data = {("import" if k == "import_" else k): v for k, v in to_mapping(self).items()}
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Campaign:
+    """A campaign directory on disk."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / CONFIG_NAME).exists():
+            raise ConfigError(f"{self.root}: not a campaign directory (no {CONFIG_NAME}); "
+                              f"create one with 'hpcxtal init {self.root}'")
+        self.config = CampaignConfig.from_file(self.root / CONFIG_NAME)
+
+    @classmethod
+    def create(cls, root: str | Path, config: CampaignConfig) -> "Campaign":
+        """Write the config and an empty manifest into a new (or empty) directory."""
+        root = Path(root)
+        if (root / CONFIG_NAME).exists():
+            raise ConfigError(f"{root}: already a campaign directory; remove it or pick another")
+        root.mkdir(parents=True, exist_ok=True)
+        (root / CONFIG_NAME).write_text(config.to_yaml())
+        manifest = {"campaign_id": uuid.uuid4().hex, "name": config.name, "created": _now(),
+                    "stages": {s: {"status": "pending"} for s in STAGES}}
+        _write_json(root / MANIFEST_NAME, manifest)
+        return cls(root)
+
+    @property
+    def pool_path(self) -> Path:
+        return self.root / "pool.h5"
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.root / "shards"
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / MANIFEST_NAME).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{self.root / MANIFEST_NAME}: unreadable manifest ({err})") from None
+
+    @property
+    def campaign_id(self) -> str:
+        return self.manifest()["campaign_id"]
+
+    def record(self, stage: str, **entry: Any) -> None:
+        """Merge ``entry`` into the manifest record of ``stage`` (atomically)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+        manifest = self.manifest()
+        manifest["stages"].setdefault(stage, {}).update(entry)
+        _write_json(self.root / MANIFEST_NAME, manifest)
+
+    def _rel(self, path: Path) -> str:
+        """``path`` relative to the campaign root where it lies inside it."""
+        try:
+            return str(Path(path).resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(Path(path).resolve())
+
+    def start(self, stage: str, inputs: list[Path], parameters: Any) -> None:
+        self.record(stage, status="running", started=_now(), inputs=[self._rel(p) for p in inputs],
+                    parameters=to_mapping(parameters) if dataclasses.is_dataclass(parameters)
+                    else parameters)
+
+    def finish(self, stage: str, outputs: list[Path], **counts: int) -> None:
+        self.record(stage, status="done", finished=_now(), outputs=[self._rel(p) for p in outputs],
+                    counts=counts)
+
+    def stage_outputs_ok(self, stage: str) -> tuple[int, int]:
+        """(outputs that verify, outputs recorded) for ``stage``."""
+        outputs = self.manifest()["stages"].get(stage, {}).get("outputs", [])
+        good = sum(verify_file(self.root / p) is None for p in outputs)
+        return good, len(outputs)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def find_campaign(path: str | os.PathLike) -> Campaign | None:
+    """The campaign at ``path`` if it is a campaign directory, else None."""
+    path = Path(path)
+    return Campaign(path) if (path / CONFIG_NAME).is_file() else None

@@ -1,0 +1,271 @@
+"""The ``hpcxtal`` command: one subcommand per stage plus campaign and file tools.
+
+Every stage runs on explicit files (``hpcxtal STAGE IN -o OUT``) or on a campaign
+directory (``hpcxtal STAGE DIR``), where paths come from the campaign and the stage
+is recorded in its manifest. Errors in input, config or files print one line and
+exit with status 2 (1 for ``info`` on a file that does not verify).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hpcxtal import __version__
+
+log = logging.getLogger("hpcxtal")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpcxtal",
+        description="Find crystal structures with a chosen local environment, at cluster "
+                    "scale. Stages read and write HDF5 tables; see 'hpcxtal COMMAND --help'.",
+    )
+    parser.add_argument("--version", action="version", version=f"hpcxtal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a campaign directory with a validated config",
+                       description="Create a campaign directory: campaign.yaml (edit it, or "
+                                   "start from --config) and an empty manifest of stages.")
+    p.add_argument("dir", type=Path, help="campaign directory to create")
+    p.add_argument("--config", type=Path, help="start from this campaign YAML instead of defaults")
+    p.add_argument("--name", help="campaign name (default: the directory name)")
+    p.add_argument("--input", dest="inputs", action="append", metavar="SRC",
+                   help="input for the import stage (repeatable; default: the bundled "
+                        "SACADA set, 'sacada')")
+    p.add_argument("--shards", type=int, help="number of shards for parallel stages")
+    p.add_argument("--seed", type=int, help="campaign random seed")
+    _add_common(p)
+
+    p = sub.add_parser("import", help="import crystals into a pool (HDF5)",
+                       description="Import published tabular CSV (angles in radians), CIF, "
+                                   "extxyz, ASE db or hpcxtal .h5 files into one pool. Rows that "
+                                   "cannot be decoded are kept in the pool's quarantine with "
+                                   "the reason. With a campaign DIR and no -o, imports the "
+                                   "campaign's configured inputs into DIR/pool.h5.")
+    p.add_argument("sources", nargs="+", metavar="SRC",
+                   help="input files ('sacada' = bundled set), or one campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="pool file to write")
+    p.add_argument("--snap-tolerance", type=float, metavar="A",
+                   help="quarantine CSV rows whose sites sit more than A Å from their Wyckoff "
+                        "position (default: snap any distance)")
+    p.add_argument("--symmetry-tolerance", type=float, default=0.01, metavar="A",
+                   help="symmetry-finding tolerance for structure files (default 0.01 Å)")
+    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
+    _add_common(p)
+
+    p = sub.add_parser("shard", help="cut a pool into cost-balanced shard files",
+                       description="Sort rows by space group and Wyckoff layout and cut them "
+                                   "into K shards of near-equal estimated cost (atoms x free "
+                                   "variables), one file each.")
+    p.add_argument("source", type=Path, help="pool file, or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="directory for shard-NNNN.h5 files")
+    p.add_argument("-k", "--shards", type=int, help="number of shards (campaign: from its config)")
+    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
+                       description="Export rows (or the stored structures, where the file has "
+                                   "them) to the published CSV layout, a folder of CIF files "
+                                   "named by id, one extxyz file, or an ASE SQLite database.")
+    p.add_argument("file", type=Path, help="hpcxtal .h5 table")
+    p.add_argument("-f", "--format", required=True, choices=["csv", "cif", "extxyz", "ase"])
+    p.add_argument("-o", "--output", required=True, type=Path, help="destination file or folder")
+    _add_common(p)
+
+    p = sub.add_parser("info", help="rows, columns, attributes and verification of a file",
+                       description="Describe an hpcxtal HDF5 file and verify it (row count and "
+                                   "checksum); exit status 1 if it does not verify.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_common(p)
+
+    p = sub.add_parser("status", help="where a campaign stands",
+                       description="Print each stage of a campaign: status, counts, and "
+                                   "whether its output files exist and verify.")
+    p.add_argument("dir", type=Path)
+    _add_common(p)
+    return parser
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s"
+                        if args.verbose > 1 else "%(message)s", stream=sys.stderr)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import Campaign, CampaignConfig
+
+    if args.config:
+        cfg = CampaignConfig.from_file(args.config)
+    else:
+        cfg = CampaignConfig(name=args.name or args.dir.resolve().name)
+    if args.name:
+        cfg = dataclasses.replace(cfg, name=args.name)
+    if args.inputs:
+        cfg = dataclasses.replace(cfg, import_=dataclasses.replace(cfg.import_, inputs=args.inputs))
+    if args.shards is not None:
+        cfg = dataclasses.replace(cfg, shard=dataclasses.replace(cfg.shard, n_shards=args.shards))
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
+    campaign = Campaign.create(args.dir, cfg)
+    log.info("created campaign %r in %s (id %s)", cfg.name, campaign.root, campaign.campaign_id)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import ImportConfig, find_campaign
+    from hpcxtal.stages import import_campaign, import_pool
+
+    campaign = find_campaign(args.sources[0]) if len(args.sources) == 1 and not args.output else None
+    if campaign is not None:
+        report = import_campaign(campaign, force=args.force)
+    else:
+        if args.output is None:
+            raise UsageError("give -o POOL.h5 (or a single campaign directory)")
+        cfg = ImportConfig(inputs=args.sources, snap_tolerance_A=args.snap_tolerance,
+                           symmetry_tolerance_A=args.symmetry_tolerance)
+        report = import_pool(args.sources, args.output, cfg)
+    if report.skipped:
+        log.info("%s is complete and verifies; nothing to do (--force to redo)", report.outputs[0])
+        return 0
+    log.info("%s: %d rows, %d quarantined", report.outputs[0], report.counts["rows"],
+             report.counts["quarantined"])
+    if report.counts["quarantined"]:
+        _print_quarantine(report.outputs[0])
+    return 0
+
+
+def _print_quarantine(path: Path, limit: int = 20) -> None:
+    from hpcxtal.store.hdf5 import read_table
+
+    _, quarantine = read_table(path)
+    for k in range(min(limit, len(quarantine))):
+        log.info("  quarantined %s (id %d): %s", quarantine["origin"][k],
+                 quarantine["id"][k], quarantine["reason"][k])
+    if len(quarantine) > limit:
+        log.info("  ... %d more; 'hpcxtal export' or h5py's /quarantine lists all",
+                 len(quarantine) - limit)
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hpcxtal.campaign import ShardConfig, find_campaign
+    from hpcxtal.stages import shard_campaign, shard_pool
+    from hpcxtal.store.hdf5 import file_summary
+
+    campaign = find_campaign(args.source)
+    if campaign is not None:
+        if args.shards is not None and args.shards != campaign.config.shard.n_shards:
+            raise UsageError(f"the campaign config sets {campaign.config.shard.n_shards} shards; "
+                             f"edit {campaign.root / 'campaign.yaml'} to change it")
+        report = shard_campaign(campaign, force=args.force)
+    else:
+        if args.output is None or args.shards is None:
+            raise UsageError("give -k K and -o DIR (or a campaign directory)")
+        report = shard_pool(args.source, args.output, ShardConfig(n_shards=args.shards))
+    if report.skipped:
+        log.info("%d shards are complete and verify; nothing to do (--force to redo)",
+                 len(report.outputs))
+        return 0
+    costs = np.array([file_summary(p)["attrs"]["estimated_cost"] for p in report.outputs])
+    log.info("%d rows into %d shards in %s; cost balance max/mean %.3f",
+             report.counts["rows"], len(report.outputs), report.outputs[0].parent,
+             costs.max() / costs.mean())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpcxtal.store.formats import export_table
+    from hpcxtal.store.hdf5 import read_table
+
+    table, _ = read_table(args.file)
+    dest = export_table(table, args.format, args.output)
+    log.info("wrote %d rows as %s to %s", len(table), args.format, dest)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hpcxtal.store.hdf5 import file_summary, verify_file
+
+    summary = file_summary(args.file)
+    problem = verify_file(args.file)
+    if args.json:
+        out = {"file": str(args.file), "verifies": problem is None, "problem": problem,
+               "attrs": summary["attrs"], "n_quarantined": summary["n_quarantined"],
+               "columns": {k: {"shape": list(v[0]), "dtype": v[1]} for k, v in summary["columns"].items()}}
+        print(json.dumps(out, indent=2, default=str))
+    else:
+        attrs = summary["attrs"]
+        print(f"{args.file}: {attrs.get('kind', '?')} table, {attrs.get('n_rows', '?')} rows, "
+              f"{summary['n_quarantined']} quarantined")
+        print("columns:")
+        for name, (shape, dtype) in summary["columns"].items():
+            print(f"  {name:28s} {dtype:10s} {shape}")
+        print("attributes:")
+        for key, value in attrs.items():
+            print(f"  {key}: {value}")
+        print("verifies: yes" if problem is None else f"verifies: NO ({problem})")
+    return 0 if problem is None else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import STAGES, Campaign
+
+    campaign = Campaign(args.dir)
+    manifest = campaign.manifest()
+    print(f"campaign {manifest['name']!r} ({manifest['campaign_id']}) in {campaign.root}")
+    for stage in STAGES:
+        entry = manifest["stages"].get(stage, {})
+        good, total = campaign.stage_outputs_ok(stage)
+        counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
+        files = f"{good}/{total} files verify" if total else "no files yet"
+        print(f"  {stage:10s} {entry.get('status', 'pending'):8s} {files:22s} {counts}")
+    return 0
+
+
+class UsageError(Exception):
+    """Wrong combination of command-line arguments."""
+
+
+COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
+            "info": cmd_info, "status": cmd_status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hpcxtal.config import ConfigError
+    from hpcxtal.crystal.row import DecodeError
+    from hpcxtal.store.formats import FormatError
+    from hpcxtal.store.hdf5 import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        parser.error(str(err))
+    except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError) as err:
+        print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hpcxtal {args.command}: interrupted; completed files are kept, "
+              "partial ones were removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

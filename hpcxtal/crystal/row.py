@@ -1,0 +1,205 @@
+"""One crystal as a tabular row: space group, 6 lattice parameters, 8 Wyckoff sites.
+
+In memory a row is ``spg`` (int), ``cell`` (6,) in Å and degrees, ``wps`` (8,) Wyckoff
+indices in pyxtal's numbering (0 = general position, -1 = empty slot) and ``xyz`` (8, 3)
+fractional generator coordinates (-1 in empty slots). :func:`decode` turns raw, possibly
+unsymmetrised numbers (a generative model's output) into a clean row or says why not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpcxtal.crystal.symmetry import (
+    cell_matrix,
+    expand_site,
+    snap_to_wyckoff,
+    space_group,
+    symmetrize_cell,
+)
+
+N_SITES = 8
+#: Lengths and angles a decoded cell must respect (Å, degrees).
+LENGTH_RANGE_A = (0.5, 100.0)
+ANGLE_RANGE_DEG = (10.0, 170.0)
+
+
+class DecodeError(ValueError):
+    """A row that cannot be turned into a crystal; the message says why."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """A decoded, symmetry-consistent crystal row."""
+
+    spg: int
+    cell: np.ndarray  # (6,) Å, degrees
+    wps: np.ndarray  # (8,) int, -1 = empty
+    xyz: np.ndarray  # (8, 3) fractional, -1 in empty slots
+    snap_distance: float = 0.0  # largest distance (Å) a site moved when decoded
+
+    @property
+    def n_sites(self) -> int:
+        return int((self.wps >= 0).sum())
+
+    def lattice(self) -> np.ndarray:
+        """(3, 3) row-vector lattice matrix in Å."""
+        return cell_matrix(self.cell)
+
+    def frac_positions(self) -> np.ndarray:
+        """Fractional positions of all atoms of the conventional cell, site by site."""
+        group = space_group(self.spg)
+        return np.concatenate(
+            [expand_site(group.wyckoff[w], x) for w, x in zip(self.wps, self.xyz) if w >= 0]
+        )
+
+    def labels(self) -> list[str]:
+        """Wyckoff labels of the occupied sites, e.g. ``['2b', '2c']``."""
+        group = space_group(self.spg)
+        return [group.wyckoff[w].label for w in self.wps if w >= 0]
+
+    def n_atoms(self) -> int:
+        group = space_group(self.spg)
+        return int(sum(group.wyckoff[w].multiplicity for w in self.wps if w >= 0))
+
+
+def is_empty_slot(wp: float, xyz: np.ndarray) -> bool:
+    """An empty slot has a negative Wyckoff index or a coordinate near the -1 padding.
+
+    Raw model output pads with values only approximately -1; a coordinate below -0.5
+    cannot be a wrapped fractional coordinate of a real site, so the slot is empty.
+    """
+    return round(float(wp)) < 0 or bool(np.any(np.asarray(xyz) < -0.5))
+
+
+def decode(
+    spg: float,
+    cell: np.ndarray,
+    wps: np.ndarray,
+    xyz: np.ndarray,
+    snap_tolerance: float | None = None,
+) -> Row:
+    """Validate and symmetrise a raw row; raise :class:`DecodeError` with the reason.
+
+    The lattice gets the constraints of its space group, every occupied site is
+    snapped onto the nearest generator of its Wyckoff position (raw model output can
+    sit Å away from a special position; ``snap_tolerance`` in Å, if given, rejects
+    such rows) and occupied sites are packed to the front.
+    """
+    spg_f = float(spg)
+    if not np.isfinite(spg_f) or spg_f != round(spg_f) or not 1 <= spg_f <= 230:
+        raise DecodeError(f"space group {spg!r} is not an integer in 1-230")
+    n = int(spg_f)
+    group = space_group(n)
+    cell = np.asarray(cell, dtype=float)
+    if cell.shape != (6,) or not np.all(np.isfinite(cell)):
+        raise DecodeError(f"cell {cell.tolist()} is not 6 finite numbers")
+    cell = symmetrize_cell(n, cell)
+    lo, hi = LENGTH_RANGE_A
+    if not np.all((cell[:3] >= lo) & (cell[:3] <= hi)):
+        raise DecodeError(f"cell lengths {np.round(cell[:3], 4).tolist()} outside {lo}-{hi} Å")
+    lo, hi = ANGLE_RANGE_DEG
+    if not np.all((cell[3:] >= lo) & (cell[3:] <= hi)):
+        raise DecodeError(f"cell angles {np.round(cell[3:], 3).tolist()} outside {lo}-{hi} degrees")
+    try:
+        matrix = cell_matrix(cell)
+    except ValueError as err:
+        raise DecodeError(str(err)) from None
+    wps = np.asarray(wps, dtype=float)
+    xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
+    if len(wps) != len(xyz) or len(wps) > N_SITES:
+        raise DecodeError(f"{len(wps)} Wyckoff sites; at most {N_SITES} fit a row")
+    out_wps = -np.ones(N_SITES, dtype=np.int64)
+    out_xyz = -np.ones((N_SITES, 3))
+    k = 0
+    largest_move = 0.0
+    for slot, (w, p) in enumerate(zip(wps, xyz)):
+        if not np.isfinite(w) or not np.all(np.isfinite(p)):
+            raise DecodeError(f"site {slot} has non-finite values")
+        if is_empty_slot(w, p):
+            continue
+        wi = int(round(w))
+        if wi >= len(group.wyckoff):
+            raise DecodeError(
+                f"site {slot}: Wyckoff index {wi} not in space group {n} "
+                f"(it has {len(group.wyckoff)} positions, 0-{len(group.wyckoff) - 1})"
+            )
+        wp = group.wyckoff[wi]
+        snapped, moved = snap_to_wyckoff(group, wp, p - np.floor(p), matrix)
+        if snap_tolerance is not None and moved > snap_tolerance:
+            raise DecodeError(
+                f"site {slot}: ({p[0]:.4f}, {p[1]:.4f}, {p[2]:.4f}) is {moved:.3f} Å from "
+                f"Wyckoff position {wp.label} (tolerance {snap_tolerance} Å)"
+            )
+        out_wps[k] = wi
+        out_xyz[k] = snapped
+        largest_move = max(largest_move, moved)
+        k += 1
+    if k == 0:
+        raise DecodeError("no occupied Wyckoff site")
+    return Row(n, cell, out_wps, out_xyz, largest_move)
+
+
+def from_pyxtal(xtal) -> Row:
+    """Row of a pyxtal crystal (one element), generator of each site taken as is."""
+    if len(xtal.atom_sites) > N_SITES:
+        raise DecodeError(f"{len(xtal.atom_sites)} Wyckoff sites; at most {N_SITES} fit a row")
+    wps = -np.ones(N_SITES, dtype=np.int64)
+    xyz = -np.ones((N_SITES, 3))
+    for k, site in enumerate(xtal.atom_sites):
+        wps[k] = site.wp.index
+        xyz[k] = site.position - np.floor(site.position)
+    cell = np.array(xtal.lattice.get_para(degree=True), dtype=float)
+    return decode(xtal.group.number, cell, wps, xyz)
+
+
+def to_pyxtal(row: Row, species: str = "C"):
+    """A pyxtal crystal built from ``row`` (pyxtal's own construction)."""
+    from pyxtal import pyxtal
+    from pyxtal.lattice import Lattice
+
+    group = space_group(row.spg)
+    a, b, c, al, be, ga = row.cell
+    lattice = Lattice.from_para(a, b, c, al, be, ga, ltype=group.system)
+    sites = [(group.wyckoff[w].label, *x) for w, x in zip(row.wps, row.xyz) if w >= 0]
+    xtal = pyxtal()
+    xtal.build(row.spg, [species], [row.n_atoms()], lattice, [sites])
+    return xtal
+
+
+def to_atoms(row: Row, species: str = "C"):
+    """ASE Atoms of the conventional cell of ``row``."""
+    from ase import Atoms
+
+    frac = row.frac_positions()
+    return Atoms(species * len(frac), scaled_positions=frac, cell=row.lattice(), pbc=True)
+
+
+def to_structure(row: Row, species: str = "C"):
+    """pymatgen Structure of the conventional cell of ``row``."""
+    from pymatgen.core import Lattice, Structure
+
+    frac = row.frac_positions()
+    return Structure(Lattice(row.lattice()), [species] * len(frac), frac)
+
+
+def from_structure(structure, tol: float = 0.01) -> Row:
+    """Row of a periodic structure (ASE Atoms or pymatgen Structure) found by symmetry
+    analysis at ``tol`` Å; raises DecodeError if it needs more than 8 Wyckoff sites."""
+    from pyxtal import pyxtal
+
+    if hasattr(structure, "get_scaled_positions"):
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        structure = AseAtomsAdaptor.get_structure(structure)
+    if len(structure.composition.elements) != 1:
+        raise DecodeError(f"composition {structure.composition.formula} has more than one element")
+    xtal = pyxtal()
+    try:
+        xtal.from_seed(structure, tol=tol)
+    except Exception as err:  # pyxtal raises bare exceptions on failed analysis
+        raise DecodeError(f"symmetry analysis failed: {err}") from None
+    if not xtal.valid:
+        raise DecodeError("symmetry analysis failed")
+    return from_pyxtal(xtal)

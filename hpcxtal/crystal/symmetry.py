@@ -1,0 +1,196 @@
+"""Space-group and Wyckoff tables from pyxtal, as cached numpy arrays.
+
+pyxtal numbers the Wyckoff positions of a group from the general position (index 0)
+to the most special one; hpcxtal uses the same numbering everywhere. Every generator
+operation ``G = (A, t)`` in pyxtal's tables is idempotent modulo lattice translations
+and its free coordinates are the non-zero columns of ``A``, which is what the snapping
+and free-variable code below relies on (checked in the tests for all 230 groups).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+#: Lattice system of each space group, as pyxtal names it (rhombohedral groups use the
+#: hexagonal setting, so trigonal groups share the hexagonal constraints).
+LATTICE_SYSTEMS = (
+    (2, "triclinic"),
+    (15, "monoclinic"),
+    (74, "orthorhombic"),
+    (142, "tetragonal"),
+    (167, "trigonal"),
+    (194, "hexagonal"),
+    (230, "cubic"),
+)
+
+#: Number of free lattice parameters per lattice system.
+FREE_LATTICE_PARAMETERS = {
+    "triclinic": 6,
+    "monoclinic": 4,
+    "orthorhombic": 3,
+    "tetragonal": 2,
+    "trigonal": 2,
+    "hexagonal": 2,
+    "cubic": 1,
+}
+
+
+def lattice_system(spg: int) -> str:
+    """Lattice system of space group ``spg`` (1-230)."""
+    if not 1 <= spg <= 230:
+        raise ValueError(f"space group {spg} is not in 1-230")
+    for last, name in LATTICE_SYSTEMS:
+        if spg <= last:
+            return name
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class WyckoffPosition:
+    """One Wyckoff position: its label, its orbit operations and its generator."""
+
+    index: int
+    label: str
+    multiplicity: int
+    ops: np.ndarray  # (multiplicity, 3, 4) affine operations generating the orbit
+    free: np.ndarray  # (3,) bool, which of x, y, z are free in the generator
+
+    @property
+    def dof(self) -> int:
+        """Number of free coordinates of this position."""
+        return int(self.free.sum())
+
+    @property
+    def generator(self) -> np.ndarray:
+        """(3, 4) affine operation mapping any point onto the generator subspace."""
+        return self.ops[0]
+
+
+@dataclass(frozen=True)
+class SpaceGroup:
+    """A space group with its Wyckoff positions (pyxtal order, general first)."""
+
+    number: int
+    symbol: str
+    system: str
+    wyckoff: tuple[WyckoffPosition, ...]
+
+    @property
+    def general_ops(self) -> np.ndarray:
+        """(n, 3, 4) operations of the general position."""
+        return self.wyckoff[0].ops
+
+
+@lru_cache(maxsize=None)
+def space_group(spg: int) -> SpaceGroup:
+    """The tables of space group ``spg``, built once from pyxtal and cached."""
+    from pyxtal.symmetry import Group
+
+    system = lattice_system(spg)
+    group = Group(spg)
+    positions = []
+    for wp in group:
+        ops = np.array([op.affine_matrix[:3, :] for op in wp.ops], dtype=float)
+        ops.setflags(write=False)
+        free = np.any(ops[0][:, :3] != 0, axis=0)
+        free.setflags(write=False)
+        positions.append(
+            WyckoffPosition(wp.index, wp.get_label(), wp.multiplicity, ops, free)
+        )
+    return SpaceGroup(spg, group.symbol, system, tuple(positions))
+
+
+@lru_cache(maxsize=1)
+def wyckoff_cost_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lookup tables over all groups, indexed ``[spg, wp]``: multiplicity, free
+    coordinates, and a valid-entry mask. Shape (231, 27); row 0 unused."""
+    n_max = 27
+    mult = np.zeros((231, n_max), dtype=np.int64)
+    dof = np.zeros((231, n_max), dtype=np.int64)
+    ok = np.zeros((231, n_max), dtype=bool)
+    for spg in range(1, 231):
+        for wp in space_group(spg).wyckoff:
+            mult[spg, wp.index] = wp.multiplicity
+            dof[spg, wp.index] = wp.dof
+            ok[spg, wp.index] = True
+    return mult, dof, ok
+
+
+def symmetrize_cell(spg: int, cell: np.ndarray) -> np.ndarray:
+    """Impose the lattice constraints of ``spg`` on (a, b, c, alpha, beta, gamma).
+
+    Lengths in Å, angles in degrees. Constrained equal lengths take their mean;
+    constrained angles take their fixed value (monoclinic: unique axis b).
+    """
+    a, b, c, alpha, beta, gamma = (float(v) for v in cell)
+    system = lattice_system(spg)
+    if system == "monoclinic":
+        alpha = gamma = 90.0
+    elif system == "orthorhombic":
+        alpha = beta = gamma = 90.0
+    elif system == "tetragonal":
+        a = b = (a + b) / 2
+        alpha = beta = gamma = 90.0
+    elif system in ("trigonal", "hexagonal"):
+        a = b = (a + b) / 2
+        alpha = beta = 90.0
+        gamma = 120.0
+    elif system == "cubic":
+        a = b = c = (a + b + c) / 3
+        alpha = beta = gamma = 90.0
+    return np.array([a, b, c, alpha, beta, gamma])
+
+
+def cell_matrix(cell: np.ndarray) -> np.ndarray:
+    """Row-vector lattice matrix from (a, b, c, alpha, beta, gamma) in Å and degrees.
+
+    ``a`` along x, ``b`` in the xy plane (ASE's convention). Raises ValueError for
+    parameters that do not describe a cell of positive volume.
+    """
+    a, b, c = (float(v) for v in cell[:3])
+    al, be, ga = np.radians(np.asarray(cell[3:6], dtype=float))
+    if min(a, b, c) <= 0:
+        raise ValueError(f"non-positive cell length in {list(np.round(cell[:3], 6))}")
+    cos_al, cos_be, cos_ga = np.cos(al), np.cos(be), np.cos(ga)
+    sin_ga = np.sin(ga)
+    cx = cos_be
+    cy = (cos_al - cos_be * cos_ga) / sin_ga
+    cz2 = 1.0 - cx * cx - cy * cy
+    if not np.isfinite(cz2) or cz2 <= 1e-8 or abs(sin_ga) < 1e-8:
+        raise ValueError(
+            "cell angles (%.3f, %.3f, %.3f) degrees give no cell of positive volume"
+            % tuple(np.degrees([al, be, ga]))
+        )
+    return np.array(
+        [[a, 0.0, 0.0], [b * cos_ga, b * sin_ga, 0.0], [c * cx, c * cy, c * np.sqrt(cz2)]]
+    )
+
+
+def snap_to_wyckoff(
+    group: SpaceGroup, wp: WyckoffPosition, xyz: np.ndarray, matrix: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Nearest generator of ``wp`` to the point ``xyz`` (fractional).
+
+    Every image of ``xyz`` under the general-position operations is mapped onto the
+    generator subspace; the image moved least (Cartesian distance, minimum image) wins.
+    Returns the snapped generator, wrapped into [0, 1), and the distance moved in Å.
+    """
+    ops = group.general_ops
+    images = ops[:, :, :3] @ xyz + ops[:, :, 3]  # (n, 3)
+    gen = wp.generator
+    snapped = images @ gen[:, :3].T + gen[:, 3]
+    delta = snapped - images
+    delta -= np.round(delta)
+    dist = np.linalg.norm(delta @ matrix, axis=1)
+    best = int(np.argmin(dist))
+    out = snapped[best] - np.floor(snapped[best])
+    out[np.isclose(out, 1.0, atol=1e-12)] = 0.0
+    return out, float(dist[best])
+
+
+def expand_site(wp: WyckoffPosition, xyz: np.ndarray) -> np.ndarray:
+    """All ``multiplicity`` fractional positions of the orbit of generator ``xyz``."""
+    pos = wp.ops[:, :, :3] @ xyz + wp.ops[:, :, 3]
+    return pos - np.floor(pos)
