@@ -198,15 +198,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hpcxtal.store.hdf5 import file_summary, verify_file
+    from hpcxtal.store.hdf5 import StoreError, file_summary, verify_file
 
-    summary = file_summary(args.file)
     problem = verify_file(args.file)
+    try:
+        summary = file_summary(args.file)
+    except StoreError:
+        summary = {"attrs": {}, "columns": {}, "n_quarantined": 0}
     if args.json:
         out = {"file": str(args.file), "verifies": problem is None, "problem": problem,
                "attrs": summary["attrs"], "n_quarantined": summary["n_quarantined"],
                "columns": {k: {"shape": list(v[0]), "dtype": v[1]} for k, v in summary["columns"].items()}}
         print(json.dumps(out, indent=2, default=str))
+    elif not summary["attrs"]:
+        print(f"verifies: NO ({problem})")
     else:
         attrs = summary["attrs"]
         print(f"{args.file}: {attrs.get('kind', '?')} table, {attrs.get('n_rows', '?')} rows, "

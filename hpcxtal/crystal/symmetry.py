@@ -174,7 +174,8 @@ def snap_to_wyckoff(
     """Nearest generator of ``wp`` to the point ``xyz`` (fractional).
 
     Every image of ``xyz`` under the general-position operations is mapped onto the
-    generator subspace; the image moved least (Cartesian distance, minimum image) wins.
+    generator subspace; the image moved least (Cartesian distance, minimum image) wins,
+    the point itself on ties.
     Returns the snapped generator, wrapped into [0, 1), and the distance moved in Å.
     """
     ops = group.general_ops
@@ -184,7 +185,9 @@ def snap_to_wyckoff(
     delta = snapped - images
     delta -= np.round(delta)
     dist = np.linalg.norm(delta @ matrix, axis=1)
-    best = int(np.argmin(dist))
+    # Prefer the point's own image (general op 0 is the identity) among equally near
+    # ones, so snapping a row that is already on its generators changes nothing.
+    best = 0 if dist[0] <= dist.min() + 1e-9 else int(np.argmin(dist))
     out = snapped[best] - np.floor(snapped[best])
     out[np.isclose(out, 1.0, atol=1e-12)] = 0.0
     return out, float(dist[best])

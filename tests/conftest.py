@@ -1,0 +1,56 @@
+"""Shared fixtures: reference data beside the repository (../shared/data) and small tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's reference data folder (CI clones the repo beside shared/)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def generated_csv(shared_data: Path) -> Path:
+    return shared_data / "generated_candidates_1k.csv"
+
+
+@pytest.fixture(scope="session")
+def sacada():
+    """The bundled SACADA table and its quarantine (structures that need > 8 sites)."""
+    from hpcxtal.data import SACADA_PATH
+    from hpcxtal.store.hdf5 import read_table
+
+    return read_table(SACADA_PATH)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """Factory of synthetic tables: ``synthetic(n, seed)``."""
+    return synthetic_table
+
+
+def synthetic_table(n: int, seed: int = 0):
+    """``n`` random but well-formed rows over all 230 space groups."""
+    from hpcxtal.crystal.symmetry import wyckoff_cost_tables
+    from hpcxtal.store.table import Table, str_array
+
+    rng = np.random.default_rng(seed)
+    _, _, ok = wyckoff_cost_tables()
+    n_wp = ok.sum(axis=1)
+    spg = rng.integers(1, 231, n)
+    n_sites = rng.integers(1, 9, n)
+    wps = np.where(np.arange(8) < n_sites[:, None],
+                   rng.integers(0, 10**6, (n, 8)) % n_wp[spg][:, None], -1)
+    xyz = np.where((wps >= 0)[:, :, None], rng.random((n, 8, 3)), -1.0)
+    cell = np.tile([5.0, 5.0, 5.0, 90.0, 90.0, 90.0], (n, 1))
+    return Table({"id": np.arange(n, dtype=np.uint64), "spg": spg, "wps": wps, "cell": cell,
+                  "xyz": xyz, "origin": str_array(["synthetic"] * n)})

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from pymatgen.analysis.structure_matcher import StructureMatcher
+
+from hpcxtal.crystal.row import (DecodeError, decode, from_pyxtal, from_structure, to_atoms,
+                                 to_pyxtal, to_structure)
+
+GRAPHITE = dict(spg=194, cell=np.array([2.46, 2.46, 6.70, 90, 90, 120]),
+                wps=np.array([10, 9, -1, -1, -1, -1, -1, -1]),  # 2b, 2c
+                xyz=np.array([[0, 0, 0.25], [1 / 3, 2 / 3, 0.25]] + [[-1, -1, -1]] * 6))
+
+
+def test_decode_graphite_and_expand():
+    row = decode(**GRAPHITE)
+    assert row.labels() == ["2b", "2c"]
+    assert row.n_atoms() == 4
+    atoms = to_atoms(row)
+    assert len(atoms) == 4
+    d = atoms.get_all_distances(mic=True)
+    assert np.sort(d[0])[1] == pytest.approx(2.46 / np.sqrt(3), rel=1e-9)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(spg=231), "not an integer in 1-230"),
+    (dict(spg=12.5), "not an integer"),
+    (dict(wps=np.array([12, -1, -1, -1, -1, -1, -1, -1])), "Wyckoff index 12 not in space group 194"),
+    (dict(cell=np.array([2.46, 2.46, -6.7, 90, 90, 120])), "cell lengths"),
+    (dict(cell=np.array([2.46, 2.46, np.nan, 90, 90, 120])), "finite"),
+    (dict(wps=-np.ones(8)), "no occupied Wyckoff site"),
+])
+def test_decode_rejects_bad_rows_with_reason(change, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode(**{**GRAPHITE, **change})
+
+
+def test_decode_rejects_impossible_triclinic_angles():
+    with pytest.raises(DecodeError, match="positive volume|angles"):
+        decode(1, np.array([3, 3, 3, 160, 160, 160.0]), [0] + [-1] * 7,
+               [[0.1, 0.2, 0.3]] + [[-1, -1, -1]] * 7)
+
+
+def test_decode_snaps_and_is_idempotent():
+    raw = {**GRAPHITE, "cell": np.array([2.40, 2.52, 6.70, 90.3, 89.8, 120.5]),
+           "xyz": np.array([[0.01, -0.02, 0.27], [0.34, 0.66, 0.23]] + [[-1, -1, -1]] * 6)}
+    row = decode(**raw)
+    assert list(row.cell) == pytest.approx([2.46, 2.46, 6.70, 90, 90, 120])
+    assert row.xyz[0] == pytest.approx([0, 0, 0.25])
+    assert row.snap_distance > 0
+    again = decode(row.spg, row.cell, row.wps, row.xyz)
+    assert again.xyz == pytest.approx(row.xyz, abs=1e-12)
+    assert again.snap_distance == pytest.approx(0, abs=1e-9)
+
+
+def test_padding_only_approximately_minus_one_is_empty():
+    raw = {**GRAPHITE, "wps": np.array([10, 9, -1, 0, -1, -1, -1, -1]),
+           "xyz": np.array([[0, 0, 0.25], [1 / 3, 2 / 3, 0.25], [0.2, 0.3, 0.4],
+                            [-0.9998, -1.0, -0.99995]] + [[-1, -1, -1]] * 4)}
+    row = decode(**raw)
+    assert row.n_sites == 2
+
+
+def test_sacada_rows_round_trip_through_pyxtal(sacada):
+    """Every bundled row -> pyxtal -> row -> structure matches its source structure."""
+    table, quarantine = sacada
+    matcher = StructureMatcher(ltol=0.2, stol=0.3, angle_tol=5)
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    mismatched = []
+    for i in range(len(table)):
+        row = from_pyxtal(to_pyxtal(table.row(i)))
+        assert row.spg == table["spg"][i]
+        source = AseAtomsAdaptor.get_structure(table.structures.atoms(i))
+        if not matcher.fit(source, to_structure(row)):
+            mismatched.append(int(table["id"][i]))
+    assert mismatched == []
+    assert len(table) == 144 and len(quarantine) == 6
+    assert all("at most 8 fit a row" in r for r in quarantine["reason"])
+
+
+def test_structure_needing_more_sites_is_refused_with_reason(sacada):
+    _, quarantine = sacada
+    with pytest.raises(DecodeError, match="Wyckoff sites; at most 8"):
+        from_structure(quarantine.structures.atoms(0))
+
+
+def test_from_structure_rejects_two_elements():
+    atoms = to_atoms(decode(**GRAPHITE))
+    atoms.numbers[0] = 5
+    with pytest.raises(DecodeError, match="more than one element"):
+        from_structure(atoms)
