@@ -24,7 +24,8 @@ from typing import Any
 import yaml
 
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
-from hpcxtal.store.hdf5 import atomic_path, verify_file
+from hpcxtal.hpc.site import load_site
+from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
@@ -65,7 +66,7 @@ class CampaignConfig:
 
     name: str
     seed: int = 0
-    site: str = "local"
+    site: str = "local"  # a name in site_configs/ (or the campaign dir), or a YAML path
     import_: ImportConfig = field(default_factory=ImportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
 
@@ -94,6 +95,9 @@ class Campaign:
             raise ConfigError(f"{self.root}: not a campaign directory (no {CONFIG_NAME}); "
                               f"create one with 'hpcxtal init {self.root}'")
         self.config = CampaignConfig.from_file(self.root / CONFIG_NAME)
+        # Opening a campaign applies its site's file policy to this process.
+        self.site = load_site(self.config.site, search=[self.root])
+        set_file_locking(self.site.hdf5_file_locking)
 
     @classmethod
     def create(cls, root: str | Path, config: CampaignConfig) -> "Campaign":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(p)
+
+    p = sub.add_parser("site", help="site configs: validate and show what would be submitted",
+                       description="Site configs (site_configs/*.yaml) say where stages run.")
+    site_sub = p.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    q = site_sub.add_parser("check", help="validate a site config and print its job scripts",
+                            description="Validate a site config (a path, or a name looked up "
+                                        "in site_configs/) and print the batch script each "
+                                        "executor would submit for a 4-shard array.")
+    q.add_argument("site", help="site name (e.g. local, slurm_generic) or YAML path")
+    _add_common(q)
 
     p = sub.add_parser("status", help="where a campaign stands",
                        description="Print each stage of a campaign: status, counts, and "
@@ -241,12 +252,37 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_site(args: argparse.Namespace) -> int:
+    from hpcxtal.hpc.jobs import render_array
+    from hpcxtal.hpc.site import load_site, site_path
+
+    path = site_path(args.site)
+    site = load_site(path)
+    print(f"{path}: site {site.name!r}, scheduler {site.scheduler}, "
+          f"HDF5 file locking {'on' if site.hdf5_file_locking else 'off'}: valid")
+    for kind, example in (("gpu", "refine"), ("cpu", "relax")):
+        ex = site.executor(kind)
+        print(f"\n{kind} executor: partition {ex.partition or '-'}, account {ex.account or '-'}, "
+              f"{ex.nodes_per_block} node(s) x {ex.max_blocks} block(s), {ex.cores_per_node} "
+              f"cores and {ex.gpus_per_node} GPUs per node, walltime {ex.walltime}, "
+              f"launcher {ex.launcher}")
+        if site.scheduler == "local":
+            print("  runs on this machine: no batch script")
+            continue
+        camp = Path("CAMPAIGN").resolve()
+        print(f"  a 4-shard {example} array would submit:\n")
+        script = render_array(site, kind, example, camp, 4, camp / "jobs" / f"{example}-shards.txt",
+                              camp / "jobs" / "logs")
+        print("    " + script.replace("\n", "\n    ").rstrip())
+    return 0
+
+
 class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
 COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
-            "info": cmd_info, "status": cmd_status}
+            "info": cmd_info, "site": cmd_site, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError) as err:
         print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head or less that closed early
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"hpcxtal {args.command}: interrupted; completed files are kept, "
               "partial ones were removed", file=sys.stderr)

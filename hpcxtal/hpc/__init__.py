@@ -1,0 +1,1 @@
+"""Cluster glue: site configs, job scripts and arrays, Parsl and MPI drivers."""

@@ -1,0 +1,16 @@
+#!/bin/bash
+# hpcxtal relax for campaign /scratch/campaign: one array subjob per shard.
+#PBS -N hpcxtal-relax
+#PBS -q workq
+#PBS -A my_project
+#PBS -l walltime=02:00:00
+#PBS -l select=1:ncpus=64
+#PBS -j oe
+#PBS -o /scratch/campaign/jobs/logs/
+#PBS -r y
+set -euo pipefail
+source $HOME/venvs/hpcxtal/bin/activate
+# Subjob k runs the k-th shard listed in the shard file (unfinished shards only).
+SHARD=$(sed -n "$(( ${PBS_ARRAY_INDEX:-0} + 1 ))p" /scratch/campaign/jobs/relax-shards.txt)
+export OMP_NUM_THREADS=64
+exec hpcxtal relax /scratch/campaign --shard "$SHARD"

@@ -1,0 +1,96 @@
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcxtal.cli import main
+from hpcxtal.config import ConfigError
+from hpcxtal.hpc.jobs import render_array
+from hpcxtal.hpc.site import SOURCE_SITE_DIR, load_site
+
+EXPECTED = Path(__file__).parent / "data" / "jobs"
+SHIPPED = sorted(p.stem for p in SOURCE_SITE_DIR.glob("*.yaml"))
+
+
+def test_every_shipped_site_config_is_valid():
+    assert {"local", "local_slurm", "slurm_generic", "pbs_generic", "lonestar6_a100",
+            "polaris_a100"} <= set(SHIPPED)
+    for name in SHIPPED:
+        site = load_site(name)
+        assert site.name == name
+        if site.scheduler != "local":
+            assert site.gpu.partition and site.cpu.partition
+
+
+def _render(site_name: str, executor: str, stage: str, n: int) -> str:
+    camp = Path("/scratch/campaign")
+    return render_array(load_site(site_name), executor, stage, camp, n,
+                        camp / "jobs" / f"{stage}-shards.txt", camp / "jobs" / "logs",
+                        command="hpcxtal")
+
+
+@pytest.mark.parametrize("site_name,executor,stage,n", [
+    ("slurm_generic", "gpu", "refine", 8), ("slurm_generic", "cpu", "relax", 4),
+    ("polaris_a100", "gpu", "refine", 8), ("pbs_generic", "cpu", "relax", 1),
+])
+def test_rendered_scripts_match_saved_copies(site_name, executor, stage, n):
+    """Scripts are compared whole with reviewed copies in tests/data/jobs."""
+    expected = (EXPECTED / f"{site_name}-{executor}-{stage}-{n}.sh").read_text()
+    assert _render(site_name, executor, stage, n) == expected
+
+
+@pytest.mark.parametrize("site_name", ["pbs_generic", "polaris_a100", "slurm_generic", "lonestar6_a100"])
+def test_rendered_scripts_pass_bash_syntax_check(site_name, tmp_path):
+    """No PBS server exists here, so PBS scripts are checked by bash -n and directive form."""
+    for executor, n in (("gpu", 3), ("cpu", 1)):
+        script = tmp_path / f"{executor}.sh"
+        script.write_text(_render(site_name, executor, "relax", n))
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        directives = [l for l in script.read_text().splitlines() if l.startswith("#PBS")]
+        for line in directives:
+            assert line.split()[1].startswith("-"), line
+        if directives and n > 1:
+            assert f"#PBS -J 0-{n - 1}" in script.read_text()
+
+
+def test_single_shard_pbs_job_is_not_an_array():
+    assert "#PBS -J" not in _render("pbs_generic", "cpu", "relax", 1)
+
+
+BAD = [
+    ("name: s\nscheduler: slurm\ngpu: {partition: gpu}\ncpu: {partition: cpu, account: null}\n",
+     "gpu: missing required key 'account'"),
+    ("name: s\nscheduler: slurm\ngpu: {partition: gpu, account: a, queue: q}\n",
+     "gpu: unknown key 'queue'; valid keys are"),
+    ("name: s\ngpu: {cores_per_node: many}\n", "gpu.cores_per_node: expected int, got 'many'"),
+    ("name: s\nscheduler: slurm\ngpu: {account: a}\ncpu: {partition: c, account: a}\n",
+     "gpu.partition is required"),
+    ("name: s\ncpu: {walltime: '2h'}\n", "walltime '2h' is not [D-]HH:MM:SS"),
+    ("name: s\nscheduler: lsf\n", "scheduler 'lsf' is not one of"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_bad_site_config_gives_one_clear_message(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_site(path)
+    assert main(["site", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_site_check_prints_scripts(capsys):
+    assert main(["site", "check", "polaris_a100"]) == 0
+    out = capsys.readouterr().out
+    assert "valid" in out and "#PBS -A MyProject" in out and "#PBS -l filesystems=home:eagle" in out
+
+
+def test_campaign_with_unknown_site_is_refused(tmp_path, capsys):
+    main(["init", str(tmp_path / "c"), "-q"])
+    cfg = tmp_path / "c" / "campaign.yaml"
+    cfg.write_text(cfg.read_text().replace("site: local", "site: atlantis"))
+    assert main(["status", str(tmp_path / "c")]) == 2
+    assert "site 'atlantis'" in capsys.readouterr().err
