@@ -1,0 +1,1 @@
+"""Refinement: representation-space fit of free variables, latent fit, rounds."""
