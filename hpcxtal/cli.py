@@ -89,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_common(p)
 
+    for name, text in (("run", "run a campaign's stages with Parsl on its site"),
+                       ("resume", "finish an interrupted campaign (same as run: done work is kept)")):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ". Each stage "
+                           "runs as Parsl apps on the site's executors (gpu: refinement; cpu: the "
+                           "rest); stages whose output files exist and verify are skipped, so an "
+                           "interrupted campaign resumes from its HDF5 files.")
+        p.add_argument("dir", type=Path, help="campaign directory")
+        p.add_argument("--site", help="site config name or path (default: the campaign's)")
+        p.add_argument("--stage", dest="stages", action="append", metavar="STAGE",
+                       help="run only this stage (repeatable)")
+        _add_common(p)
+
     p = sub.add_parser("site", help="site configs: validate and show what would be submitted",
                        description="Site configs (site_configs/*.yaml) say where stages run.")
     site_sub = p.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -111,6 +123,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s"
                         if args.verbose > 1 else "%(message)s", stream=sys.stderr)
+    if args.verbose < 2:  # Parsl logs every task and block; its run_dir keeps them
+        logging.getLogger("parsl").propagate = False
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -277,17 +291,37 @@ def cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import Campaign
+    from hpcxtal.hpc.driver import run_campaign
+    from hpcxtal.hpc.site import load_site
+    from hpcxtal.stages import PIPELINE
+
+    campaign = Campaign(args.dir)
+    names = [s.name for s in PIPELINE]
+    unknown = [s for s in args.stages or [] if s not in names]
+    if unknown:
+        raise UsageError(f"unknown stage {unknown[0]!r}; stages are {names}")
+    site = load_site(args.site, search=[campaign.root]) if args.site else campaign.site
+    log.info("campaign %s on site %r (%s): stages %s", campaign.root, site.name, site.scheduler,
+             ", ".join(args.stages or names))
+    run_campaign(campaign, site, args.stages)
+    return cmd_status(args)
+
+
 class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
 COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
-            "info": cmd_info, "site": cmd_site, "status": cmd_status}
+            "info": cmd_info, "site": cmd_site, "status": cmd_status, "run": cmd_run,
+            "resume": cmd_run}
 
 
 def main(argv: list[str] | None = None) -> int:
     from hpcxtal.config import ConfigError
     from hpcxtal.crystal.row import DecodeError
+    from hpcxtal.hpc.driver import StageFailed
     from hpcxtal.store.formats import FormatError
     from hpcxtal.store.hdf5 import StoreError
 
@@ -298,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as err:
         parser.error(str(err))
-    except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError) as err:
+    except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError,
+            StageFailed) as err:
         print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head or less that closed early

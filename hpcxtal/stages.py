@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from hpcxtal.campaign import Campaign, ImportConfig, ShardConfig
 from hpcxtal.data import resolve_input
@@ -78,3 +79,30 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
     campaign.finish("shard", report.outputs, **report.counts)
     return report
 
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A campaign stage as the drivers see it: which executor runs it, whether it runs
+    once per shard, and the function that runs it on a campaign (``shard`` is None
+    for whole-campaign stages)."""
+
+    name: str
+    executor: str  # "gpu" or "cpu"
+    per_shard: bool
+    run: Callable[[Campaign, int | None, bool], StageReport]
+
+
+#: The campaign's stages in order; drivers (CLI, Parsl, job arrays, MPI) run these.
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force)),
+    StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force)),
+)
+
+
+def stage_spec(name: str) -> StageSpec:
+    """The pipeline entry called ``name``."""
+    for spec in PIPELINE:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"unknown stage {name!r}; stages are {[s.name for s in PIPELINE]}")

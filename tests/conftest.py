@@ -54,3 +54,23 @@ def synthetic_table(n: int, seed: int = 0):
     cell = np.tile([5.0, 5.0, 5.0, 90.0, 90.0, 90.0], (n, 1))
     return Table({"id": np.arange(n, dtype=np.uint64), "spg": spg, "wps": wps, "cell": cell,
                   "xyz": xyz, "origin": str_array(["synthetic"] * n)})
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """A running SLURM cluster (scripts/local_slurm.sh start); its SLURM_CONF path.
+
+    Skips where none runs, unless HPCXTAL_REQUIRE_SLURM=1 (CI), where that fails."""
+    import os
+    import shutil
+    import subprocess
+
+    conf = os.environ.get("SLURM_CONF", "")
+    ok = bool(shutil.which("sinfo")) and bool(conf) and subprocess.run(
+        ["sinfo", "-h"], capture_output=True, env={**os.environ, "SLURM_CONF": conf}).returncode == 0
+    if not ok:
+        message = "no local SLURM cluster (run scripts/local_slurm.sh start as root)"
+        if os.environ.get("HPCXTAL_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return conf

@@ -69,6 +69,7 @@ class SiteConfig:
     name: str
     scheduler: str = "local"
     hdf5_file_locking: bool = True  # switch off on Lustre/GPFS without flock
+    address: str | None = None  # where workers reach the driver (IP or host); null: probe
     gpu: ExecutorSite = field(default_factory=ExecutorSite)
     cpu: ExecutorSite = field(default_factory=ExecutorSite)
 
