@@ -267,7 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_site(args: argparse.Namespace) -> int:
-    from hpcxtal.hpc.jobs import render_array
+    from hpcxtal.hpc.jobs import render_job
     from hpcxtal.hpc.site import load_site, site_path
 
     path = site_path(args.site)
@@ -285,7 +285,7 @@ def cmd_site(args: argparse.Namespace) -> int:
             continue
         camp = Path("CAMPAIGN").resolve()
         print(f"  a 4-shard {example} array would submit:\n")
-        script = render_array(site, kind, example, camp, 4, camp / "jobs" / f"{example}-shards.txt",
+        script = render_job(site, kind, example, camp, 4, camp / "jobs" / f"{example}-shards.txt",
                               camp / "jobs" / "logs")
         print("    " + script.replace("\n", "\n    ").rstrip())
     return 0

@@ -1,5 +1,5 @@
 #!/bin/bash
-# hpcxtal {{stage}} for campaign {{campaign}}: one array subjob per shard.
+# hpcxtal {{stage}} for campaign {{campaign}}: {{what}}.
 #PBS -N {{job_name}}
 #PBS -q {{partition}}
 {{directives}}#PBS -l walltime={{walltime}}
@@ -9,7 +9,5 @@
 #PBS -r y
 set -euo pipefail
 {{worker_init}}
-# Subjob k runs the k-th shard listed in the shard file (unfinished shards only).
-SHARD=$(sed -n "$(( ${PBS_ARRAY_INDEX:-0} + 1 ))p" {{shard_list}})
 export OMP_NUM_THREADS={{cores}}
-exec {{command}} {{stage}} {{campaign}} --shard "$SHARD"
+{{run_lines}}

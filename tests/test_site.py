@@ -5,7 +5,7 @@ import pytest
 
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError
-from hpcxtal.hpc.jobs import render_array
+from hpcxtal.hpc.jobs import render_job
 from hpcxtal.hpc.site import SOURCE_SITE_DIR, load_site
 
 EXPECTED = Path(__file__).parent / "data" / "jobs"
@@ -22,34 +22,35 @@ def test_every_shipped_site_config_is_valid():
             assert site.gpu.partition and site.cpu.partition
 
 
-def _render(site_name: str, executor: str, stage: str, n: int) -> str:
+def _render(site_name: str, executor: str, stage: str, n: int | None) -> str:
     camp = Path("/scratch/campaign")
-    return render_array(load_site(site_name), executor, stage, camp, n,
-                        camp / "jobs" / f"{stage}-shards.txt", camp / "jobs" / "logs",
-                        command="hpcxtal")
+    return render_job(load_site(site_name), executor, stage, camp, n,
+                      camp / "jobs" / f"{stage}-shards.txt", camp / "jobs" / "logs",
+                      command="hpcxtal")
 
 
 @pytest.mark.parametrize("site_name,executor,stage,n", [
     ("slurm_generic", "gpu", "refine", 8), ("slurm_generic", "cpu", "relax", 4),
     ("polaris_a100", "gpu", "refine", 8), ("pbs_generic", "cpu", "relax", 1),
+    ("slurm_generic", "cpu", "merge", None), ("pbs_generic", "cpu", "merge", None),
 ])
 def test_rendered_scripts_match_saved_copies(site_name, executor, stage, n):
     """Scripts are compared whole with reviewed copies in tests/data/jobs."""
-    expected = (EXPECTED / f"{site_name}-{executor}-{stage}-{n}.sh").read_text()
+    expected = (EXPECTED / f"{site_name}-{executor}-{stage}-{n or 'whole'}.sh").read_text()
     assert _render(site_name, executor, stage, n) == expected
 
 
 @pytest.mark.parametrize("site_name", ["pbs_generic", "polaris_a100", "slurm_generic", "lonestar6_a100"])
 def test_rendered_scripts_pass_bash_syntax_check(site_name, tmp_path):
     """No PBS server exists here, so PBS scripts are checked by bash -n and directive form."""
-    for executor, n in (("gpu", 3), ("cpu", 1)):
+    for executor, n in (("gpu", 3), ("cpu", 1), ("cpu", None)):
         script = tmp_path / f"{executor}.sh"
         script.write_text(_render(site_name, executor, "relax", n))
         subprocess.run(["bash", "-n", str(script)], check=True)
         directives = [l for l in script.read_text().splitlines() if l.startswith("#PBS")]
         for line in directives:
             assert line.split()[1].startswith("-"), line
-        if directives and n > 1:
+        if directives and n and n > 1:
             assert f"#PBS -J 0-{n - 1}" in script.read_text()
 
 

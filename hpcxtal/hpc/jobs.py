@@ -31,17 +31,19 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
-def render_array(site: SiteConfig, executor: str, stage: str, campaign: Path, n_tasks: int,
-                 shard_list: Path, log_dir: Path, command: str | None = None) -> str:
-    """The batch script running ``stage`` over ``n_tasks`` shards listed in ``shard_list``."""
+def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_tasks: int | None,
+               shard_list: Path | None, log_dir: Path, command: str | None = None) -> str:
+    """The batch script running ``stage``: an array over ``n_tasks`` shards listed in
+    ``shard_list``, or (``n_tasks`` None) one job for a whole-campaign stage."""
     if site.scheduler not in TEMPLATES:
-        raise ValueError(f"site {site.name!r} has scheduler {site.scheduler!r}; job arrays need "
+        raise ValueError(f"site {site.name!r} has scheduler {site.scheduler!r}; batch jobs need "
                          "slurm or pbs")
-    if n_tasks < 1:
-        raise ValueError("a job array needs at least one task")
+    if n_tasks is not None and (n_tasks < 1 or shard_list is None):
+        raise ValueError("a job array needs at least one task and a shard list")
     ex = site.executor(executor)
+    slurm = site.scheduler == "slurm"
     directives: list[str] = []
-    if site.scheduler == "slurm":
+    if slurm:
         if ex.account:
             directives.append(f"#SBATCH --account={ex.account}")
         if ex.qos:
@@ -52,22 +54,33 @@ def render_array(site: SiteConfig, executor: str, stage: str, campaign: Path, n_
         if ex.gpus_per_node:
             directives.append("#SBATCH --gpus-per-task=1")
         directives += [f"#SBATCH {opt}" for opt in ex.scheduler_options]
-        array_limit = f"%{ex.max_array_parallel}" if ex.max_array_parallel else ""
-        extra = {"array_limit": array_limit, "last_task": str(n_tasks - 1)}
     else:
         if ex.account:
             directives.append(f"#PBS -A {ex.account}")
         directives += [f"#PBS {opt}" for opt in ex.scheduler_options]
-        # PBS Pro arrays need at least two indices; one shard runs as a plain job.
-        array = f"#PBS -J 0-{n_tasks - 1}" if n_tasks > 1 else ""
-        if array and ex.max_array_parallel:
-            array += f"%{ex.max_array_parallel}"
-        gpus = ":ngpus=1" if ex.gpus_per_node else ""
-        extra = {"array_line": array + "\n" if array else "", "gpu_select": gpus}
-    template = (TEMPLATE_DIR / TEMPLATES[site.scheduler]).read_text()
+    array, task = "", ""
+    if n_tasks is not None:
+        limit = f"%{ex.max_array_parallel}" if ex.max_array_parallel else ""
+        if slurm:
+            array = f"#SBATCH --array=0-{n_tasks - 1}{limit}\n"
+            task = "SLURM_ARRAY_TASK_ID"
+        elif n_tasks > 1:  # PBS Pro arrays need at least two indices
+            array = f"#PBS -J 0-{n_tasks - 1}{limit}\n"
+            task = "PBS_ARRAY_INDEX"
+        else:
+            task = "PBS_ARRAY_INDEX:-0"
+    cli = f"{command or default_command()} {stage} {shlex.quote(str(campaign))}"
+    if n_tasks is None:
+        run_lines = f"exec {cli}"
+        what = "one job for the whole campaign"
+    else:
+        run_lines = ("# Task k runs the k-th shard listed in the shard file (unfinished shards only).\n"
+                     f'SHARD=$(sed -n "$(( ${{{task}}} + 1 ))p" {shlex.quote(str(shard_list))})\n'
+                     f'exec {cli} --shard "$SHARD"')
+        what = "one array task per shard"
     values = {
-        "stage": stage,
-        "campaign": shlex.quote(str(campaign)),
+        "stage": stage, "what": what,
+        "campaign": str(campaign),
         "job_name": f"hpcxtal-{stage}",
         "partition": ex.partition or "",
         "directives": "".join(d + "\n" for d in directives),
@@ -75,8 +88,9 @@ def render_array(site: SiteConfig, executor: str, stage: str, campaign: Path, n_
         "cores": str(ex.task_cores()),
         "log_dir": str(log_dir),
         "worker_init": ex.worker_init.rstrip("\n"),
-        "shard_list": shlex.quote(str(shard_list)),
-        "command": command or default_command(),
-        **extra,
+        "array_line": array,
+        "gpu_select": ":ngpus=1" if ex.gpus_per_node else "",
+        "run_lines": run_lines,
+        "log_pattern": "%j" if n_tasks is None else "%A_%a",
     }
-    return _fill(template, values)
+    return _fill((TEMPLATE_DIR / TEMPLATES[site.scheduler]).read_text(), values)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# hpcxtal relax for campaign /scratch/campaign: one array subjob per shard.
+# hpcxtal relax for campaign /scratch/campaign: one array task per shard.
 #PBS -N hpcxtal-relax
 #PBS -q workq
 #PBS -A my_project
@@ -10,7 +10,7 @@
 #PBS -r y
 set -euo pipefail
 source $HOME/venvs/hpcxtal/bin/activate
-# Subjob k runs the k-th shard listed in the shard file (unfinished shards only).
-SHARD=$(sed -n "$(( ${PBS_ARRAY_INDEX:-0} + 1 ))p" /scratch/campaign/jobs/relax-shards.txt)
 export OMP_NUM_THREADS=64
+# Task k runs the k-th shard listed in the shard file (unfinished shards only).
+SHARD=$(sed -n "$(( ${PBS_ARRAY_INDEX:-0} + 1 ))p" /scratch/campaign/jobs/relax-shards.txt)
 exec hpcxtal relax /scratch/campaign --shard "$SHARD"

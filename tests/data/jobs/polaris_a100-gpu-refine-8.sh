@@ -1,5 +1,5 @@
 #!/bin/bash
-# hpcxtal refine for campaign /scratch/campaign: one array subjob per shard.
+# hpcxtal refine for campaign /scratch/campaign: one array task per shard.
 #PBS -N hpcxtal-refine
 #PBS -q prod
 #PBS -A MyProject
@@ -15,7 +15,7 @@ module use /soft/modulefiles
 module load conda
 conda activate hpcxtal
 export HDF5_USE_FILE_LOCKING=FALSE
-# Subjob k runs the k-th shard listed in the shard file (unfinished shards only).
-SHARD=$(sed -n "$(( ${PBS_ARRAY_INDEX:-0} + 1 ))p" /scratch/campaign/jobs/refine-shards.txt)
 export OMP_NUM_THREADS=8
+# Task k runs the k-th shard listed in the shard file (unfinished shards only).
+SHARD=$(sed -n "$(( ${PBS_ARRAY_INDEX} + 1 ))p" /scratch/campaign/jobs/refine-shards.txt)
 exec hpcxtal refine /scratch/campaign --shard "$SHARD"

@@ -11,7 +11,7 @@
 #SBATCH --output=/scratch/campaign/jobs/logs/relax-%A_%a.out
 set -euo pipefail
 source $HOME/venvs/hpcxtal/bin/activate
-# Array task k runs the k-th shard listed in the shard file (unfinished shards only).
-SHARD=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" /scratch/campaign/jobs/relax-shards.txt)
 export OMP_NUM_THREADS=64
+# Task k runs the k-th shard listed in the shard file (unfinished shards only).
+SHARD=$(sed -n "$(( ${SLURM_ARRAY_TASK_ID} + 1 ))p" /scratch/campaign/jobs/relax-shards.txt)
 exec hpcxtal relax /scratch/campaign --shard "$SHARD"

@@ -15,7 +15,7 @@
 set -euo pipefail
 module load cuda
 source $HOME/venvs/hpcxtal/bin/activate
-# Array task k runs the k-th shard listed in the shard file (unfinished shards only).
-SHARD=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" /scratch/campaign/jobs/refine-shards.txt)
 export OMP_NUM_THREADS=8
+# Task k runs the k-th shard listed in the shard file (unfinished shards only).
+SHARD=$(sed -n "$(( ${SLURM_ARRAY_TASK_ID} + 1 ))p" /scratch/campaign/jobs/refine-shards.txt)
 exec hpcxtal refine /scratch/campaign --shard "$SHARD"
