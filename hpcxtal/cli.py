@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only this stage (repeatable)")
         _add_common(p)
 
+    p = sub.add_parser("submit", help="submit stages to SLURM/PBS as chained job arrays",
+                       description="Render batch scripts into DIR/jobs/ from the templates in "
+                                   "jobs/ and submit them: per-shard stages as job arrays over "
+                                   "their unfinished shards (submit again to resubmit failed "
+                                   "tasks alone), whole-campaign stages as single jobs, each "
+                                   "waiting for the one before (afterok).")
+    p.add_argument("dir", type=Path, help="campaign directory")
+    p.add_argument("--stage", dest="stages", action="append", metavar="STAGE",
+                   help="stage to submit (repeatable; default: every stage)")
+    p.add_argument("--site", help="site config name or path (default: the campaign's)")
+    p.add_argument("--dry-run", action="store_true", help="write the scripts, submit nothing")
+    _add_common(p)
+
     p = sub.add_parser("site", help="site configs: validate and show what would be submitted",
                        description="Site configs (site_configs/*.yaml) say where stages run.")
     site_sub = p.add_subparsers(dest="site_command", required=True, metavar="ACTION")
@@ -253,6 +266,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from hpcxtal.campaign import STAGES, Campaign
+    from hpcxtal.hpc.submit import job_states, submitted
 
     campaign = Campaign(args.dir)
     manifest = campaign.manifest()
@@ -263,6 +277,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
         files = f"{good}/{total} files verify" if total else "no files yet"
         print(f"  {stage:10s} {entry.get('status', 'pending'):8s} {files:22s} {counts}")
+    jobs = submitted(campaign)
+    if jobs and campaign.site.scheduler != "local":
+        states = job_states(campaign.site, [j["job_id"] for j in jobs])
+        print("batch jobs:")
+        for job in jobs:
+            shards = "" if job["shards"] is None else f" shards {job['shards']}"
+            print(f"  {job['stage']:10s} job {job['job_id']:10s} {states[job['job_id']]}{shards}")
     return 0
 
 
@@ -309,19 +330,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_status(args)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import Campaign
+    from hpcxtal.hpc.site import load_site
+    from hpcxtal.hpc.submit import submit_campaign
+    from hpcxtal.stages import PIPELINE
+
+    campaign = Campaign(args.dir)
+    names = [s.name for s in PIPELINE]
+    unknown = [s for s in args.stages or [] if s not in names]
+    if unknown:
+        raise UsageError(f"unknown stage {unknown[0]!r}; stages are {names}")
+    site = load_site(args.site, search=[campaign.root]) if args.site else campaign.site
+    subs = submit_campaign(campaign, site, args.stages or names, dry_run=args.dry_run)
+    if not subs:
+        log.info("nothing to submit: every requested stage is complete")
+    for sub in subs:
+        what = "whole campaign" if sub.shards is None else f"shards {sub.shards}"
+        log.info("%s: job %s (%s), script %s", sub.stage, sub.job_id, what, sub.script)
+    return 0
+
+
 class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
 COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
             "info": cmd_info, "site": cmd_site, "status": cmd_status, "run": cmd_run,
-            "resume": cmd_run}
+            "resume": cmd_run, "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:
     from hpcxtal.config import ConfigError
     from hpcxtal.crystal.row import DecodeError
     from hpcxtal.hpc.driver import StageFailed
+    from hpcxtal.hpc.submit import SubmitError
     from hpcxtal.store.formats import FormatError
     from hpcxtal.store.hdf5 import StoreError
 
@@ -333,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         parser.error(str(err))
     except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError,
-            StageFailed) as err:
+            StageFailed, SubmitError) as err:
         print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head or less that closed early

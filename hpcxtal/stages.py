@@ -65,7 +65,7 @@ def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
 def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
     """The campaign's ``shard`` stage: ``pool.h5`` into ``shards/shard-NNNN.h5``."""
     cfg = campaign.config.shard
-    dests = [shard_path(campaign.shard_dir, i) for i in range(cfg.n_shards)]
+    dests = _shard_files(campaign)
     if not force and _outputs_complete(dests):
         return StageReport(dests, skipped=True)
     if verify_file(campaign.pool_path) is not None:
@@ -84,19 +84,30 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
 @dataclass(frozen=True)
 class StageSpec:
     """A campaign stage as the drivers see it: which executor runs it, whether it runs
-    once per shard, and the function that runs it on a campaign (``shard`` is None
-    for whole-campaign stages)."""
+    once per shard, the function that runs it on a campaign, and the outputs that show
+    it complete (``shard`` is None for whole-campaign stages)."""
 
     name: str
     executor: str  # "gpu" or "cpu"
     per_shard: bool
     run: Callable[[Campaign, int | None, bool], StageReport]
+    outputs: Callable[[Campaign, int | None], list[Path]]
+
+    def done(self, campaign: Campaign, shard: int | None = None) -> bool:
+        """Whether the stage (or one shard of it) has outputs that all verify."""
+        return _outputs_complete(self.outputs(campaign, shard))
+
+
+def _shard_files(campaign: Campaign) -> list[Path]:
+    return [shard_path(campaign.shard_dir, i) for i in range(campaign.config.shard.n_shards)]
 
 
 #: The campaign's stages in order; drivers (CLI, Parsl, job arrays, MPI) run these.
 PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force)),
-    StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force)),
+    StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force),
+              lambda c, shard: [c.pool_path]),
+    StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force),
+              lambda c, shard: _shard_files(c)),
 )
 
 
