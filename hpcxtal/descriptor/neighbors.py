@@ -1,0 +1,126 @@
+"""Batched periodic neighbour lists: chosen centres against all atoms of their structure.
+
+Atoms of many structures are concatenated (``atom_struct`` gives each atom's
+structure, atoms of a structure contiguous). For every centre the candidates are all
+atoms of its structure in all lattice images that can lie within the cutoff: with
+fractional differences wrapped into [-0.5, 0.5], image ``n`` along axis ``k`` is needed
+only while ``|n| <= cutoff / h_k + 0.5``, where ``h_k`` is the spacing of the lattice
+planes normal to the reciprocal vector ``k``. Small or skewed cells therefore get as
+many shells of images as they need (not always 27 images). Candidates are enumerated
+in chunks of at most ``max_candidates`` so memory stays bounded for any cell.
+
+The search runs without gradients; :func:`pair_vectors` then rebuilds the pair vectors
+from the stored integer shifts differentiably, so a list can be reused while the
+geometry moves less than a skin.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: Candidate (centre, atom, image) triples examined per chunk.
+DEFAULT_MAX_CANDIDATES = 1 << 21
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Neighbour pairs: ``centre`` indexes the centre list, ``atom`` the atom list,
+    ``shift`` (P, 3) the integer lattice translation added to the atom (as floats)."""
+
+    centre: torch.Tensor
+    atom: torch.Tensor
+    shift: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.centre.shape[0])
+
+    def select(self, mask: torch.Tensor) -> "Pairs":
+        """The pairs where ``mask`` is true."""
+        return Pairs(self.centre[mask], self.atom[mask], self.shift[mask])
+
+
+def image_counts(lattice: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """(B, 3) number of images needed on each side along each lattice vector.
+
+    ``lattice`` (B, 3, 3) row vectors. ``|b_k|`` (reciprocal vector without 2 pi) is
+    the inverse spacing of lattice planes ``k``.
+    """
+    inv = torch.linalg.inv(lattice.detach())
+    recip_norm = torch.linalg.norm(inv, dim=1)  # (B, 3): norm of each column
+    n = torch.floor(cutoff * recip_norm + 0.5 + 1e-9)
+    return n.to(torch.long)
+
+
+def _ragged_arange(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For counts (C,): (owner, local) of sum(counts) items, owner c repeated counts[c]
+    times, local 0..counts[c]-1."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    local = torch.arange(int(counts.sum()), device=counts.device) - start[owner]
+    return owner, local
+
+
+@torch.no_grad()
+def neighbor_pairs(
+    frac: torch.Tensor,
+    lattice: torch.Tensor,
+    atom_struct: torch.Tensor,
+    centre_atom: torch.Tensor,
+    cutoff: float,
+    *,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+) -> Pairs:
+    """All (centre, atom, shift) with distance < ``cutoff`` Å, self-pairs excluded.
+
+    ``frac`` (N, 3) fractional positions (need not be wrapped), ``lattice`` (B, 3, 3),
+    ``atom_struct`` (N,) structure of each atom (non-decreasing), ``centre_atom`` (C,)
+    the atom index of each centre. Distinct atoms at zero distance are kept (as
+    ASE's ``neighbor_list`` does).
+    """
+    device = frac.device
+    n_struct = lattice.shape[0]
+    n_atoms = torch.bincount(atom_struct, minlength=n_struct)
+    atom_offset = torch.cumsum(n_atoms, 0) - n_atoms
+    n_img = image_counts(lattice, cutoff)
+    dims = 2 * n_img + 1
+    n_images = dims.prod(1)
+    c_struct = atom_struct[centre_atom]
+    per_centre = n_atoms[c_struct] * n_images[c_struct]
+    # chunks of consecutive centres of about max_candidates candidates each (a chunk
+    # exceeds it by at most one centre's candidates)
+    start = torch.cumsum(per_centre, 0) - per_centre
+    chunk = torch.div(start, max_candidates, rounding_mode="floor")
+    _, sizes = torch.unique_consecutive(chunk, return_counts=True)
+    bounds = [0] + torch.cumsum(sizes, 0).tolist()
+    parts = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        owner, local = _ragged_arange(per_centre[lo:hi])
+        centre = owner + lo
+        b = c_struct[centre]
+        img = local % n_images[b]
+        atom = atom_offset[b] + local // n_images[b]
+        d, n = dims[b], n_img[b]
+        image = torch.stack(
+            [img // (d[:, 1] * d[:, 2]) - n[:, 0], (img // d[:, 2]) % d[:, 1] - n[:, 1],
+             img % d[:, 2] - n[:, 2]], dim=1).to(frac.dtype)
+        delta = frac[atom] - frac[centre_atom[centre]]
+        shift = image - torch.round(delta)
+        vec = torch.bmm((delta + shift).unsqueeze(1), lattice[b]).squeeze(1)
+        dist2 = (vec * vec).sum(1)
+        is_self = (atom == centre_atom[centre]) & (image == 0).all(1)
+        keep = (dist2 < cutoff * cutoff) & ~is_self
+        parts.append((centre[keep], atom[keep], shift[keep]))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Pairs(empty, empty, torch.zeros(0, 3, dtype=frac.dtype, device=device))
+    return Pairs(*(torch.cat(p) for p in zip(*parts)))
+
+
+def pair_vectors(pairs: Pairs, frac: torch.Tensor, lattice: torch.Tensor,
+                 atom_struct: torch.Tensor, centre_atom: torch.Tensor) -> torch.Tensor:
+    """(P, 3) Cartesian vectors from centre to neighbour, differentiable in ``frac``
+    and ``lattice``."""
+    c_atom = centre_atom[pairs.centre]
+    delta = frac[pairs.atom] - frac[c_atom] + pairs.shift
+    return torch.bmm(delta.unsqueeze(1), lattice[atom_struct[c_atom]]).squeeze(1)
