@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 ENVIRONMENTS_PATH = Path(__file__).resolve().parent.parent / "data" / "environments.yaml"
 DEFAULT_TARGET = "graphite"
+#: Neighbours closer than this (Å) are left out of the spectrum, as pyxtal's SO3 does
+#: on the path its loss uses (``compute_p(atoms, ids)``): a coincident atom has no
+#: direction. The coordination check still counts them.
+MIN_PAIR_DISTANCE_A = 1e-2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +139,7 @@ class Environment:
             pairs = neighbors(batch, R, self.target.so3.rcut)
         vec = site_pair_vectors(batch, R, pairs)
         r2 = (vec * vec).sum(1)
-        keep = (r2 < self.target.so3.rcut ** 2) & (r2 > 1e-20)
+        keep = (r2 < self.target.so3.rcut ** 2) & (r2 > MIN_PAIR_DISTANCE_A ** 2)
         weights = batch.atom_weight[pairs.atom[keep]]
         return self.so3.power_spectrum(vec[keep], pairs.centre[keep], batch.n_sites, weights)
 
