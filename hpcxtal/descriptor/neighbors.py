@@ -21,35 +21,46 @@ import torch
 
 #: Candidate (centre, atom, image) triples examined per chunk.
 DEFAULT_MAX_CANDIDATES = 1 << 21
+#: Lattice images per structure beyond which a cell is not searched (its planes are
+#: closer than about cutoff / 10: not a crystal); such structures are flagged.
+DEFAULT_MAX_IMAGES = 9261
 
 
 @dataclass(frozen=True)
 class Pairs:
     """Neighbour pairs: ``centre`` indexes the centre list, ``atom`` the atom list,
-    ``shift`` (P, 3) the integer lattice translation added to the atom (as floats)."""
+    ``shift`` (P, 3) the integer lattice translation added to the atom (as floats).
+    ``searched`` (B,) is False for structures that were not searched (singular or
+    non-finite lattice, or more than ``max_images`` images): they have no pairs."""
 
     centre: torch.Tensor
     atom: torch.Tensor
     shift: torch.Tensor
+    searched: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.centre.shape[0])
 
     def select(self, mask: torch.Tensor) -> "Pairs":
         """The pairs where ``mask`` is true."""
-        return Pairs(self.centre[mask], self.atom[mask], self.shift[mask])
+        return Pairs(self.centre[mask], self.atom[mask], self.shift[mask], self.searched)
 
 
 def image_counts(lattice: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """(B, 3) number of images needed on each side along each lattice vector.
+    """(B, 3) number of images needed on each side along each lattice vector; -1 for
+    a singular or non-finite lattice.
 
     ``lattice`` (B, 3, 3) row vectors. ``|b_k|`` (reciprocal vector without 2 pi) is
     the inverse spacing of lattice planes ``k``.
     """
-    inv = torch.linalg.inv(lattice.detach())
+    lat = lattice.detach()
+    finite = torch.isfinite(lat).all(2).all(1)
+    eye = torch.eye(3, dtype=lat.dtype, device=lat.device)
+    inv, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], lat, eye))
     recip_norm = torch.linalg.norm(inv, dim=1)  # (B, 3): norm of each column
     n = torch.floor(cutoff * recip_norm + 0.5 + 1e-9)
-    return n.to(torch.long)
+    ok = finite & (info == 0) & torch.isfinite(n).all(1) & (n < 2**20).all(1)
+    return torch.where(ok[:, None], n, torch.full_like(n, -1)).to(torch.long)
 
 
 def _ragged_arange(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +81,7 @@ def neighbor_pairs(
     cutoff: float,
     *,
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    max_images: int = DEFAULT_MAX_IMAGES,
 ) -> Pairs:
     """All (centre, atom, shift) with distance < ``cutoff`` Å, self-pairs excluded.
 
@@ -85,6 +97,8 @@ def neighbor_pairs(
     n_img = image_counts(lattice, cutoff)
     dims = 2 * n_img + 1
     n_images = dims.prod(1)
+    searched = (n_img >= 0).all(1) & (n_images <= max_images)
+    n_images = torch.where(searched, n_images, torch.zeros_like(n_images))
     c_struct = atom_struct[centre_atom]
     per_centre = n_atoms[c_struct] * n_images[c_struct]
     # chunks of consecutive centres of about max_candidates candidates each (a chunk
@@ -113,8 +127,8 @@ def neighbor_pairs(
         parts.append((centre[keep], atom[keep], shift[keep]))
     if not parts:
         empty = torch.zeros(0, dtype=torch.long, device=device)
-        return Pairs(empty, empty, torch.zeros(0, 3, dtype=frac.dtype, device=device))
-    return Pairs(*(torch.cat(p) for p in zip(*parts)))
+        return Pairs(empty, empty, torch.zeros(0, 3, dtype=frac.dtype, device=device), searched)
+    return Pairs(*(torch.cat(p) for p in zip(*parts)), searched)
 
 
 def pair_vectors(pairs: Pairs, frac: torch.Tensor, lattice: torch.Tensor,

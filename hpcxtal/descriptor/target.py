@@ -152,9 +152,11 @@ class Environment:
         return total / batch.n_atoms.to(p.dtype)
 
     @torch.no_grad()
-    def coordination(self, batch: Batch, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S,) coordination number within ``cn_cutoff_A`` and (S,) distance to the
-        nearest other atom (inf if none within the neighbour-list cutoff)."""
+    def coordination(self, batch: Batch, R: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(S,) coordination number within ``cn_cutoff_A``, (S,) distance to the nearest
+        other atom (inf if none within the neighbour-list cutoff) and (B,) whether the
+        structure's cell could be searched at all."""
         pairs = neighbors(batch, R, self.cutoff)
         vec = site_pair_vectors(batch, R, pairs)
         dist = torch.linalg.norm(vec, dim=1)
@@ -163,17 +165,18 @@ class Environment:
         cn = cn.index_add(0, pairs.centre, bonded)
         nearest = torch.full((batch.n_sites,), float("inf"), dtype=dist.dtype, device=dist.device)
         nearest = nearest.scatter_reduce(0, pairs.centre, dist, reduce="amin")
-        return cn, nearest
+        return cn, nearest, pairs.searched
 
     @torch.no_grad()
     def validity(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
         """(B,) bool: every site has an allowed CN, no atom too close, cell sound."""
-        cn, nearest = self.coordination(batch, R)
+        cn, nearest, searched = self.coordination(batch, R)
         allowed = torch.tensor(self.target.cn, device=cn.device)
         site_ok = (cn.unsqueeze(1) == allowed).any(1) & (nearest >= self.target.min_distance_A)
         bad = torch.zeros(len(batch), dtype=torch.long, device=cn.device)
         bad = bad.index_add(0, batch.site_struct, (~site_ok).to(torch.long))
-        return (bad == 0) & cell_ok(cell_parameters(batch, R)) & torch.isfinite(R).all(1)
+        sound = cell_ok(cell_parameters(batch, R)) & torch.isfinite(R).all(1) & searched
+        return (bad == 0) & sound
 
 
 @lru_cache(maxsize=8)
