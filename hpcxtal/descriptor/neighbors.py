@@ -7,11 +7,15 @@ fractional differences wrapped into [-0.5, 0.5], image ``n`` along axis ``k`` is
 only while ``|n| <= cutoff / h_k + 0.5``, where ``h_k`` is the spacing of the lattice
 planes normal to the reciprocal vector ``k``. Small or skewed cells therefore get as
 many shells of images as they need (not always 27 images). Candidates are enumerated
-in chunks of at most ``max_candidates`` so memory stays bounded for any cell.
+in chunks of about ``max_candidates`` so memory stays bounded for any cell.
 
-The search runs without gradients; :func:`pair_vectors` then rebuilds the pair vectors
-from the stored integer shifts differentiably, so a list can be reused while the
-geometry moves less than a skin.
+Each chunk works in two stages: for every (centre, atom) pair the range of images it
+needs along each axis follows from the same plane-spacing bound applied to its own
+fractional offset (in a large cell most pairs need no image at all), then only those
+images are enumerated and their distances computed. The search runs without
+gradients; :func:`pair_vectors` then rebuilds the pair vectors from the stored integer
+shifts differentiably, so a list can be reused while the geometry moves less than a
+skin.
 """
 from __future__ import annotations
 
@@ -95,34 +99,49 @@ def neighbor_pairs(
     n_atoms = torch.bincount(atom_struct, minlength=n_struct)
     atom_offset = torch.cumsum(n_atoms, 0) - n_atoms
     n_img = image_counts(lattice, cutoff)
-    dims = 2 * n_img + 1
-    n_images = dims.prod(1)
+    n_images = (2 * n_img + 1).prod(1)
     searched = (n_img >= 0).all(1) & (n_images <= max_images)
-    n_images = torch.where(searched, n_images, torch.zeros_like(n_images))
+    # half-width of the fractional window along each axis: |delta_k + n_k| <= reach_k
+    reach = cutoff * torch.linalg.norm(torch.linalg.inv_ex(
+        torch.where(searched[:, None, None], lattice.detach(), torch.eye(3, dtype=frac.dtype,
+                                                                         device=device)))[0], dim=1)
     c_struct = atom_struct[centre_atom]
-    per_centre = n_atoms[c_struct] * n_images[c_struct]
-    # chunks of consecutive centres of about max_candidates candidates each (a chunk
-    # exceeds it by at most one centre's candidates)
+    c_atoms = torch.where(searched[c_struct], n_atoms[c_struct], torch.zeros_like(c_struct))
+    # chunks of consecutive centres whose candidates (centre, atom, any image) number about
+    # max_candidates (a chunk exceeds it by at most one centre's candidates)
+    per_centre = c_atoms * n_images[c_struct]
     start = torch.cumsum(per_centre, 0) - per_centre
     chunk = torch.div(start, max_candidates, rounding_mode="floor")
     _, sizes = torch.unique_consecutive(chunk, return_counts=True)
     bounds = [0] + torch.cumsum(sizes, 0).tolist()
     parts = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        owner, local = _ragged_arange(per_centre[lo:hi])
+        # stage 1: (centre, atom) pairs and the images each needs along each axis
+        owner, local = _ragged_arange(c_atoms[lo:hi])
         centre = owner + lo
         b = c_struct[centre]
-        img = local % n_images[b]
-        atom = atom_offset[b] + local // n_images[b]
-        d, n = dims[b], n_img[b]
-        image = torch.stack(
-            [img // (d[:, 1] * d[:, 2]) - n[:, 0], (img // d[:, 2]) % d[:, 1] - n[:, 1],
-             img % d[:, 2] - n[:, 2]], dim=1).to(frac.dtype)
+        atom = atom_offset[b] + local
         delta = frac[atom] - frac[centre_atom[centre]]
-        shift = image - torch.round(delta)
-        vec = torch.bmm((delta + shift).unsqueeze(1), lattice[b]).squeeze(1)
+        base = -torch.round(delta)
+        wrapped = delta + base
+        w = reach[b] + 1e-9  # a hair wider than the bound, against rounding
+        first = torch.ceil(-w - wrapped)
+        count = (torch.floor(w - wrapped) - first + 1).clamp_min(0).to(torch.long)
+        n_pair = count.prod(1)
+        need = n_pair > 0
+        centre, b, atom, base, first, count, n_pair = (
+            v[need] for v in (centre, b, atom, base, first, count, n_pair))
+        # stage 2: every needed image of those pairs
+        owner, img = _ragged_arange(n_pair)
+        cnt = count[owner]
+        image = torch.stack([img // (cnt[:, 1] * cnt[:, 2]), (img // cnt[:, 2]) % cnt[:, 1],
+                             img % cnt[:, 2]], dim=1).to(frac.dtype) + first[owner]
+        centre, b, atom = centre[owner], b[owner], atom[owner]
+        shift = base[owner] + image
+        vec = torch.bmm((frac[atom] - frac[centre_atom[centre]] + shift).unsqueeze(1),
+                        lattice[b]).squeeze(1)
         dist2 = (vec * vec).sum(1)
-        is_self = (atom == centre_atom[centre]) & (image == 0).all(1)
+        is_self = (atom == centre_atom[centre]) & (shift == 0).all(1)
         keep = (dist2 < cutoff * cutoff) & ~is_self
         parts.append((centre[keep], atom[keep], shift[keep]))
     if not parts:
