@@ -62,7 +62,6 @@ def test_bad_target_entries_are_named():
 def test_loss_is_pyxtals_objective():
     """sum over sites of multiplicity * |p - p_ref|^2 over the atom count, as
     pyxtal.lego.util.calculate_S computes it (reference from pyxtal too)."""
-    from ase.io import read  # noqa: F401  (pyxtal's SO3 needs ase loaded)
     from pyxtal import pyxtal
 
     table, _ = sacada()

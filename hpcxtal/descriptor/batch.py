@@ -14,7 +14,6 @@ environment, so the loss and the check need no more.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -21,7 +21,6 @@ graphite target.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,8 +36,6 @@ from hpcxtal.descriptor.batch import (
 )
 from hpcxtal.descriptor.neighbors import Pairs
 from hpcxtal.descriptor.so3 import SO3, SO3Config
-
-log = logging.getLogger(__name__)
 
 ENVIRONMENTS_PATH = Path(__file__).resolve().parent.parent / "data" / "environments.yaml"
 DEFAULT_TARGET = "graphite"
