@@ -64,7 +64,7 @@ def test_sacada_rows_site_centres(cutoff):
 
 def test_sacada_structures_all_atoms_in_one_batch():
     table, quarantine = sacada()
-    images = [table.structures.atoms(i) for i in range(0, len(table), 7)]
+    images = [table.structures.atoms(i) for i in range(len(table))]
     images += [quarantine.structures.atoms(i) for i in range(len(quarantine))]
     centres, off = [], 0
     ref = []
