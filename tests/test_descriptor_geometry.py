@@ -117,3 +117,21 @@ def test_batch_moves_dtype_and_rejects_unpacked_rows():
 
     with pytest.raises(ValueError, match="packed"):
         build_batch([Row(row.spg, row.cell, wps, row.xyz)])
+
+
+def test_take_selects_structures_in_any_order():
+    from hpcxtal.descriptor import loss
+
+    table = generated().take(np.arange(60))
+    batch = build_batch(table)
+    R = batch.R0 + 0.02 * (batch.kind == COORD)
+    idx = np.array([41, 3, 17, 59, 0, 22])
+    sub = batch.take(idx)
+    assert torch.allclose(loss(sub, R[idx]), loss(batch, R)[idx], rtol=1e-12, atol=1e-14)
+    direct = build_batch(table.take(idx))
+    width = direct.R0.shape[1]  # the sub-batch keeps the full batch's width
+    assert torch.equal(sub.R0[:, :width], direct.R0) and not sub.R0[:, width:].any()
+    a = positions(sub, sub.R0).frac
+    b = positions(direct, direct.R0).frac
+    assert torch.allclose(a, b)
+    assert torch.equal(sub.site_atom, direct.site_atom) and torch.equal(sub.atom_site, direct.atom_site)

@@ -81,6 +81,40 @@ class Batch:
         """A fresh leaf copy of the rows' free variables with ``requires_grad``."""
         return self.R0.detach().clone().requires_grad_(True)
 
+    def take(self, idx) -> "Batch":
+        """The structures ``idx`` (in that order) as a new batch, e.g. to drop
+        converged rows; R keeps its width D. Rows of the new batch: ``R[idx]``."""
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
+        width = self.R0.shape[1]
+        n_struct = len(self)
+        n_sites = torch.bincount(self.site_struct, minlength=n_struct)
+        sites = _ranges(torch.cumsum(n_sites, 0) - n_sites, n_sites, idx)
+        atoms = _ranges(torch.cumsum(self.n_atoms, 0) - self.n_atoms, self.n_atoms, idx)
+        new_struct = torch.full((n_struct,), -1, dtype=torch.long, device=self.device)
+        new_struct[idx] = torch.arange(len(idx), device=self.device)
+        new_site = torch.full((self.n_sites,), -1, dtype=torch.long, device=self.device)
+        new_site[sites] = torch.arange(len(sites), device=self.device)
+        new_atom = torch.full((len(self.atom_struct),), -1, dtype=torch.long, device=self.device)
+        new_atom[atoms] = torch.arange(len(atoms), device=self.device)
+
+        def flat(src: torch.Tensor) -> torch.Tensor:
+            moved = new_struct[torch.div(src.clamp_min(0), width, rounding_mode="floor")] * width \
+                + src.clamp_min(0) % width
+            return torch.where(src >= 0, moved, src)
+
+        idx_np = idx.cpu().numpy()
+        return Batch(
+            spg=self.spg[idx_np], wps=self.wps[idx_np], species=self.species,
+            R0=self.R0[idx], kind=self.kind[idx], lat_src=flat(self.lat_src[idx]),
+            lat_const=self.lat_const[idx], n_atoms=self.n_atoms[idx],
+            site_struct=new_struct[self.site_struct[sites]], site_slot=self.site_slot[sites],
+            site_src=flat(self.site_src[sites]), site_A=self.site_A[sites],
+            site_t=self.site_t[sites], site_mult=self.site_mult[sites],
+            site_atom=new_atom[self.site_atom[sites]],
+            atom_struct=new_struct[self.atom_struct[atoms]], atom_site=new_site[self.atom_site[atoms]],
+            atom_M=self.atom_M[atoms], atom_c=self.atom_c[atoms], atom_weight=self.atom_weight[atoms],
+        )
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Batch":
         """The same batch on another device and/or floating dtype."""
         out = {}
@@ -90,6 +124,14 @@ class Batch:
                 v = v.to(device=device, dtype=dtype if v.is_floating_point() and dtype else v.dtype)
             out[f.name] = v
         return Batch(**out)
+
+
+def _ranges(start: torch.Tensor, count: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Concatenated ``arange(start[i], start[i] + count[i])`` for i in ``idx``."""
+    counts = count[idx]
+    owner = torch.repeat_interleave(torch.arange(len(idx), device=idx.device), counts)
+    offset = torch.cumsum(counts, 0) - counts
+    return start[idx][owner] + torch.arange(int(counts.sum()), device=idx.device) - offset[owner]
 
 
 @dataclass(frozen=True)
