@@ -45,26 +45,19 @@ class Pairs:
     def __len__(self) -> int:
         return int(self.centre.shape[0])
 
-    def select(self, mask: torch.Tensor) -> "Pairs":
-        """The pairs where ``mask`` is true."""
-        return Pairs(self.centre[mask], self.atom[mask], self.shift[mask], self.searched)
 
-
-def image_counts(lattice: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """(B, 3) number of images needed on each side along each lattice vector; -1 for
-    a singular or non-finite lattice.
-
-    ``lattice`` (B, 3, 3) row vectors. ``|b_k|`` (reciprocal vector without 2 pi) is
-    the inverse spacing of lattice planes ``k``.
-    """
+def plane_reach(lattice: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3) ``cutoff * |b_k|``: how far, in fractional units along axis k, a point
+    within ``cutoff`` can lie (``|b_k|``, the reciprocal vector without 2 pi, is the
+    inverse spacing of lattice planes k); and (B,) False for a singular or non-finite
+    lattice. ``lattice`` (B, 3, 3) row vectors."""
     lat = lattice.detach()
     finite = torch.isfinite(lat).all(2).all(1)
     eye = torch.eye(3, dtype=lat.dtype, device=lat.device)
     inv, info = torch.linalg.inv_ex(torch.where(finite[:, None, None], lat, eye))
-    recip_norm = torch.linalg.norm(inv, dim=1)  # (B, 3): norm of each column
-    n = torch.floor(cutoff * recip_norm + 0.5 + 1e-9)
-    ok = finite & (info == 0) & torch.isfinite(n).all(1) & (n < 2**20).all(1)
-    return torch.where(ok[:, None], n, torch.full_like(n, -1)).to(torch.long)
+    reach = cutoff * torch.linalg.norm(inv, dim=1)  # norm of each column of inv
+    ok = finite & (info == 0) & torch.isfinite(reach).all(1) & (reach < 2**20).all(1)
+    return torch.where(ok[:, None], reach, torch.zeros_like(reach)), ok
 
 
 def _ragged_arange(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +91,10 @@ def neighbor_pairs(
     n_struct = lattice.shape[0]
     n_atoms = torch.bincount(atom_struct, minlength=n_struct)
     atom_offset = torch.cumsum(n_atoms, 0) - n_atoms
-    n_img = image_counts(lattice, cutoff)
-    n_images = (2 * n_img + 1).prod(1)
-    searched = (n_img >= 0).all(1) & (n_images <= max_images)
-    # half-width of the fractional window along each axis: |delta_k + n_k| <= reach_k
-    reach = cutoff * torch.linalg.norm(torch.linalg.inv_ex(
-        torch.where(searched[:, None, None], lattice.detach(), torch.eye(3, dtype=frac.dtype,
-                                                                         device=device)))[0], dim=1)
+    reach, ok = plane_reach(lattice, cutoff)  # needed images: |delta_k + n_k| <= reach_k
+    # images per axis once offsets are wrapped into [-0.5, 0.5]: |n_k| <= reach_k + 0.5
+    n_images = (2 * torch.floor(reach + 0.5 + 1e-9).to(torch.long) + 1).prod(1)
+    searched = ok & (n_images <= max_images)
     c_struct = atom_struct[centre_atom]
     c_atoms = torch.where(searched[c_struct], n_atoms[c_struct], torch.zeros_like(c_struct))
     # chunks of consecutive centres whose candidates (centre, atom, any image) number about
