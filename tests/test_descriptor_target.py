@@ -53,6 +53,8 @@ def test_bad_target_entries_are_named():
             "sites": [["2z", 0, 0, 0.25]], "cn": {"C": [3]}, "cn_cutoff_A": 1.872}
     with pytest.raises(ValueError, match="target odd: missing or unknown entry '2z'"):
         target_from_mapping("odd", spec)
+    with pytest.raises(ValueError, match="unknown target 'sp1'; defined: .*graphite"):
+        Environment("sp1")
     spec["sites"] = [["2b", 0, 0, 0.25]]
     del spec["cn_cutoff_A"]
     with pytest.raises(ValueError, match="cn_cutoff_A"):

@@ -14,6 +14,7 @@ environment, so the loss and the check need no more.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH, PAD, row_layout
 from hpcxtal.crystal.row import N_SITES, Row
 from hpcxtal.descriptor.neighbors import Pairs, neighbor_pairs
+
+if TYPE_CHECKING:
+    from hpcxtal.store.table import Table
 
 __all__ = ["Batch", "Geometry", "build_batch", "positions", "cell_parameters",
            "lattice_matrix", "rows_from_R", "neighbors", "PAD", "LENGTH", "ANGLE", "COORD"]
@@ -81,7 +85,7 @@ class Batch:
         """A fresh leaf copy of the rows' free variables with ``requires_grad``."""
         return self.R0.detach().clone().requires_grad_(True)
 
-    def take(self, idx) -> "Batch":
+    def take(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> "Batch":
         """The structures ``idx`` (in that order) as a new batch, e.g. to drop
         converged rows; R keeps its width D. Rows of the new batch: ``R[idx]``."""
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
@@ -156,8 +160,8 @@ def _table_columns(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
             np.array([r.xyz for r in rows], dtype=float).reshape(-1, N_SITES, 3))
 
 
-def build_batch(rows, *, species: str = "C", dtype: torch.dtype = torch.float64,
-                device: torch.device | str | None = None) -> Batch:
+def build_batch(rows: Table | Sequence[Row], *, species: str = "C",
+                dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Batch:
     """A batch of decoded rows (a :class:`~hpcxtal.store.table.Table` or a sequence of
     :class:`~hpcxtal.crystal.row.Row`), all of element ``species``.
 
@@ -207,10 +211,10 @@ def build_batch(rows, *, species: str = "C", dtype: torch.dtype = torch.float64,
         n_atoms_seen += lay.n_atoms
     dev = torch.device(device) if device is not None else torch.device("cpu")
 
-    def f(a):
+    def f(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=float), dtype=dtype, device=dev)
 
-    def i(a):
+    def i(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.int64), device=dev)
 
     cat = np.concatenate

@@ -113,7 +113,7 @@ def real_spherical_harmonics(u: torch.Tensor, lmax: int) -> torch.Tensor:
     # q[l][m] = P_l^m(z) / sin^m(theta), with the Condon-Shortley phase
     q = [[None] * (lmax + 1) for _ in range(lmax + 1)]
     for m in range(lmax + 1):
-        q[m][m] = torch.full_like(z, (-1) ** m * _double_factorial_odd(m - 1) if m > 0 else 1.0)
+        q[m][m] = torch.full_like(z, (-1) ** m * _double_factorial_odd(m - 1))  # (2m - 1)!!
         if m + 1 <= lmax:
             q[m + 1][m] = (2 * m + 1) * z * q[m][m]
         for l in range(m + 2, lmax + 1):

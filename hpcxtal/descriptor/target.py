@@ -111,7 +111,12 @@ class Environment:
 
     def __init__(self, target: Target | str = DEFAULT_TARGET, *, dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None) -> None:
-        self.target = load_targets()[target] if isinstance(target, str) else target
+        if isinstance(target, str):
+            targets = load_targets()
+            if target not in targets:
+                raise ValueError(f"unknown target {target!r}; defined: {sorted(targets)}")
+            target = targets[target]
+        self.target = target
         self.so3 = SO3(self.target.so3, dtype=dtype, device=device)
         ref = build_batch([self.target.reference], species=self.target.species, dtype=dtype,
                           device=device)
