@@ -6,9 +6,12 @@
     DIR/manifest.json      per stage: status, inputs, outputs, parameters, counts, times
     DIR/pool.h5            the candidate pool (stage ``import``)
     DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
+    DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
 
-Stages are functions of files; the manifest only records what happened, and a stage
-whose outputs exist and verify is done whatever the manifest says.
+Stages are functions of files; the manifest records what whole-campaign stages did,
+and a stage whose outputs exist and verify is done whatever the manifest says.
+Per-shard stages (many array tasks at once) write only their own output files: their
+progress is read from those files, so no two processes ever write one file.
 """
 from __future__ import annotations
 
@@ -25,12 +28,13 @@ import yaml
 
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hpcxtal.hpc.site import load_site
+from hpcxtal.refine.represent import RefineConfig
 from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("import", "shard")
+STAGES = ("import", "shard", "refine")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +73,7 @@ class CampaignConfig:
     site: str = "local"  # a name in site_configs/ (or the campaign dir), or a YAML path
     import_: ImportConfig = field(default_factory=ImportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":

@@ -73,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
+    p = sub.add_parser("refine", help="pull candidates toward the target environment (Algorithm 1)",
+                       description="Representation-space refinement: batched gradient descent "
+                                   "of each row's free variables so every Wyckoff site's SO(3) "
+                                   "spectrum approaches the target's (default graphite), with "
+                                   "per-sample clipping, plateau step control and perturbed "
+                                   "restarts. Writes every row with loss, valid (CN), steps, "
+                                   "round and status.")
+    p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
+    p.add_argument("--shard", type=int, help="campaign: refine only this shard")
+    p.add_argument("--steps", type=int, help="step cap per row (file mode; default 1500)")
+    p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (file mode)")
+    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    _add_common(p)
+
     p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
                        description="Export rows (or the stored structures, where the file has "
                                    "them) to the published CSV layout, a folder of CIF files "
@@ -225,6 +242,28 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import find_campaign
+    from hpcxtal.refine.represent import RefineConfig
+    from hpcxtal.refine.stage import refine_file
+    from hpcxtal.stages import refine_campaign
+
+    campaign = find_campaign(args.source)
+    if campaign is not None:
+        report = refine_campaign(campaign, args.shard, args.force)
+        if report.skipped:
+            log.info("refined shards are complete and verify; nothing to do (--force to redo)")
+        return 0
+    if args.output is None:
+        raise UsageError("give -o OUT.h5 (or a campaign directory)")
+    overrides = {k: v for k, v in (("max_steps", args.steps), ("dtype", args.dtype),
+                                   ("device", args.device), ("threads", args.threads)) if v is not None}
+    refine_file(args.source, args.output, dataclasses.replace(RefineConfig(), **overrides))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.formats import export_table
     from hpcxtal.store.hdf5 import read_table
@@ -265,18 +304,25 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpcxtal.campaign import STAGES, Campaign
+    from hpcxtal.campaign import Campaign
     from hpcxtal.hpc.submit import job_states, submitted
+    from hpcxtal.stages import PIPELINE
 
     campaign = Campaign(args.dir)
     manifest = campaign.manifest()
     print(f"campaign {manifest['name']!r} ({manifest['campaign_id']}) in {campaign.root}")
-    for stage in STAGES:
-        entry = manifest["stages"].get(stage, {})
-        good, total = campaign.stage_outputs_ok(stage)
+    for spec in PIPELINE:
+        entry = manifest["stages"].get(spec.name, {})
+        if spec.per_shard:
+            n = campaign.config.shard.n_shards
+            good = sum(spec.done(campaign, i) for i in range(n))
+            state = "done" if good == n else ("partial" if good else "pending")
+            print(f"  {spec.name:10s} {state:8s} {good}/{n} shards complete")
+            continue
+        good, total = campaign.stage_outputs_ok(spec.name)
         counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
         files = f"{good}/{total} files verify" if total else "no files yet"
-        print(f"  {stage:10s} {entry.get('status', 'pending'):8s} {files:22s} {counts}")
+        print(f"  {spec.name:10s} {entry.get('status', 'pending'):8s} {files:22s} {counts}")
     jobs = submitted(campaign)
     if jobs and campaign.site.scheduler != "local":
         states = job_states(campaign.site, [j["job_id"] for j in jobs])
@@ -355,7 +401,8 @@ class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
-COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
+COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine,
+            "export": cmd_export,
             "info": cmd_info, "site": cmd_site, "status": cmd_status, "run": cmd_run,
             "resume": cmd_run, "submit": cmd_submit}
 

@@ -27,6 +27,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is tuple:
+        return f"list of {len(typing.get_args(tp))} numbers"
     if origin is dict:
         return "mapping"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
@@ -48,6 +50,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, list):
             (item,) = typing.get_args(tp)
             return [_convert(v, item, f"{where}[{k}]") for k, v in enumerate(value)]
+    elif origin is tuple:
+        items = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(items):
+            return tuple(_convert(v, t, f"{where}[{k}]") for k, (v, t) in enumerate(zip(value, items)))
     elif origin is dict:
         if isinstance(value, dict):
             return dict(value)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from hpcxtal.campaign import Campaign, ImportConfig, ShardConfig
+from hpcxtal.refine.stage import refine_file, refine_output
 from hpcxtal.data import resolve_input
 from hpcxtal.store.formats import import_files
 from hpcxtal.store.hdf5 import read_table, verify_file, write_table
@@ -81,6 +82,37 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
 
 
 
+def refine_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
+    """The campaign's ``refine`` stage on one shard (or every shard in turn)."""
+    return _per_shard(campaign, shard, force, refine_output,
+                      lambda src, dest: refine_file(src, dest, campaign.config.refine,
+                                                    campaign_id=campaign.campaign_id))
+
+
+def _per_shard(campaign: Campaign, shard: int | None, force: bool,
+               output: Callable[[Path, int], Path],
+               run: Callable[[Path, Path], dict[str, int]]) -> StageReport:
+    """Run a per-shard stage on shard ``shard`` (None: all): shard file in, ``output``
+    file out, skipping outputs that verify unless ``force``."""
+    n = campaign.config.shard.n_shards
+    shards = range(n) if shard is None else [shard]
+    if shard is not None and not 0 <= shard < n:
+        raise ValueError(f"shard {shard} does not exist; the campaign has shards 0-{n - 1}")
+    outputs, counts, skipped = [], {}, True
+    for i in shards:
+        src, dest = shard_path(campaign.shard_dir, i), output(campaign.root, i)
+        outputs.append(dest)
+        if not force and _outputs_complete([dest]):
+            continue
+        if verify_file(src) is not None:
+            raise FileNotFoundError(f"{src}: shard missing or corrupted ({verify_file(src)}); "
+                                    f"run 'hpcxtal shard {campaign.root} --force' to recompute it")
+        skipped = False
+        for key, value in run(src, dest).items():
+            counts[key] = counts.get(key, 0) + value
+    return StageReport(outputs, counts, skipped)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """A campaign stage as the drivers see it: which executor runs it, whether it runs
@@ -108,6 +140,9 @@ PIPELINE: tuple[StageSpec, ...] = (
               lambda c, shard: [c.pool_path]),
     StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force),
               lambda c, shard: _shard_files(c)),
+    StageSpec("refine", "gpu", True, refine_campaign,
+              lambda c, shard: [refine_output(c.root, i) for i in
+                                (range(c.config.shard.n_shards) if shard is None else [shard])]),
 )
 
 

@@ -1,0 +1,253 @@
+"""Representation-space refinement (Algorithm 1): pull every site's SO(3) spectrum
+toward the target environment by batched gradient descent on the free variables R.
+
+One batch is one tensor program: per-sample Adam (:mod:`hpcxtal.refine.optim`) with
+gradient clipping and plateau step control, bounds on lattice and coordinates,
+neighbour lists reused within a skin, converged samples dropped from the working set,
+and validity checked on the way so samples that are valid and flat stop early.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
+from hpcxtal.descriptor.batch import Batch, build_batch, rows_from_R
+from hpcxtal.descriptor.target import Environment
+from hpcxtal.refine.optim import OptimConfig, adam_init, adam_step
+
+log = logging.getLogger(__name__)
+
+#: Status strings of refined rows.
+CONVERGED, VALID_FLAT, STALLED, MAX_STEPS = "converged", "valid_flat", "stalled", "max_steps"
+FAILED = "failed: non-finite loss or gradient"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RefineConfig:
+    """Representation refinement settings (lengths in Å, angles in degrees)."""
+
+    target: str = "graphite"
+    max_steps: int = 1500
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, patience=10))
+    lr_length_A: float = 1.0  # step multiplier for lattice lengths (Å per unit lr)
+    lr_angle_deg: float = 20.0  # for angles (degrees per unit lr)
+    loss_tolerance: float = 1e-3  # below this a sample has converged
+    flat_tolerance: float = 0.02  # valid and loss down by less than this share over a check
+    check_every: int = 10  # steps between validity checks (and restart decisions)
+    rebuild_every: int = 10  # steps between neighbour-list rebuilds
+    skin_A: float = 0.5  # neighbour-list skin
+    restarts: int = 15  # perturbed restarts of a sample that stalls invalid (basin hopping)
+    restart_coord_sigma: float = 0.08  # fractional-coordinate noise of a restart
+    restart_length_sigma: float = 0.05  # relative lattice-length noise of a restart
+    seed: int = 0
+    length_bounds_A: tuple[float, float] = (1.5, 50.0)
+    angle_bounds_deg: tuple[float, float] = (30.0, 150.0)
+    max_batch_atoms: int = 60000  # memory budget of one batch
+    dtype: str = "float64"
+    device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int | None = 1  # torch CPU threads per process (None: torch's default); the
+    # kernels are small, so one thread per process and one process per core is fastest
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.check_every < 1 or self.rebuild_every < 1:
+            raise ValueError("max_steps, check_every and rebuild_every must be at least 1")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
+        if self.max_batch_atoms < 1:
+            raise ValueError("max_batch_atoms must be positive")
+
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class RefineResult:
+    """Per-row outcome of refining a table (input order)."""
+
+    cell: np.ndarray  # (N, 6)
+    xyz: np.ndarray  # (N, 8, 3)
+    loss: np.ndarray  # (N,)
+    valid: np.ndarray  # (N,) bool
+    steps: np.ndarray  # (N,) int
+    status: list[str]
+
+
+def plan_batches(n_atoms: np.ndarray, max_atoms: int) -> list[np.ndarray]:
+    """Consecutive index runs whose atom counts add up to at most ``max_atoms`` (a
+    row larger than the budget gets a batch of its own)."""
+    batches, start, total = [], 0, 0
+    for i, n in enumerate(n_atoms):
+        if i > start and total + n > max_atoms:
+            batches.append(np.arange(start, i))
+            start, total = i, 0
+        total += int(n)
+    if len(n_atoms):
+        batches.append(np.arange(start, len(n_atoms)))
+    return batches
+
+
+def _step_scale(batch: Batch, cfg: RefineConfig) -> torch.Tensor:
+    """Per-variable step multipliers from the variable kinds (padding never moves)."""
+    scale = torch.zeros_like(batch.R0)
+    scale[batch.kind == LENGTH] = cfg.lr_length_A
+    scale[batch.kind == ANGLE] = cfg.lr_angle_deg
+    scale[batch.kind == COORD] = 1.0
+    return scale
+
+
+def _apply_bounds(R: torch.Tensor, kind: torch.Tensor, cfg: RefineConfig) -> torch.Tensor:
+    """Lengths and angles clamped into their bounds, coordinates wrapped into [0, 1)."""
+    lo_l, hi_l = cfg.length_bounds_A
+    lo_a, hi_a = cfg.angle_bounds_deg
+    R = torch.where(kind == LENGTH, R.clamp(lo_l, hi_l), R)
+    R = torch.where(kind == ANGLE, R.clamp(lo_a, hi_a), R)
+    return torch.where(kind == COORD, R - torch.floor(R), R)
+
+
+def _restart_noise(ids: np.ndarray, restarts: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """Standard normal noise for each hopping row, a function of (seed, row id, restart
+    number) only: a row's refinement does not depend on which batch, shard or rank it
+    shares, so serial, sharded and MPI runs give the same rows."""
+    return np.stack([np.random.default_rng([seed, int(i), int(r)]).standard_normal(width)
+                     for i, r in zip(ids, restarts)])
+
+
+def _restart(R: torch.Tensor, kind: torch.Tensor, state, hop: torch.Tensor, noise: torch.Tensor,
+             cfg: RefineConfig):
+    """Perturb the samples ``hop`` (coordinates and lattice lengths) by ``noise`` (one row
+    per hopping sample) and give them a fresh optimiser state: a basin hop out of a
+    minimum that is not valid."""
+    full = torch.zeros_like(R)
+    full[hop] = noise.to(R)
+    moved = torch.where(kind == COORD, R + cfg.restart_coord_sigma * full, R)
+    moved = torch.where(kind == LENGTH, R * (1 + cfg.restart_length_sigma * full), moved)
+    R = torch.where(hop[:, None], _apply_bounds(moved, kind, cfg), R)
+    fresh = adam_init(R)
+    for name in fresh.__dataclass_fields__:
+        old, new = getattr(state, name), getattr(fresh, name)
+        mask = hop.reshape(-1, *([1] * (old.dim() - 1)))
+        setattr(state, name, torch.where(mask, new, old))
+    return R, state
+
+
+def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineConfig,
+                 on_step: Callable[[int], None] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts). Returns final R (B, D), loss (B,), valid (B,), steps (B,) and
+    a status per row. Samples leave the working set when converged, valid and flat,
+    stalled (invalid without progress after ``cfg.restarts`` perturbed restarts) or
+    failed."""
+    n = len(batch)
+    R_all = batch.R0.detach().clone()
+    steps = torch.zeros(n, dtype=torch.long, device=batch.device)
+    status = [MAX_STEPS] * n
+    work = torch.arange(n, device=batch.device)  # rows of the full batch still refined
+    wb, R = batch, R_all.clone()
+    state = adam_init(R)
+    scale = _step_scale(wb, cfg)
+    last_check = torch.full((n,), float("inf"), dtype=R.dtype, device=R.device)
+    restarts = np.zeros(n, dtype=np.int64)
+    pairs = None
+    for step in range(cfg.max_steps):
+        if pairs is None or step % cfg.rebuild_every == 0:
+            pairs = env.pairs(wb, R.detach(), skin=cfg.skin_A)
+        Rg = R.detach().requires_grad_(True)
+        loss = env.loss(wb, Rg, pairs)
+        grad, = torch.autograd.grad(loss.sum(), Rg)
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(1)
+        stop = bad | (loss < cfg.loss_tolerance)
+        active = ~stop
+        R = _apply_bounds(adam_step(R, grad, loss, state, cfg.optim, active, scale), wb.kind, cfg)
+        steps[work] += active.long()
+        done_step = step + 1
+        for k in torch.nonzero(bad).flatten().tolist():
+            status[int(work[k])] = FAILED
+        for k in torch.nonzero(stop & ~bad).flatten().tolist():
+            status[int(work[k])] = CONVERGED
+        if done_step % cfg.check_every == 0:
+            valid = env.validity(wb, R)
+            prev = last_check[work]
+            no_gain = loss > prev * (1 - cfg.flat_tolerance)
+            flat = valid & no_gain
+            stuck = active & ~valid & (no_gain | (state.scale <= cfg.optim.min_scale * (1 + 1e-9)))
+            work_np = work.cpu().numpy()
+            hop = stuck & torch.as_tensor(restarts[work_np] < cfg.restarts, device=stuck.device)
+            if bool(hop.any()):
+                rows = work_np[hop.cpu().numpy()]
+                restarts[rows] += 1
+                noise = _restart_noise(ids[rows], restarts[rows], R.shape[1], cfg.seed)
+                R, state = _restart(R, wb.kind, state, hop, torch.from_numpy(noise), cfg)
+                pairs = None
+            stalled = stuck & ~hop
+            for k in torch.nonzero(flat & active).flatten().tolist():
+                status[int(work[k])] = VALID_FLAT
+            for k in torch.nonzero(stalled).flatten().tolist():
+                status[int(work[k])] = STALLED
+            stop = stop | flat | stalled
+            last_check[work] = torch.where(hop, torch.full_like(loss, float("inf")), loss)
+        R_all[work] = R.detach()
+        if on_step is not None:
+            on_step(done_step)
+        if bool(stop.all()):
+            break
+        if bool(stop.any()):  # drop finished samples from the working set
+            keep = torch.nonzero(~stop).flatten()
+            work, wb, R = work[keep], wb.take(keep), R[keep]
+            state, scale, pairs = state.take(keep), scale[keep], None
+    with torch.no_grad():
+        final_loss = env.loss(batch, R_all)
+        valid = env.validity(batch, R_all)
+    return R_all, final_loss, valid, steps, status
+
+
+def refine_table(table, cfg: RefineConfig, progress: Callable[[int, int], None] | None = None
+                 ) -> RefineResult:
+    """Refine every row of a table (any order; batches are built in layout order).
+
+    ``progress(rows_done, valid_so_far)`` is called after each batch.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, dtype = cfg.torch_device(), cfg.torch_dtype()
+    env = Environment(cfg.target, dtype=dtype, device=device)
+    order = table.layout_order()
+    ordered = table.take(order)
+    n = len(table)
+    from hpcxtal.crystal.freevars import row_layout
+
+    atoms = np.array([row_layout(int(s), w).n_atoms for s, w in zip(ordered["spg"], ordered["wps"])])
+    cell = np.array(table["cell"], dtype=float)
+    xyz = np.array(table["xyz"], dtype=float)
+    loss = np.full(n, np.nan)
+    valid = np.zeros(n, dtype=bool)
+    steps = np.zeros(n, dtype=np.int64)
+    status = [""] * n
+    done = n_valid = 0
+    for idx in plan_batches(atoms, cfg.max_batch_atoms):
+        rows = order[idx]
+        batch = build_batch(ordered.take(idx), dtype=dtype, device=device)
+        R, b_loss, b_valid, b_steps, b_status = refine_batch(
+            batch, np.asarray(ordered["id"])[idx], env, cfg)
+        c, x = rows_from_R(batch, R)
+        cell[rows], xyz[rows] = c, x
+        loss[rows] = b_loss.cpu().double().numpy()
+        valid[rows] = b_valid.cpu().numpy()
+        steps[rows] = b_steps.cpu().numpy()
+        for r, s in zip(rows, b_status):
+            status[r] = s
+        done += len(rows)
+        n_valid += int(b_valid.sum())
+        if progress is not None:
+            progress(done, n_valid)
+    return RefineResult(cell, xyz, loss, valid, steps, status)
