@@ -1,0 +1,105 @@
+"""Vertex orbits of a periodic bond graph under the crystal's verified symmetry.
+
+Symmetry-equivalent atoms have equal net invariants, so the signature walks start from
+one atom per orbit only. The operations come from spglib at a tight tolerance, and each
+is kept only if it maps the bond graph onto itself (every bond, with its lattice
+translation), so a tolerance that merges atoms the bonds tell apart cannot change a
+signature; it only makes it cheaper. The verified pure translations also give the
+number of atoms per primitive cell.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from hpcxtal.topology.graph import PeriodicGraph
+
+#: spglib tolerance (Å) for candidate operations; every operation is verified on the graph.
+SYMPREC_A = 1e-3
+
+
+@dataclass(frozen=True)
+class Orbits:
+    """Orbit label of each atom and the number of lattice translations of the cell."""
+
+    labels: np.ndarray  # (n,) int64, 0..n_orbits-1
+    n_translations: int
+
+    @property
+    def representatives(self) -> np.ndarray:
+        """The first atom of each orbit."""
+        return np.unique(self.labels, return_index=True)[1]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.labels)
+
+    @property
+    def n_prim(self) -> int:
+        """Atoms per primitive cell."""
+        return len(self.labels) // self.n_translations
+
+
+def trivial_orbits(n: int) -> Orbits:
+    """Every atom its own orbit (no symmetry used)."""
+    return Orbits(np.arange(n, dtype=np.int64), 1)
+
+
+def vertex_orbits(graph: PeriodicGraph, lattice: np.ndarray, frac: np.ndarray,
+                  numbers: np.ndarray | None = None, symprec: float = SYMPREC_A) -> Orbits:
+    """Orbits of the atoms under the symmetry operations that are automorphisms of
+    ``graph`` (built from the same ``lattice`` and ``frac``)."""
+    import spglib
+
+    n = graph.n
+    lattice = np.asarray(lattice, dtype=float)
+    frac = np.asarray(frac, dtype=float)
+    numbers = np.full(n, 6) if numbers is None else np.asarray(numbers)
+    sym = spglib.get_symmetry((lattice, frac, numbers), symprec=symprec)
+    if sym is None:
+        return trivial_orbits(n)
+    rot = np.asarray(sym["rotations"], dtype=np.int64)
+    trans = np.asarray(sym["translations"], dtype=float)
+    n_ops = len(rot)
+    # Image of every atom under every operation, matched to an atom in fractional space.
+    moved = np.einsum("okl,nl->onk", rot, frac) + trans[:, None, :]  # (ops, n, 3)
+    tol = 10 * symprec * np.linalg.norm(np.linalg.inv(lattice), axis=0).max()
+    tree = cKDTree(_unit(frac), boxsize=1.0)
+    dist, perm = tree.query(_unit(moved.reshape(-1, 3)))
+    perm = perm.reshape(n_ops, n)
+    found = (dist.reshape(n_ops, n) <= tol).all(axis=1)
+    found &= np.array([len(np.unique(p)) == n for p in perm])
+    found &= (numbers[perm] == numbers[None, :]).all(axis=1)
+    lat_shift = np.rint(moved - frac[perm]).astype(np.int64)  # (ops, n, 3)
+    edges = _edge_keys(graph.src, graph.dst, graph.shift, n)
+    good = []
+    for o in np.flatnonzero(found):
+        p, s = perm[o], lat_shift[o]
+        new_shift = graph.shift @ rot[o].T + s[graph.dst] - s[graph.src]
+        mapped = np.sort(_edge_keys(p[graph.src], p[graph.dst], new_shift, n))
+        if np.array_equal(mapped, edges):
+            good.append(o)
+    good = np.array(good, dtype=np.int64)
+    n_translations = int(sum(np.array_equal(rot[o], np.eye(3, dtype=np.int64)) for o in good))
+    rows = np.repeat(np.arange(n), len(good))
+    cols = perm[good].T.ravel()
+    adj = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(adj, directed=False)
+    return Orbits(labels.astype(np.int64), max(n_translations, 1))
+
+
+def _unit(frac: np.ndarray) -> np.ndarray:
+    """Fractional coordinates wrapped into [0, 1) (rounding never gives 1.0)."""
+    out = frac - np.floor(frac)
+    return np.where(out >= 1.0, 0.0, out)
+
+
+def _edge_keys(src: np.ndarray, dst: np.ndarray, shift: np.ndarray, n: int) -> np.ndarray:
+    """Sorted integer keys of directed edges (shifts must lie within +-1000)."""
+    s = shift + 1000
+    keys = ((src * n + dst) * 2001 + s[:, 0]) * 2001 + s[:, 1]
+    return np.sort(keys * 2001 + s[:, 2])
