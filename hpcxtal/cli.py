@@ -72,6 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
+    p = sub.add_parser("topology", help="net signature, dimensionality and first de-duplication",
+                       description="Build the periodic C-C bond graph of every row (stored "
+                                   "structure, else the expanded row), its dimensionality "
+                                   "(0-3 periodic) and a cell-independent topology key "
+                                   "(coordination sequences + shortest-ring counts), and mark "
+                                   "rows sharing (key, dimensionality, atoms per primitive cell) "
+                                   "as duplicates of the lowest id. Adds the columns topology, "
+                                   "dimension, n_prim and duplicate_of; no row is dropped. With a "
+                                   "campaign DIR: DIR/shards/shard-I.h5 -> "
+                                   "DIR/topology/topology-I.h5, skipping outputs that verify.")
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="table file to write (file mode)")
+    p.add_argument("--shard", type=int, metavar="I",
+                   help="campaign: only shard I (one job-array task); default all shards")
+    p.add_argument("--cutoff", type=float, metavar="A",
+                   help="C-C bond cutoff in Å (file mode; default 1.872)")
+    p.add_argument("--depth", type=int, help="coordination-sequence depth (file mode; default 12)")
+    p.add_argument("-j", "--workers", type=int, metavar="N",
+                   help="worker processes (default: the config's, else all usable cores)")
+    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    _add_common(p)
+
     p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
                        description="Export rows (or the stored structures, where the file has "
                                    "them) to the published CSV layout, a folder of CIF files "
@@ -187,6 +209,47 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topology(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import TopologyConfig, find_campaign
+    from hpcxtal.stages import topology_campaign, topology_file
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    campaign = find_campaign(args.source)
+    if campaign is not None:
+        if args.output or args.cutoff is not None or args.depth is not None:
+            raise UsageError(f"a campaign takes cutoff and depth from its config; edit "
+                             f"{campaign.root / 'campaign.yaml'} (section topology)")
+        n_shards = campaign.config.shard.n_shards
+        if args.shard is not None and not 0 <= args.shard < n_shards:
+            raise UsageError(f"--shard {args.shard} out of range: the campaign has {n_shards} "
+                             f"shards (0..{n_shards - 1})")
+        report = topology_campaign(campaign, args.shard, args.force, args.workers)
+        if report.skipped:
+            log.info("%d topology files are complete and verify; nothing to do (--force to "
+                     "redo)", len(report.outputs))
+            return 0
+    else:
+        if args.output is None:
+            raise UsageError("give -o OUT.h5 (or a campaign directory)")
+        if args.shard is not None:
+            raise UsageError("--shard needs a campaign directory")
+        cfg = TopologyConfig()
+        try:
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in (("cutoff_A", args.cutoff),
+                                                                 ("depth", args.depth))
+                                              if v is not None})
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        report = topology_file(args.source, args.output, cfg, args.workers)
+    c = report.counts
+    log.info("%d rows in %d file(s): %d unique, %d duplicates, %d without topology",
+             c["rows"], len(report.outputs), c["unique"], c["duplicates"], c["failed"])
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.formats import export_table
     from hpcxtal.store.hdf5 import read_table
@@ -240,7 +303,8 @@ class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
-COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
+COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "topology": cmd_topology,
+            "export": cmd_export,
             "info": cmd_info, "status": cmd_status}
 
 
