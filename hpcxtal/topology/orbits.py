@@ -9,6 +9,7 @@ number of atoms per primitive cell.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,12 @@ def vertex_orbits(graph: PeriodicGraph, lattice: np.ndarray, frac: np.ndarray,
     lattice = np.asarray(lattice, dtype=float)
     frac = np.asarray(frac, dtype=float)
     numbers = np.full(n, 6) if numbers is None else np.asarray(numbers)
-    sym = spglib.get_symmetry((lattice, frac, numbers), symprec=symprec)
+    with warnings.catch_warnings():  # spglib 2.x warns about its legacy error handling
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            sym = spglib.get_symmetry((lattice, frac, numbers), symprec=symprec)
+        except getattr(spglib, "SpglibError", RuntimeError):
+            sym = None
     if sym is None:
         return trivial_orbits(n)
     rot = np.asarray(sym["rotations"], dtype=np.int64)
