@@ -34,6 +34,11 @@ from hpcxtal.topology.orbits import SYMPREC_A, Orbits, trivial_orbits, vertex_or
 DEFAULT_DEPTH = 12
 #: Default longest cycle searched for the ring invariant (0 = none found up to it).
 DEFAULT_MAX_RING = 12
+#: Most bonds per atom a signature is computed for (denser graphs are not sp2/sp3 nets
+#: and their walks grow too fast to be a cheap filter).
+MAX_DEGREE = 16
+#: Most (walk, vertex, translation) nodes one walk step may generate.
+MAX_NODES = 4_000_000
 #: Hex digits of the topology key (64 bits).
 KEY_HEX = 16
 
@@ -105,7 +110,7 @@ def _reach(graph: PeriodicGraph, steps: int) -> int:
 
 def coordination_sequences(graph: PeriodicGraph, depth: int = DEFAULT_DEPTH,
                            starts: np.ndarray | None = None,
-                           max_nodes: int = 20_000_000) -> np.ndarray:
+                           max_nodes: int = MAX_NODES) -> np.ndarray:
     """(len(starts), depth) coordination sequences of vertices ``starts`` (default all)."""
     n = graph.n
     v = np.arange(n, dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
@@ -131,7 +136,7 @@ def coordination_sequences(graph: PeriodicGraph, depth: int = DEFAULT_DEPTH,
 
 def ring_invariants(graph: PeriodicGraph, max_ring: int = DEFAULT_MAX_RING,
                     starts: np.ndarray | None = None,
-                    max_nodes: int = 20_000_000) -> list[tuple[tuple[int, int], ...]]:
+                    max_nodes: int = MAX_NODES) -> list[tuple[tuple[int, int], ...]]:
     """Per vertex of ``starts`` (default all), the sorted (length, count) of the shortest
     cycles through each pair of its edges; (0, 0) where none is <= ``max_ring`` long."""
     n = graph.n
@@ -207,6 +212,8 @@ def signature(graph: PeriodicGraph, orbits: Orbits | None = None, depth: int = D
     ``orbits`` (graph automorphism orbits) the walks start from one vertex per orbit."""
     if graph.n == 0:
         raise SignatureError("no atoms")
+    if graph.degree.max() > MAX_DEGREE:
+        raise SignatureError(f"an atom has {graph.degree.max()} bonds (more than {MAX_DEGREE})")
     orbits = orbits or trivial_orbits(graph.n)
     reps = orbits.representatives
     cs = coordination_sequences(graph, depth, reps)
