@@ -19,7 +19,7 @@ from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.shard import write_shards
 from hpcxtal.store.table import Structures, Table
 from hpcxtal.topology.annotate import SignatureParams, annotate_table, first_duplicates
-from hpcxtal.topology.graph import bond_graph, components, graph_of_atoms
+from hpcxtal.topology.graph import PeriodicGraph, components, graph_of_atoms
 from hpcxtal.topology.orbits import vertex_orbits
 from hpcxtal.topology.signature import atoms_signature, coordination_sequences, signature
 
@@ -82,6 +82,30 @@ def test_dimensionality():
     assert sorted(comps.dimensions.tolist()) == [0, 1] and not comps.uniform
 
 
+def _graph(n: int, bonds: list[tuple[int, int, tuple[int, int, int]]]) -> PeriodicGraph:
+    """A quotient graph from undirected bonds (i, j, shift)."""
+    edges = bonds + [(j, i, tuple(-np.array(t))) for i, j, t in bonds]
+    edges.sort(key=lambda e: (e[0], e[1], e[2]))
+    return PeriodicGraph(n, np.full(n, 6), np.array([e[0] for e in edges]),
+                         np.array([e[1] for e in edges]), np.array([e[2] for e in edges]))
+
+
+def test_interpenetrating_copies_change_the_key():
+    axes = [(0, 0, 1), (0, 1, 0)]
+    pcu = _graph(1, [(0, 0, (1, 0, 0))] + [(0, 0, a) for a in axes])
+    pcu_2x = _graph(2, [(0, 1, (0, 0, 0)), (1, 0, (1, 0, 0))]
+                    + [(v, v, a) for v in (0, 1) for a in axes])
+    # One vertex whose a-bond jumps two cells: two disjoint pcu nets (index 2).
+    twofold = _graph(1, [(0, 0, (2, 0, 0))] + [(0, 0, a) for a in axes])
+    twofold_2x = _graph(2, [(v, v, (1, 0, 0)) for v in (0, 1)]
+                        + [(v, v, a) for v in (0, 1) for a in axes])
+    assert components(twofold).copies.tolist() == [2]
+    assert components(pcu).copies.tolist() == [1]
+    assert signature(pcu).key == signature(pcu_2x).key
+    assert signature(twofold).key == signature(twofold_2x).key != signature(pcu).key
+    assert signature(pcu).vertices[0][3][:3] == (6, 18, 38)
+
+
 def test_sacada_structures_are_three_periodic(sacada):
     for atoms in sacada:
         assert components(graph_of_atoms(atoms)).dimension == int(atoms.info["dimension"]) == 3
@@ -92,8 +116,9 @@ def test_known_coordination_sequences():
     assert coordination_sequences(diamond, 10)[0].tolist() == [4, 12, 24, 42, 64, 92, 124, 162,
                                                                 204, 252]
     sig = signature(graph_of_atoms(GRAPHITE))
-    ((cs, rings, frac),) = sig.vertices  # honeycomb: one vertex kind, 6-rings, 3k shells
+    ((z, dim, share, cs, rings, frac),) = sig.vertices  # honeycomb: 6-rings, 3k per shell
     assert cs == tuple(3 * k for k in range(1, 13)) and rings == ((6, 1),) * 3 and frac == 1
+    assert (z, dim, share) == (6, 2, 0)
     assert sig.dimension == 2
 
 

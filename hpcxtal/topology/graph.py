@@ -60,6 +60,7 @@ class PeriodicGraph:
     reached through translations ``shift[offsets[v]:offsets[v + 1]]``."""
 
     n: int
+    numbers: np.ndarray  # (n,) atomic numbers
     src: np.ndarray  # (E,) int64
     dst: np.ndarray  # (E,) int64
     shift: np.ndarray  # (E, 3) int64
@@ -86,6 +87,8 @@ def bond_graph(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray | None
     frac = np.asarray(frac, dtype=float).reshape(-1, 3)
     n = len(frac)
     numbers = np.full(n, 6, dtype=np.int64) if numbers is None else np.asarray(numbers, np.int64)
+    if n == 0:
+        raise GraphError("no atoms")
     volume = abs(np.linalg.det(lattice))
     if not np.isfinite(volume) or volume < 1e-6:
         raise GraphError(f"degenerate cell (volume {volume:.3g} Å^3)")
@@ -94,23 +97,25 @@ def bond_graph(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray | None
     # Shift so that positions lie in [0, 1): in-cell differences are then in (-1, 1) and
     # a lattice image within rmax needs |t_k| <= ceil(rmax / plane spacing_k) + 1.
     wrapped = frac - np.floor(frac)
-    reach = np.ceil(rmax * np.linalg.norm(np.linalg.inv(lattice), axis=0)).astype(int) + 1
+    margin = rmax * np.linalg.norm(np.linalg.inv(lattice), axis=0)  # per axis, fractional
+    reach = np.ceil(margin).astype(int) + 1
     if np.prod(2 * reach + 1) * n > 5_000_000:
         raise GraphError(f"cell too thin for the {rmax} Å cutoff ({reach} image shells)")
     grids = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
     images = np.stack([g.ravel() for g in grids], axis=1)  # (M, 3)
-    cart = wrapped @ lattice
-    image_cart = (images @ lattice)[:, None, :] + cart[None, :, :]  # (M, n, 3)
-    pairs = cKDTree(cart).sparse_distance_matrix(
-        cKDTree(image_cart.reshape(-1, 3)), rmax, output_type="ndarray")
+    # Only image atoms within the cutoff slab around the home cell can bond to it.
+    image_frac = (images[:, None, :] + wrapped[None, :, :]).reshape(-1, 3)
+    near = np.flatnonzero(np.all((image_frac >= -margin) & (image_frac <= 1 + margin), axis=1))
+    pairs = cKDTree(wrapped @ lattice).sparse_distance_matrix(
+        cKDTree(image_frac[near] @ lattice), rmax, output_type="ndarray")
     i = pairs["i"].astype(np.int64)
-    m, j = np.divmod(pairs["j"].astype(np.int64), n)
+    m, j = np.divmod(near[pairs["j"]], n)
     dist = pairs["v"]
     shift = images[m] + (np.floor(frac[i]) - np.floor(frac[j])).astype(np.int64)
     keep = (dist <= table[numbers[i], numbers[j]]) & ~((i == j) & np.all(images[m] == 0, axis=1))
     i, j, shift = i[keep], j[keep], shift[keep]
     order = np.lexsort((shift[:, 2], shift[:, 1], shift[:, 0], j, i))
-    return PeriodicGraph(n, i[order], j[order], shift[order])
+    return PeriodicGraph(n, numbers, i[order], j[order], shift[order])
 
 
 def graph_of_atoms(atoms, cutoffs: Mapping[tuple[str, str], float] | None = None
@@ -122,10 +127,12 @@ def graph_of_atoms(atoms, cutoffs: Mapping[tuple[str, str], float] | None = None
 
 @dataclass(frozen=True)
 class Components:
-    """Connected components of the quotient graph and the periodicity of each."""
+    """Connected components of the quotient graph, the periodicity of each and, for
+    3-periodic ones, how many disjoint (interpenetrating) nets each one holds."""
 
     labels: np.ndarray  # (n,) component of each vertex
     dimensions: np.ndarray  # (n_components,) 0..3
+    copies: np.ndarray  # (n_components,) index of the cycle lattice in Z^3; 0 unless 3-periodic
 
     @property
     def dimension(self) -> int:
@@ -143,19 +150,54 @@ def components(graph: PeriodicGraph) -> Components:
     n = graph.n
     adj = coo_matrix((np.ones(len(graph.src)), (graph.src, graph.dst)), shape=(n, n)).tocsr()
     n_comp, labels = connected_components(adj, directed=False)
-    # Place every vertex at a translation along a BFS spanning tree of its component.
+    # One BFS from a virtual root joined to the first vertex of every component gives a
+    # spanning forest; each vertex is then placed at the sum of the translations on its
+    # tree path (pointer jumping, log2(depth) vectorised steps).
+    firsts = np.unique(labels, return_index=True)[1]
+    rooted = coo_matrix((np.ones(len(graph.src) + n_comp),
+                         (np.concatenate([graph.src, np.full(n_comp, n)]),
+                          np.concatenate([graph.dst, firsts]))), shape=(n + 1, n + 1)).tocsr()
+    _, pred = breadth_first_order(rooted, n, directed=False)
+    parent = pred[:n].copy()
+    parent[firsts] = -1
+    tree_edge = np.flatnonzero(parent[graph.dst] == graph.src)
+    child, first = np.unique(graph.dst[tree_edge], return_index=True)
     position = np.zeros((n, 3), dtype=np.int64)
-    offsets = graph.offsets
-    for root in np.unique(labels, return_index=True)[1]:
-        order, pred = breadth_first_order(adj, root, directed=False)
-        for v in order[1:]:
-            p = pred[v]
-            lo, hi = offsets[p], offsets[p + 1]
-            k = lo + int(np.flatnonzero(graph.dst[lo:hi] == v)[0])
-            position[v] = position[p] + graph.shift[k]
+    position[child] = graph.shift[tree_edge[first]]
+    up = parent.copy()
+    while np.any(up >= 0):
+        moving = up >= 0
+        position[moving] += position[up[moving]]
+        up[moving] = up[up[moving]]
     cycles = position[graph.src] + graph.shift - position[graph.dst]
     dims = np.zeros(n_comp, dtype=np.int64)
-    for c in range(n_comp):
-        vectors = cycles[labels[graph.src] == c]
-        dims[c] = np.linalg.matrix_rank(vectors.astype(float)) if len(vectors) else 0
-    return Components(labels, dims)
+    copies = np.zeros(n_comp, dtype=np.int64)
+    periodic = np.any(cycles != 0, axis=1)
+    for c in np.unique(labels[graph.src[periodic]]):
+        basis = lattice_basis(cycles[periodic & (labels[graph.src] == c)])
+        dims[c] = len(basis)
+        if len(basis) == 3:
+            copies[c] = abs(round(np.linalg.det(basis.astype(float))))
+    return Components(labels, dims, copies)
+
+
+def lattice_basis(vectors: np.ndarray) -> np.ndarray:
+    """(rank, 3) integer basis (Hermite normal form rows) of the lattice that integer
+    ``vectors`` (k, 3) generate; Euclid's algorithm, vectorised over rows."""
+    rows = np.asarray(vectors, dtype=np.int64).reshape(-1, 3)
+    rows = rows[np.any(rows != 0, axis=1)]
+    basis = []
+    for col in range(3):
+        while True:
+            nonzero = np.flatnonzero(rows[:, col])
+            if len(nonzero) == 0:
+                break
+            pivot = nonzero[np.argmin(np.abs(rows[nonzero, col]))]
+            others = nonzero[nonzero != pivot]
+            if len(others) == 0:
+                basis.append(rows[pivot])
+                rows = np.delete(rows, pivot, axis=0)
+                break
+            rows[others] -= (rows[others, col] // rows[pivot, col])[:, None] * rows[pivot]
+        rows = rows[np.any(rows != 0, axis=1)]
+    return np.array(basis, dtype=np.int64).reshape(-1, 3)

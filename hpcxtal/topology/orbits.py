@@ -13,8 +13,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from hpcxtal.topology.graph import PeriodicGraph
@@ -72,30 +70,28 @@ def vertex_orbits(graph: PeriodicGraph, lattice: np.ndarray, frac: np.ndarray,
     trans = np.asarray(sym["translations"], dtype=float)
     n_ops = len(rot)
     # Image of every atom under every operation, matched to an atom in fractional space.
-    moved = np.einsum("okl,nl->onk", rot, frac) + trans[:, None, :]  # (ops, n, 3)
+    moved = frac[None] @ rot.transpose(0, 2, 1) + trans[:, None, :]  # (ops, n, 3)
     tol = 10 * symprec * np.linalg.norm(np.linalg.inv(lattice), axis=0).max()
     tree = cKDTree(_unit(frac), boxsize=1.0)
     dist, perm = tree.query(_unit(moved.reshape(-1, 3)))
     perm = perm.reshape(n_ops, n)
     found = (dist.reshape(n_ops, n) <= tol).all(axis=1)
-    found &= np.array([len(np.unique(p)) == n for p in perm])
+    found &= (np.sort(perm, axis=1) == np.arange(n)).all(axis=1)  # a permutation
     found &= (numbers[perm] == numbers[None, :]).all(axis=1)
     lat_shift = np.rint(moved - frac[perm]).astype(np.int64)  # (ops, n, 3)
-    edges = _edge_keys(graph.src, graph.dst, graph.shift, n)
-    good = []
-    for o in np.flatnonzero(found):
-        p, s = perm[o], lat_shift[o]
-        new_shift = graph.shift @ rot[o].T + s[graph.dst] - s[graph.src]
-        mapped = np.sort(_edge_keys(p[graph.src], p[graph.dst], new_shift, n))
-        if np.array_equal(mapped, edges):
-            good.append(o)
-    good = np.array(good, dtype=np.int64)
-    n_translations = int(sum(np.array_equal(rot[o], np.eye(3, dtype=np.int64)) for o in good))
-    rows = np.repeat(np.arange(n), len(good))
-    cols = perm[good].T.ravel()
-    adj = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(adj, directed=False)
-    return Orbits(labels.astype(np.int64), max(n_translations, 1))
+    edges = np.sort(_edge_keys(graph.src, graph.dst, graph.shift, n))
+    cand = np.flatnonzero(found)
+    # Bond (i, j, t) maps to (perm i, perm j, R t + L_j - L_i) where atom i lands on
+    # atom perm i shifted by the lattice vector L_i.
+    perm_k, lat_k = perm[cand], lat_shift[cand]  # (k, n), (k, n, 3)
+    new_shift = (graph.shift[None] @ rot[cand].transpose(0, 2, 1)
+                 + lat_k[:, graph.dst] - lat_k[:, graph.src])  # (k, E, 3)
+    mapped = np.sort(_edge_keys(perm_k[:, graph.src], perm_k[:, graph.dst], new_shift, n), axis=1)
+    good = cand[np.all(mapped == edges[None, :], axis=1)]
+    n_translations = int(np.all(rot[good] == np.eye(3, dtype=np.int64), axis=(1, 2)).sum())
+    # The verified operations form a group, so the smallest image of an atom names its orbit.
+    labels = np.unique(perm[good].min(axis=0), return_inverse=True)[1]
+    return Orbits(labels.astype(np.int64).reshape(n), max(n_translations, 1))
 
 
 def _unit(frac: np.ndarray) -> np.ndarray:
@@ -105,7 +101,6 @@ def _unit(frac: np.ndarray) -> np.ndarray:
 
 
 def _edge_keys(src: np.ndarray, dst: np.ndarray, shift: np.ndarray, n: int) -> np.ndarray:
-    """Sorted integer keys of directed edges (shifts must lie within +-1000)."""
+    """Integer keys of directed edges (shifts must lie within +-1000)."""
     s = shift + 1000
-    keys = ((src * n + dst) * 2001 + s[:, 0]) * 2001 + s[:, 1]
-    return np.sort(keys * 2001 + s[:, 2])
+    return (((src * n + dst) * 2001 + s[..., 0]) * 2001 + s[..., 1]) * 2001 + s[..., 2]

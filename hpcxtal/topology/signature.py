@@ -6,7 +6,10 @@ Each vertex gets an invariant of the infinite net around it:
   1, 2, ..., depth), from a breadth-first walk over (vertex, lattice translation) pairs;
 - its **ring invariant**: for every pair of edges at the vertex (every angle), the
   length of the shortest cycle through both edges and the number of such cycles
-  (Wells' circuit symbol with multiplicities), sorted.
+  (Wells' circuit symbol with multiplicities), sorted;
+- its element, the periodicity of its connected component and, for a 3-periodic
+  component, the share of all atoms that lie in that one connected net (1/2 for each
+  of two interpenetrating copies), which coordination sequences cannot see.
 
 The net's signature is the multiset of vertex invariants with their relative
 frequencies (count / number of atoms, as an exact fraction), so it does not depend on
@@ -55,7 +58,10 @@ class Signature:
     dimension: int  # largest periodicity of a component, 0..3
     uniform: bool  # all components have the same periodicity
     n_prim: int  # atoms per primitive cell (the cell's atoms where no symmetry was used)
-    vertices: tuple[tuple[tuple[int, ...], tuple[tuple[int, int], ...], Fraction], ...]
+    #: (element, component periodicity, component share, coordination sequence,
+    #: ring invariant, fraction of atoms) for each distinct vertex invariant, sorted.
+    vertices: tuple[tuple[int, int, Fraction, tuple[int, ...], tuple[tuple[int, int], ...],
+                          Fraction], ...]
 
     def text(self) -> str:
         """The canonical text that :attr:`key` hashes."""
@@ -200,30 +206,40 @@ def ring_invariants(graph: PeriodicGraph, max_ring: int = DEFAULT_MAX_RING,
 
 def _canonical_text(vertices) -> str:
     parts = []
-    for cs, rings, frac in vertices:
+    for z, dim, share, cs, rings, frac in vertices:
         ring_text = ".".join(f"{ln}x{c}" for ln, c in rings)
-        parts.append(f"{'-'.join(map(str, cs))}|{ring_text}|{frac.numerator}/{frac.denominator}")
+        parts.append(f"{z}|{dim}|{share}|{'-'.join(map(str, cs))}|{ring_text}|{frac}")
     return ";".join(parts)
+
+
+def _check_size(graph: PeriodicGraph) -> None:
+    if graph.n == 0:
+        raise SignatureError("no atoms")
+    if graph.degree.max() > MAX_DEGREE:
+        raise SignatureError(f"an atom has {graph.degree.max()} bonds (more than {MAX_DEGREE})")
 
 
 def signature(graph: PeriodicGraph, orbits: Orbits | None = None, depth: int = DEFAULT_DEPTH,
               max_ring: int = DEFAULT_MAX_RING) -> Signature:
     """The topology signature of the net of ``graph`` (see the module docstring); with
     ``orbits`` (graph automorphism orbits) the walks start from one vertex per orbit."""
-    if graph.n == 0:
-        raise SignatureError("no atoms")
-    if graph.degree.max() > MAX_DEGREE:
-        raise SignatureError(f"an atom has {graph.degree.max()} bonds (more than {MAX_DEGREE})")
+    _check_size(graph)
     orbits = orbits or trivial_orbits(graph.n)
     reps = orbits.representatives
     cs = coordination_sequences(graph, depth, reps)
     rings = ring_invariants(graph, max_ring, reps)
-    counts: Counter = Counter()
-    for c, r, size in zip(map(tuple, cs.tolist()), rings, orbits.sizes[orbits.labels[reps]]):
-        counts[c, r] += int(size)
-    vertices = tuple(sorted((c, r, Fraction(k, graph.n)) for (c, r), k in counts.items()))
-    key = hashlib.sha256(_canonical_text(vertices).encode()).hexdigest()[:KEY_HEX]
     comps = components(graph)
+    comp = comps.labels[reps]
+    comp_size = np.bincount(comps.labels)[comp]
+    counts: Counter = Counter()
+    for z, dim, n_q, copies, c, r, size in zip(
+            graph.numbers[reps].tolist(), comps.dimensions[comp].tolist(), comp_size.tolist(),
+            comps.copies[comp].tolist(), map(tuple, cs.tolist()), rings,
+            orbits.sizes[orbits.labels[reps]].tolist()):
+        share = Fraction(n_q, copies * graph.n) if dim == 3 else Fraction(0)
+        counts[z, dim, share, c, r] += size
+    vertices = tuple(sorted((*inv, Fraction(k, graph.n)) for inv, k in counts.items()))
+    key = hashlib.sha256(_canonical_text(vertices).encode()).hexdigest()[:KEY_HEX]
     return Signature(key, comps.dimension, comps.uniform, orbits.n_prim, vertices)
 
 
@@ -234,6 +250,7 @@ def structure_signature(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarr
     """Signature of the structure with cell rows ``lattice`` (Å) and fractional ``frac``;
     ``symprec`` None skips the symmetry shortcut (and reports n_prim = atoms in the cell)."""
     graph = bond_graph(lattice, frac, numbers, cutoffs)
+    _check_size(graph)
     orbits = (trivial_orbits(graph.n) if symprec is None
               else vertex_orbits(graph, lattice, frac, numbers, symprec))
     return signature(graph, orbits, depth, max_ring)
