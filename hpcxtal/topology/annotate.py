@@ -46,18 +46,6 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _cell_of(table: Table, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(lattice, frac, numbers) of row ``i``: its stored structure, else its expanded row."""
-    if table.structures is not None:
-        s = table.structures
-        lo, hi = s.offsets[i], s.offsets[i + 1]
-        return s.lattice[i], s.frac[lo:hi], s.numbers[lo:hi]
-    from hpcxtal.crystal.row import to_atoms
-
-    atoms = to_atoms(table.row(i))
-    return np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=False), atoms.numbers
-
-
 def _one(args: tuple[np.ndarray, np.ndarray, np.ndarray, SignatureParams]
          ) -> tuple[str, int, int, str]:
     """(key, dimension, n_prim, error) of one structure; a failure is reported, not raised."""
@@ -71,8 +59,20 @@ def _one(args: tuple[np.ndarray, np.ndarray, np.ndarray, SignatureParams]
 
 
 def _jobs(table: Table, params: SignatureParams) -> Iterator[tuple]:
+    """(lattice, frac, numbers, params) of every row: its stored structure where the table
+    has structures, else the row expanded to its conventional cell."""
+    if table.structures is not None:
+        s = table.structures
+        offsets = s.offsets
+        for i in range(len(table)):
+            lo, hi = offsets[i], offsets[i + 1]
+            yield s.lattice[i], s.frac[lo:hi], s.numbers[lo:hi], params
+        return
+    from hpcxtal.crystal.row import to_atoms
+
     for i in range(len(table)):
-        yield (*_cell_of(table, i), params)
+        atoms = to_atoms(table.row(i))
+        yield np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=False), atoms.numbers, params
 
 
 def signatures(table: Table, params: SignatureParams, workers: int | None = None
