@@ -140,8 +140,8 @@ def main() -> None:
                          "baseline_per_s": base, "baseline_times_s": base_times,
                          "speedup": rate / base}
         print(f"{name}: {len(cells)} structures ({failed} without signature; median "
-              f"{np.median(atoms):.0f} atoms, max {atoms.max()}): {rate:.1f}/s with orbits, {base:.1f}/s all-atom baseline, "
-              f"x{rate / base:.2f}; runs {[round(t, 2) for t in times]} / "
+              f"{np.median(atoms):.0f} atoms, max {atoms.max()}): {rate:.1f}/s with orbits, "
+              f"{base:.1f}/s all-atom baseline, x{rate / base:.2f}; runs {[round(t, 2) for t in times]} / "
               f"{[round(t, 2) for t in base_times]} s")
     if args.json:
         with open(args.json, "w") as fh:
