@@ -63,10 +63,6 @@ class Signature:
     vertices: tuple[tuple[int, int, Fraction, tuple[int, ...], tuple[tuple[int, int], ...],
                           Fraction], ...]
 
-    def text(self) -> str:
-        """The canonical text that :attr:`key` hashes."""
-        return _canonical_text(self.vertices)
-
 
 class _Nodes:
     """Integer keys for (source, vertex, translation) triples of a walk."""
