@@ -24,6 +24,7 @@ campaign: setup
 	$(BIN)/hpcxtal init $(CAMPAIGN) --shards 2 || test -f $(CAMPAIGN)/campaign.yaml
 	$(BIN)/hpcxtal import $(CAMPAIGN)
 	$(BIN)/hpcxtal shard $(CAMPAIGN)
+	$(BIN)/hpcxtal topology $(CAMPAIGN)
 	$(BIN)/hpcxtal export $(CAMPAIGN)/pool.h5 -f cif -o $(CAMPAIGN)/export/cif
 	$(BIN)/hpcxtal status $(CAMPAIGN)
 
