@@ -163,7 +163,9 @@ def test_signature_invariance(sample):
 def test_named_nets_get_distinct_keys(sacada):
     named = [a for a in sacada if a.info["topology"] != "aaa"]
     assert len(named) == 25
-    keys = {atoms_signature(a).key: a.info["topology"] for a in named}
+    sigs = [atoms_signature(a) for a in named]
+    assert all(sig.dimension == 3 and sig.uniform for sig in sigs)
+    keys = {sig.key for sig in sigs}
     assert len(keys) == 25
     graphite = atoms_signature(GRAPHITE).key
     diamond = atoms_signature(bulk("C", "diamond", a=3.567)).key
