@@ -7,6 +7,7 @@
     DIR/pool.h5            the candidate pool (stage ``import``)
     DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
     DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
+    DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
 
 Stages are functions of files; the manifest records what whole-campaign stages did,
 and a stage whose outputs exist and verify is done whatever the manifest says.
@@ -34,7 +35,7 @@ from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("import", "shard", "refine")
+STAGES = ("import", "shard", "refine", "topology")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +66,43 @@ class ShardConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TopologyConfig:
+    """Bond graph and signature settings for the topology stage."""
+
+    cutoff_A: float = 1.872
+    pair_cutoffs_A: dict[str, float] = field(default_factory=dict)
+    depth: int = 12
+    max_ring: int = 12
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cutoff_A < 10:
+            raise ValueError(f"cutoff_A must be in (0, 10) Å, got {self.cutoff_A}")
+        if self.depth < 10:
+            raise ValueError(f"depth must be at least 10, got {self.depth}")
+        if self.max_ring < 3:
+            raise ValueError(f"max_ring must be at least 3, got {self.max_ring}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
+        self.cutoffs()
+
+    def cutoffs(self) -> dict[tuple[str, str], float]:
+        """Per element-pair cutoffs: C-C from ``cutoff_A``, then ``pair_cutoffs_A``
+        (keys like ``"C-N"``)."""
+        from ase.data import atomic_numbers
+
+        out = {("C", "C"): self.cutoff_A}
+        for name, value in self.pair_cutoffs_A.items():
+            pair = tuple(str(name).split("-"))
+            if len(pair) != 2 or any(p not in atomic_numbers for p in pair):
+                raise ValueError(f"pair_cutoffs_A: key {name!r} is not an element pair like 'C-N'")
+            if not isinstance(value, (int, float)) or not 0 < value < 10:
+                raise ValueError(f"pair_cutoffs_A[{name!r}] must be a number in (0, 10) Å")
+            out[pair] = float(value)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
 class CampaignConfig:
     """Everything a campaign needs, one section per stage."""
 
@@ -74,6 +112,7 @@ class CampaignConfig:
     import_: ImportConfig = field(default_factory=ImportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":
@@ -124,6 +163,10 @@ class Campaign:
     @property
     def shard_dir(self) -> Path:
         return self.root / "shards"
+
+    @property
+    def topology_dir(self) -> Path:
+        return self.root / "topology"
 
     def manifest(self) -> dict[str, Any]:
         try:

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "spectrum approaches the target's (default graphite), with "
                                    "per-sample clipping, plateau step control and perturbed "
                                    "restarts. Writes every row with loss, valid (CN), steps, "
-                                   "round and status.")
+                                   "round and refine_status.")
     p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
     p.add_argument("--shard", type=int, help="campaign: refine only this shard")
@@ -87,6 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (file mode)")
+    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    _add_common(p)
+
+    p = sub.add_parser("topology", help="net signature, dimensionality and first de-duplication",
+                       description="Build the periodic C-C bond graph of every row (stored "
+                                   "structure, else the expanded row; only CN-valid rows of a "
+                                   "refined file), its dimensionality "
+                                   "(0-3 periodic) and a cell-independent topology key "
+                                   "(coordination sequences + shortest-ring counts), and mark "
+                                   "rows sharing (key, dimensionality, atoms per primitive cell) "
+                                   "as duplicates of the lowest id. Adds the columns topology, "
+                                   "dimension, n_prim and duplicate_of; no row is dropped. With a "
+                                   "campaign DIR: DIR/refine/refine-I.h5 -> "
+                                   "DIR/topology/topology-I.h5, skipping outputs that verify.")
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="table file to write (file mode)")
+    p.add_argument("--shard", type=int, metavar="I",
+                   help="campaign: only shard I (one job-array task); default all shards")
+    p.add_argument("--cutoff", type=float, metavar="A",
+                   help="C-C bond cutoff in Å (file mode; default 1.872)")
+    p.add_argument("--depth", type=int, help="coordination-sequence depth (file mode; default 12)")
+    p.add_argument("-j", "--workers", type=int, metavar="N",
+                   help="worker processes (default: the config's, else all usable cores)")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     _add_common(p)
 
@@ -264,6 +287,44 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topology(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import TopologyConfig, find_campaign
+    from hpcxtal.stages import StageReport, topology_campaign
+    from hpcxtal.topology.stage import topology_file
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    campaign = find_campaign(args.source)
+    if campaign is not None:
+        if args.output or args.cutoff is not None or args.depth is not None:
+            raise UsageError(f"a campaign takes cutoff and depth from its config; edit "
+                             f"{campaign.root / 'campaign.yaml'} (section topology)")
+        report = topology_campaign(campaign, args.shard, args.force, args.workers)
+        if report.skipped:
+            log.info("%d topology files are complete and verify; nothing to do (--force to "
+                     "redo)", len(report.outputs))
+            return 0
+    else:
+        if args.output is None:
+            raise UsageError("give -o OUT.h5 (or a campaign directory)")
+        if args.shard is not None:
+            raise UsageError("--shard needs a campaign directory")
+        cfg = TopologyConfig()
+        try:
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in (("cutoff_A", args.cutoff),
+                                                                 ("depth", args.depth))
+                                              if v is not None})
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        report = StageReport([args.output], topology_file(args.source, args.output, cfg, args.workers))
+    c = report.counts
+    log.info("%d rows in %d file(s), %d signed: %d unique, %d duplicates, %d without topology",
+             c["rows"], len(report.outputs), c["signed"], c["unique"], c["duplicates"], c["failed"])
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.formats import export_table
     from hpcxtal.store.hdf5 import read_table
@@ -402,9 +463,8 @@ class UsageError(Exception):
 
 
 COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine,
-            "export": cmd_export,
-            "info": cmd_info, "site": cmd_site, "status": cmd_status, "run": cmd_run,
-            "resume": cmd_run, "submit": cmd_submit}
+            "topology": cmd_topology, "export": cmd_export, "info": cmd_info, "site": cmd_site,
+            "status": cmd_status, "run": cmd_run, "resume": cmd_run, "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

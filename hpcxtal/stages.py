@@ -6,16 +6,19 @@ and verify, and records the stage in the manifest.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from hpcxtal.campaign import Campaign, ImportConfig, ShardConfig
+from hpcxtal.config import to_mapping
 from hpcxtal.refine.stage import refine_file, refine_output
+from hpcxtal.topology.stage import topology_file, topology_output
 from hpcxtal.data import resolve_input
 from hpcxtal.store.formats import import_files
-from hpcxtal.store.hdf5 import read_table, verify_file, write_table
+from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
 from hpcxtal.store.shard import shard_path, write_shards
 
 log = logging.getLogger(__name__)
@@ -82,31 +85,59 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
 
 
 
+def _shard_input(campaign: Campaign, shard: int) -> Path:
+    return shard_path(campaign.shard_dir, shard)
+
+
+def _refine_input(campaign: Campaign, shard: int) -> Path:
+    return refine_output(campaign.root, shard)
+
+
 def refine_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
     """The campaign's ``refine`` stage on one shard (or every shard in turn)."""
-    return _per_shard(campaign, shard, force, refine_output,
-                      lambda src, dest: refine_file(src, dest, campaign.config.refine,
-                                                    campaign_id=campaign.campaign_id))
+    cfg = campaign.config.refine
+    return _per_shard(campaign, shard, force, _shard_input, refine_output, cfg,
+                      lambda src, dest: refine_file(src, dest, cfg, campaign_id=campaign.campaign_id))
+
+
+def topology_campaign(campaign: Campaign, shard: int | None, force: bool = False,
+                      workers: int | None = None) -> StageReport:
+    """The campaign's ``topology`` stage on the refined shard ``shard`` (or all)."""
+    cfg = campaign.config.topology
+    return _per_shard(campaign, shard, force, _refine_input, topology_output, cfg,
+                      lambda src, dest: topology_file(src, dest, cfg, workers,
+                                                      campaign_id=campaign.campaign_id))
+
+
+def is_current(dest: Path, src: Path, cfg: object) -> bool:
+    """Whether ``dest`` verifies and was made from the present ``src`` with ``cfg``:
+    a recomputed input or a changed config makes a per-shard output stale."""
+    if verify_file(dest) is not None or verify_file(src) is not None:
+        return False
+    made = file_summary(dest)["attrs"]
+    return (made.get("source_sha256") == file_summary(src)["attrs"].get("sha256")
+            and made.get("stage_config") == json.dumps(to_mapping(cfg)))
 
 
 def _per_shard(campaign: Campaign, shard: int | None, force: bool,
-               output: Callable[[Path, int], Path],
-               run: Callable[[Path, Path], dict[str, int]]) -> StageReport:
-    """Run a per-shard stage on shard ``shard`` (None: all): shard file in, ``output``
-    file out, skipping outputs that verify unless ``force``."""
+               source: Callable[[Campaign, int], Path], output: Callable[[Path, int], Path],
+               cfg: object, run: Callable[[Path, Path], dict[str, int]]) -> StageReport:
+    """Run a per-shard stage on shard ``shard`` (None: all in turn), ``source`` file
+    in, ``output`` file out; outputs that are current (see :func:`is_current`) are
+    kept unless ``force``. Writes no manifest: array tasks run this concurrently."""
     n = campaign.config.shard.n_shards
-    shards = range(n) if shard is None else [shard]
     if shard is not None and not 0 <= shard < n:
         raise ValueError(f"shard {shard} does not exist; the campaign has shards 0-{n - 1}")
     outputs, counts, skipped = [], {}, True
-    for i in shards:
-        src, dest = shard_path(campaign.shard_dir, i), output(campaign.root, i)
+    for i in range(n) if shard is None else [shard]:
+        src, dest = source(campaign, i), output(campaign.root, i)
         outputs.append(dest)
-        if not force and _outputs_complete([dest]):
+        if not force and is_current(dest, src, cfg):
             continue
-        if verify_file(src) is not None:
-            raise FileNotFoundError(f"{src}: shard missing or corrupted ({verify_file(src)}); "
-                                    f"run 'hpcxtal shard {campaign.root} --force' to recompute it")
+        problem = verify_file(src)
+        if problem is not None:
+            raise FileNotFoundError(f"input of shard {i} is missing or corrupted ({problem}); "
+                                    "run the stage before this one for that shard")
         skipped = False
         for key, value in run(src, dest).items():
             counts[key] = counts.get(key, 0) + value
@@ -123,26 +154,32 @@ class StageSpec:
     executor: str  # "gpu" or "cpu"
     per_shard: bool
     run: Callable[[Campaign, int | None, bool], StageReport]
-    outputs: Callable[[Campaign, int | None], list[Path]]
-
-    def done(self, campaign: Campaign, shard: int | None = None) -> bool:
-        """Whether the stage (or one shard of it) has outputs that all verify."""
-        return _outputs_complete(self.outputs(campaign, shard))
+    done: Callable[[Campaign, int | None], bool]  # complete (one shard of it, if per shard)
 
 
 def _shard_files(campaign: Campaign) -> list[Path]:
     return [shard_path(campaign.shard_dir, i) for i in range(campaign.config.shard.n_shards)]
 
 
+def _per_shard_done(source: Callable[[Campaign, int], Path], output: Callable[[Path, int], Path],
+                    config: Callable[[Campaign], object]) -> Callable[[Campaign, int | None], bool]:
+    def done(campaign: Campaign, shard: int | None) -> bool:
+        shards = range(campaign.config.shard.n_shards) if shard is None else [shard]
+        return all(is_current(output(campaign.root, i), source(campaign, i), config(campaign))
+                   for i in shards)
+    return done
+
+
 #: The campaign's stages in order; drivers (CLI, Parsl, job arrays, MPI) run these.
 PIPELINE: tuple[StageSpec, ...] = (
     StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force),
-              lambda c, shard: [c.pool_path]),
+              lambda c, shard: _outputs_complete([c.pool_path])),
     StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force),
-              lambda c, shard: _shard_files(c)),
+              lambda c, shard: _outputs_complete(_shard_files(c))),
     StageSpec("refine", "gpu", True, refine_campaign,
-              lambda c, shard: [refine_output(c.root, i) for i in
-                                (range(c.config.shard.n_shards) if shard is None else [shard])]),
+              _per_shard_done(_shard_input, refine_output, lambda c: c.config.refine)),
+    StageSpec("topology", "cpu", True, topology_campaign,
+              _per_shard_done(_refine_input, topology_output, lambda c: c.config.topology)),
 )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from hpcxtal.config import to_mapping
 from hpcxtal.refine.represent import RefineConfig, refine_table
-from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.hdf5 import file_summary, read_table, write_table
 from hpcxtal.store.table import Table, str_array
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def _reporter(total: int, label: str):
 
 def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> dict[str, int]:
     """Refine every row of ``src`` and write them all, valid or not, to ``dest`` with
-    columns loss, valid, steps, round (1: representation space) and status."""
+    columns loss, valid, steps, round (1: representation space) and refine_status."""
     table, _ = read_table(src)
     if len(table) == 0:
         raise ValueError(f"{src}: no rows to refine")
@@ -44,10 +44,11 @@ def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> di
     out.columns.update({
         "cell": result.cell, "xyz": result.xyz, "loss": result.loss, "valid": result.valid,
         "steps": result.steps.astype(np.int32), "round": np.ones(len(table), dtype=np.int8),
-        "status": str_array(result.status),
+        "refine_status": str_array(result.status),
     })
     write_table(dest, out, kind="refine", source=str(src), refine_seconds=seconds,
-                refine_config=json.dumps(to_mapping(cfg)), **attrs)
+                source_sha256=str(file_summary(src)["attrs"].get("sha256", "")),
+                stage_config=json.dumps(to_mapping(cfg)), **attrs)
     counts = {"rows": len(table), "valid": int(result.valid.sum())}
     log.info("%s: %d rows refined in %.1f s (%.1f ms/row), %d CN-valid", dest, len(table), seconds,
              1000 * seconds / len(table), counts["valid"])

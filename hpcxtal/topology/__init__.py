@@ -1,0 +1,1 @@
+"""Topology of periodic nets: bond graph, dimensionality, signature, first de-duplication."""
