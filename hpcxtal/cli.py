@@ -72,6 +72,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
+    p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
+                       description="Relax every row (positions and cell) with batched FIRE and "
+                                   "a machine-learned potential (CHGNet with its bundled weights "
+                                   "by default, or a MACE model file), and add the columns "
+                                   "energy (eV/atom), e_rel (eV/atom above graphite relaxed the "
+                                   "same way), status (converged / not_converged / failed: "
+                                   "reason) and steps. On a campaign DIR, relaxes "
+                                   "DIR/shards/shard-I.h5 into DIR/relax/relax-I.h5 (one shard "
+                                   "with --shard I, as one task of a job array); outputs that "
+                                   "exist and verify are not redone.")
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="relaxed table to write (file mode)")
+    p.add_argument("--shard", type=int, metavar="I", help="campaign: relax only shard I")
+    p.add_argument("--backend", choices=["chgnet", "mace"],
+                   help="energy model (file mode; default chgnet, campaign: from its config)")
+    p.add_argument("--model", metavar="PATH|NAME",
+                   help="mace: model file or foundation name (mace-mp-0-small ...); "
+                        "chgnet: bundled version (default 0.3.0)")
+    p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
+                   "(default float64)")
+    p.add_argument("--fmax", type=float, metavar="EV_PER_A",
+                   help="force convergence threshold in eV/Å (default 0.05)")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="FIRE step cap before size scaling (default 300, + 2 per atom)")
+    p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
+    _add_common(p)
+
     p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
                        description="Export rows (or the stored structures, where the file has "
                                    "them) to the published CSV layout, a folder of CIF files "
@@ -187,6 +214,42 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relax(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import RelaxConfig, find_campaign
+    from hpcxtal.stages import relax_campaign, relax_file
+
+    overrides = {k: v for k, v in {"backend": args.backend, "model": args.model,
+                                   "dtype": args.dtype, "fmax_eV_per_A": args.fmax,
+                                   "max_steps": args.max_steps}.items() if v is not None}
+    campaign = find_campaign(args.source) if args.output is None else None
+    if campaign is not None:
+        if overrides:
+            raise UsageError(f"model and FIRE settings of a campaign come from its config; "
+                             f"edit the relax section of {campaign.root / 'campaign.yaml'}")
+        report = relax_campaign(campaign, shard=args.shard, force=args.force)
+        if report.skipped:
+            log.info("%d relax output(s) are complete and verify; nothing to do (--force to "
+                     "redo)", len(report.outputs))
+            return 0
+    else:
+        if args.output is None:
+            raise UsageError("give -o OUT.h5 (or a campaign directory)")
+        if args.shard is not None:
+            raise UsageError("--shard needs a campaign directory")
+        try:
+            cfg = dataclasses.replace(RelaxConfig(), **overrides)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        report = relax_file(args.source, args.output, cfg)
+    c = report.counts
+    log.info("relaxed %d rows: %d converged, %d not converged, %d failed, %d low-energy",
+             c.get("rows", 0), c.get("converged", 0), c.get("not_converged", 0),
+             c.get("failed", 0), c.get("low_energy", 0))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.formats import export_table
     from hpcxtal.store.hdf5 import read_table
@@ -240,13 +303,15 @@ class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
-COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "export": cmd_export,
+COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "relax": cmd_relax,
+            "export": cmd_export,
             "info": cmd_info, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
     from hpcxtal.config import ConfigError
     from hpcxtal.crystal.row import DecodeError
+    from hpcxtal.relax.errors import ModelSetupError
     from hpcxtal.store.formats import FormatError
     from hpcxtal.store.hdf5 import StoreError
 
@@ -257,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as err:
         parser.error(str(err))
-    except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError) as err:
+    except (ConfigError, StoreError, FormatError, DecodeError, ModelSetupError,
+            FileNotFoundError) as err:
         print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
