@@ -134,7 +134,7 @@ class CHGNetModel(EnergyModel):
         center, neighbor, image, dist = find_points_in_spheres(
             pos, pos, r=self.cutoff, pbc=np.array([1, 1, 1], dtype=np.int64),
             lattice=np.ascontiguousarray(cell), tol=1e-8)
-        keep = dist > 1e-8
+        keep = (center != neighbor) | np.any(image != 0, axis=1)  # drop only self-pairs
         center, neighbor, image, dist = center[keep], neighbor[keep], image[keep], dist[keep]
         graph = self.model.graph_converter.create_graph(len(num), center, neighbor, image, dist)
         atom_graph, d2u = graph.adjacency_list()
@@ -272,8 +272,9 @@ def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) ->
         path = Path(name).expanduser()
         if not path.is_file():
             known = ", ".join(MACE_FOUNDATION_FILES)
-            raise ModelSetupError(f"MACE model file {path} not found; give the path of a "
-                                  f"model file or a foundation name ({known})")
+            raise ModelSetupError(f"MACE model file {path} not found; copy the model file "
+                                  f"there or set relax.model (--model) to its path or to a "
+                                  f"foundation name ({known})")
         return path
     from mace.tools.utils import get_cache_dir
 
