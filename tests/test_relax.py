@@ -266,11 +266,12 @@ def test_failures_do_not_affect_the_rest(mace_model):
     assert mixed[1].status == "failed: non-finite positions or cell"
     assert mixed[2].status.startswith("failed: overlapping atoms")
     assert mixed[3].status == "failed: energy is not finite" and mixed[3].steps > 0  # mid-run
+    # the others match a run without the bad structures (to rounding: batch sizes differ)
     for a, b in zip(clean, [mixed[0], mixed[4]]):
-        assert a.status == b.status and a.steps == b.steps
-        assert a.energy == b.energy
-        np.testing.assert_array_equal(a.atoms.positions, b.atoms.positions)
-        np.testing.assert_array_equal(a.atoms.cell, b.atoms.cell)
+        assert np.isfinite(b.energy) and a.status == b.status and a.steps == b.steps
+        assert a.energy == pytest.approx(b.energy, abs=1e-10)
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-10)
+        np.testing.assert_allclose(a.atoms.cell, b.atoms.cell, atol=1e-10)
 
 
 def test_model_error_in_one_structure_fails_only_it(mace_model):
