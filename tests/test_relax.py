@@ -253,7 +253,7 @@ class FailingModel:
 
 
 def test_failures_do_not_affect_the_rest(mace_model):
-    good = [diamond(rattle=0.05, seed=1), diamond(rattle=0.05, seed=3, repeat=(2, 1, 1))]
+    good = [diamond(rattle=0.05, seed=1), diamond(rattle=0.05, seed=3, repeat=(3, 1, 1))]
     nan_input = diamond(rattle=0.05, seed=2)
     nan_input.positions[1, 2] = np.nan
     overlap = diamond(repeat=(1, 1, 2))
