@@ -121,7 +121,7 @@ class RelaxRunner:
                     relax_parameters=json.dumps(to_mapping(self.cfg)),
                     e_graphite_eV_per_atom=e_graphite,
                     low_energy_window_eV=self.cfg.low_energy_window_eV,
-                    **model.describe(), **{f"n_{k}": v for k, v in counts.items()}, **attrs)
+                    **model.describe(), **{f"n_{k}": v for k, v in counts.items() if k != "rows"}, **attrs)
         log.info("%s: %d rows, %d converged, %d not converged, %d failed, %d within %.2f "
                  "eV/atom of graphite", dest, counts["rows"], counts["converged"],
                  counts["not_converged"], counts["failed"], counts["low_energy"],
@@ -176,6 +176,6 @@ def _relax_totals(paths: list[Path]) -> dict[str, int]:
     totals: dict[str, int] = {}
     for p in paths:
         for k, v in file_summary(p)["attrs"].items():
-            if k.startswith("n_") and k != "n_rows" and isinstance(v, (int, np.integer)):
+            if k.startswith("n_") and k != "n_shards" and isinstance(v, (int, np.integer)):
                 totals[k[2:]] = totals.get(k[2:], 0) + int(v)
     return totals
