@@ -288,6 +288,10 @@ def _evaluate(model: EnergyModel, state: FireState,
             one = torch.zeros(len(state), dtype=torch.bool)
             one[i] = True
             reasons.append(_evaluate(model, state.select(one), params)[1][0])
+        if all(r is None for r in reasons):
+            raise RuntimeError(f"the model fails on a batch of {int(state.natoms.sum())} atoms "
+                               f"but not on its structures alone ({err}); lower "
+                               "batch_atom_budget") from err
         return None, reasons
     return result, _problems(state, result, params)
 
