@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ def ase_loop(images, model, params):
 
     from hpcxtal.relax.models import ModelCalculator
 
+    # scipy's logm (inside ASE's filter) warns at 1e-13 error on every step
+    warnings.filterwarnings("ignore", message="logm result may be inaccurate")
     out = []
     for atoms in images:
         a = atoms.copy()
