@@ -285,6 +285,7 @@ def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) ->
     for d in dirs:
         for candidate in (d / filename, d / cached):
             if candidate.is_file():
+                log.info("MACE foundation model %s: %s", name, candidate)
                 return candidate
     raise ModelSetupError(
         f"MACE foundation model {name!r} is not on this machine and hpcxtal never downloads: "
