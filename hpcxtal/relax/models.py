@@ -139,8 +139,10 @@ class CHGNetModel(EnergyModel):
         graph = self.model.graph_converter.create_graph(len(num), center, neighbor, image, dist)
         atom_graph, d2u = graph.adjacency_list()
         bond_graph, u2d = graph.line_graph_adjacency_list(cutoff=self.bond_cutoff)
-        tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int32,  # noqa: E731
-                                           device=self.device)
+
+        def tensor(a) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a), dtype=torch.int32, device=self.device)
+
         g = CrystalGraph(
             atomic_number=torch.as_tensor(num, dtype=torch.int32, device=self.device),
             atom_frac_coord=frac, atom_graph=tensor(atom_graph).reshape(-1, 2),
