@@ -8,6 +8,7 @@
     DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
     DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
     DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
+    DIR/relax/relax-NNNN.h5    each shard relaxed, with energies (stage ``relax``)
 
 Stages are functions of files; the manifest records what whole-campaign stages did,
 and a stage whose outputs exist and verify is done whatever the manifest says.
@@ -35,7 +36,7 @@ from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("import", "shard", "refine", "topology")
+STAGES = ("import", "shard", "refine", "topology", "relax")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +64,52 @@ class ShardConfig:
     def __post_init__(self) -> None:
         if self.n_shards < 1:
             raise ValueError(f"n_shards must be at least 1, got {self.n_shards}")
+
+
+#: Energy backends the relax stage knows (see hpcxtal.relax.models).
+RELAX_BACKENDS = ("chgnet", "mace")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelaxConfig:
+    """Energy model and batched FIRE settings of the relax stage.
+
+    ``backend``: ``chgnet`` (the offline default, bundled weights; ``model`` may name a
+    bundled version) until the project ships its own MACE model, or ``mace`` (``model``:
+    a model file path or a foundation name such as ``mace-mp-0-small``, looked up in
+    ``model_dir`` and mace's cache directory, never downloaded). A structure of n atoms
+    may take ``max_steps + steps_per_atom * n`` FIRE steps; batches hold at most
+    ``batch_atom_budget`` atoms; "low energy" means within ``low_energy_window_eV`` per
+    atom of graphite relaxed the same way.
+    """
+
+    backend: str = "chgnet"
+    model: str | None = None
+    model_dir: str | None = None
+    dtype: str = "float64"
+    device: str = "cpu"
+    fmax_eV_per_A: float = 0.05
+    max_steps: int = 300
+    steps_per_atom: float = 2.0
+    batch_atom_budget: int = 2000
+    low_energy_window_eV: float = 0.55
+
+    def __post_init__(self) -> None:
+        if self.backend not in RELAX_BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
+        if self.backend == "mace" and not self.model:
+            raise ValueError("backend mace needs model: a model file path or a foundation "
+                             "name such as mace-mp-0-small")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
+        if self.fmax_eV_per_A <= 0:
+            raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
+        if self.max_steps < 0 or self.steps_per_atom < 0:
+            raise ValueError("max_steps and steps_per_atom must not be negative")
+        if self.batch_atom_budget < 1:
+            raise ValueError(f"batch_atom_budget must be at least 1, got {self.batch_atom_budget}")
+        if self.low_energy_window_eV < 0:
+            raise ValueError("low_energy_window_eV must not be negative")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +160,7 @@ class CampaignConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":
@@ -163,10 +211,6 @@ class Campaign:
     @property
     def shard_dir(self) -> Path:
         return self.root / "shards"
-
-    @property
-    def topology_dir(self) -> Path:
-        return self.root / "topology"
 
     def manifest(self) -> dict[str, Any]:
         try:

@@ -113,6 +113,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     _add_common(p)
 
+    p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
+                       description="Relax every row (positions and cell) with batched FIRE and "
+                                   "a machine-learned potential (CHGNet with its bundled weights "
+                                   "by default, or a MACE model file), and add the columns "
+                                   "energy (eV/atom), e_rel (eV/atom above graphite relaxed the "
+                                   "same way), status (converged / not_converged / failed: "
+                                   "reason / skipped: reason) and relax_steps. On a campaign "
+                                   "DIR, relaxes the CN-valid topology representatives of "
+                                   "DIR/topology/topology-I.h5 into DIR/relax/relax-I.h5 (one "
+                                   "shard with --shard I, as one task of a job array); outputs "
+                                   "that are current are not redone.")
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="relaxed table to write (file mode)")
+    p.add_argument("--shard", type=int, metavar="I", help="campaign: relax only shard I")
+    p.add_argument("--backend", choices=["chgnet", "mace"],
+                   help="energy model (file mode; default chgnet, campaign: from its config)")
+    p.add_argument("--model", metavar="PATH|NAME",
+                   help="mace: model file or foundation name (mace-mp-0-small ...); "
+                        "chgnet: bundled version (default 0.3.0)")
+    p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
+                   "(default float64)")
+    p.add_argument("--fmax", type=float, metavar="EV_PER_A",
+                   help="force convergence threshold in eV/Å (default 0.05)")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="FIRE step cap before size scaling (default 300, + 2 per atom)")
+    p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
+    _add_common(p)
+
     p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
                        description="Export rows (or the stored structures, where the file has "
                                    "them) to the published CSV layout, a folder of CIF files "
@@ -325,6 +353,42 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relax(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import RelaxConfig, find_campaign
+    from hpcxtal.stages import StageReport, relax_campaign, relax_file
+
+    overrides = {k: v for k, v in {"backend": args.backend, "model": args.model,
+                                   "dtype": args.dtype, "fmax_eV_per_A": args.fmax,
+                                   "max_steps": args.max_steps}.items() if v is not None}
+    campaign = find_campaign(args.source) if args.output is None else None
+    if campaign is not None:
+        if overrides:
+            raise UsageError(f"model and FIRE settings of a campaign come from its config; "
+                             f"edit the relax section of {campaign.root / 'campaign.yaml'}")
+        report = relax_campaign(campaign, shard=args.shard, force=args.force)
+        if report.skipped:
+            log.info("%d relax output(s) are complete and verify; nothing to do (--force to "
+                     "redo)", len(report.outputs))
+            return 0
+    else:
+        if args.output is None:
+            raise UsageError("give -o OUT.h5 (or a campaign directory)")
+        if args.shard is not None:
+            raise UsageError("--shard needs a campaign directory")
+        try:
+            cfg = dataclasses.replace(RelaxConfig(), **overrides)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        report = StageReport([args.output], relax_file(args.source, args.output, cfg))
+    c = report.counts
+    log.info("%d rows, %d relaxed: %d converged, %d not converged, %d failed, %d low-energy",
+             c.get("rows", 0), c.get("relaxed", 0), c.get("converged", 0),
+             c.get("not_converged", 0), c.get("failed", 0), c.get("low_energy", 0))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.formats import export_table
     from hpcxtal.store.hdf5 import read_table
@@ -463,8 +527,9 @@ class UsageError(Exception):
 
 
 COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine,
-            "topology": cmd_topology, "export": cmd_export, "info": cmd_info, "site": cmd_site,
-            "status": cmd_status, "run": cmd_run, "resume": cmd_run, "submit": cmd_submit}
+            "topology": cmd_topology, "relax": cmd_relax, "export": cmd_export, "info": cmd_info,
+            "site": cmd_site, "status": cmd_status, "run": cmd_run, "resume": cmd_run,
+            "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpcxtal.crystal.row import DecodeError
     from hpcxtal.hpc.driver import StageFailed
     from hpcxtal.hpc.submit import SubmitError
+    from hpcxtal.relax.errors import ModelSetupError
     from hpcxtal.store.formats import FormatError
     from hpcxtal.store.hdf5 import StoreError
 
@@ -482,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UsageError as err:
         parser.error(str(err))
-    except (ConfigError, StoreError, FormatError, DecodeError, FileNotFoundError,
+    except (ConfigError, StoreError, FormatError, DecodeError, ModelSetupError, FileNotFoundError,
             StageFailed, SubmitError) as err:
         print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
         return 2

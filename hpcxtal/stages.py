@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hpcxtal.campaign import Campaign, ImportConfig, ShardConfig
-from hpcxtal.config import to_mapping
-from hpcxtal.refine.stage import refine_file, refine_output
-from hpcxtal.topology.stage import topology_file, topology_output
+from hpcxtal.campaign import Campaign, ImportConfig, RelaxConfig, ShardConfig
+from hpcxtal.config import ConfigError, to_mapping
 from hpcxtal.data import resolve_input
+from hpcxtal.refine.stage import refine_file, refine_output
+from hpcxtal.relax.table import relax_output
 from hpcxtal.store.formats import import_files
 from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
 from hpcxtal.store.shard import shard_path, write_shards
+from hpcxtal.topology.stage import topology_file, topology_output
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _per_shard(campaign: Campaign, shard: int | None, force: bool,
     kept unless ``force``. Writes no manifest: array tasks run this concurrently."""
     n = campaign.config.shard.n_shards
     if shard is not None and not 0 <= shard < n:
-        raise ValueError(f"shard {shard} does not exist; the campaign has shards 0-{n - 1}")
+        raise ConfigError(f"shard {shard} does not exist; the campaign has shards 0-{n - 1}")
     outputs, counts, skipped = [], {}, True
     for i in range(n) if shard is None else [shard]:
         src, dest = source(campaign, i), output(campaign.root, i)
@@ -142,6 +143,72 @@ def _per_shard(campaign: Campaign, shard: int | None, force: bool,
         for key, value in run(src, dest).items():
             counts[key] = counts.get(key, 0) + value
     return StageReport(outputs, counts, skipped)
+
+
+class RelaxRunner:
+    """The relax stage's energy model, FIRE settings and graphite reference, set up
+    once (on first use) and reused for every file a process relaxes."""
+
+    def __init__(self, cfg: RelaxConfig):
+        self.cfg = cfg
+        self._setup: tuple | None = None
+
+    def setup(self) -> tuple:
+        """(model, FIRE parameters, graphite energy per atom), built on first call."""
+        if self._setup is None:
+            from hpcxtal.relax.fire import FireParams
+            from hpcxtal.relax.models import load_model
+            from hpcxtal.relax.reference import graphite_energy
+
+            cfg = self.cfg
+            model = load_model(cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.model_dir)
+            log.info("energy model: %s (%s)", model.source, cfg.dtype)
+            params = FireParams(fmax_eV_per_A=cfg.fmax_eV_per_A, max_steps=cfg.max_steps,
+                                steps_per_atom=cfg.steps_per_atom,
+                                batch_atom_budget=cfg.batch_atom_budget)
+            self._setup = (model, params, graphite_energy(model, params))
+        return self._setup
+
+    def run(self, src: Path, dest: Path, **attrs: object) -> dict[str, int]:
+        """Relax the rows of ``src`` that are worth it into ``dest``: every row of a plain
+        table, or the CN-valid topology representatives of a topology file (the rest
+        pass through with the reason in ``status``); quarantined rows pass through."""
+        from hpcxtal.relax.table import relax_table, relax_selection, status_counts
+
+        table, quarantine = read_table(src)
+        model, params, e_graphite = self.setup()
+        chosen, skipped = relax_selection(table)
+        out = relax_table(table, model, params, e_graphite, chosen, skipped)
+        counts = status_counts(out, self.cfg.low_energy_window_eV)
+        write_table(dest, out, kind="relax", quarantine=quarantine, source=str(src),
+                    source_sha256=file_summary(src)["attrs"]["sha256"],
+                    stage_config=json.dumps(to_mapping(self.cfg)),
+                    e_graphite_eV_per_atom=e_graphite,
+                    low_energy_window_eV=self.cfg.low_energy_window_eV,
+                    **model.describe(), **{f"n_{k}": v for k, v in counts.items() if k != "rows"}, **attrs)
+        log.info("%s: %d rows, %d relaxed: %d converged, %d not converged, %d failed, %d within "
+                 "%.2f eV/atom of graphite", dest, counts["rows"], counts["relaxed"],
+                 counts["converged"], counts["not_converged"], counts["failed"],
+                 counts["low_energy"], self.cfg.low_energy_window_eV)
+        return counts
+
+
+def relax_file(src: Path, dest: Path, cfg: RelaxConfig, **attrs: object) -> dict[str, int]:
+    """The relax stage on explicit files: ``src`` relaxed into ``dest``."""
+    return RelaxRunner(cfg).run(src, dest, **attrs)
+
+
+def _topology_input(campaign: Campaign, shard: int) -> Path:
+    return topology_output(campaign.root, shard)
+
+
+def relax_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
+    """The campaign's ``relax`` stage on the topology output of shard ``shard`` (or all);
+    one energy model serves every shard the process relaxes."""
+    runner = RelaxRunner(campaign.config.relax)
+    return _per_shard(campaign, shard, force, _topology_input, relax_output,
+                      campaign.config.relax,
+                      lambda src, dest: runner.run(src, dest, campaign_id=campaign.campaign_id))
 
 
 @dataclass(frozen=True)
@@ -180,6 +247,8 @@ PIPELINE: tuple[StageSpec, ...] = (
               _per_shard_done(_shard_input, refine_output, lambda c: c.config.refine)),
     StageSpec("topology", "cpu", True, topology_campaign,
               _per_shard_done(_refine_input, topology_output, lambda c: c.config.topology)),
+    StageSpec("relax", "cpu", True, relax_campaign,
+              _per_shard_done(_topology_input, relax_output, lambda c: c.config.relax)),
 )
 
 

@@ -1,0 +1,162 @@
+"""Batched relaxation vs a per-structure ASE loop, and energy ranking vs DFT.
+
+Part 1: the same SACADA structures relaxed (positions and cell, FIRE, fmax) by
+hpcxtal's batched FIRE and by ASE's FIRE on FrechetCellFilter, one structure at a time,
+with the same energy model object (ASE gets it through ModelCalculator) and the same
+FIRE settings and step caps. Reports wall times (median over --runs), their ratio, and
+the largest energy difference (meV/atom) among structures converged in both.
+
+Part 2: Spearman rank correlation of model energies with the stored DFT
+``vasp_energy`` of all 150 SACADA structures: single points at the stored geometries,
+and (``--rank-relax``) after batched relaxation; the stored MACE-MP-0 ``mace_energy``
+is ranked the same way for reference.
+
+    PYTHONPATH=. python benchmarks/bench_relax.py --max-atoms 100 --limit 8 --runs 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+
+def pick(images, max_atoms: int, limit: int):
+    """Up to ``limit`` structures of at most ``max_atoms`` atoms, spread over the sizes."""
+    small = sorted((a for a in images if len(a) <= max_atoms), key=lambda a: (len(a), a.info["id"]))
+    if limit >= len(small):
+        return small
+    return [small[int(k)] for k in np.linspace(0, len(small) - 1, limit).round()]
+
+
+def ase_loop(images, model, params):
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    from hpcxtal.relax.models import ModelCalculator
+
+    # scipy's logm (inside ASE's filter) warns at 1e-13 error on every step
+    warnings.filterwarnings("ignore", message="logm result may be inaccurate")
+    out = []
+    for atoms in images:
+        a = atoms.copy()
+        a.calc = ModelCalculator(model)
+        opt = FIRE(FrechetCellFilter(a), logfile=None, dt=params.dt_start,
+                   maxstep=params.max_move_A, dtmax=params.dt_max, Nmin=params.n_min,
+                   finc=params.f_inc, fdec=params.f_dec, astart=params.alpha_start,
+                   fa=params.f_alpha)
+        converged = opt.run(fmax=params.fmax_eV_per_A, steps=params.step_cap(len(a)))
+        out.append((a.get_potential_energy() / len(a), bool(converged), opt.nsteps))
+    return out
+
+
+def single_points(images, model, budget: int = 400):
+    """Energy per atom of every image, evaluated in batches of at most ``budget`` atoms."""
+    energies, batch = [], []
+
+    def flush():
+        pos = torch.tensor(np.concatenate([a.positions for a in batch]))
+        num = torch.tensor(np.concatenate([a.numbers for a in batch]))
+        cells = torch.tensor(np.array([np.asarray(a.cell) for a in batch]))
+        idx = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(a) for a in batch]))
+        e = model(pos, num, cells, idx).energy
+        energies.extend((e / torch.tensor([len(a) for a in batch], dtype=e.dtype)).tolist())
+        batch.clear()
+
+    for a in images:
+        if batch and sum(len(b) for b in batch) + len(a) > budget:
+            flush()
+        batch.append(a)
+    flush()
+    return np.array(energies)
+
+
+def main() -> None:
+    from hpcxtal.data import sacada_structures
+    from hpcxtal.relax.fire import CONVERGED, FireParams, relax
+    from hpcxtal.relax.models import load_model
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", default="chgnet")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dtype", default="float64")
+    p.add_argument("--max-atoms", type=int, default=100)
+    p.add_argument("--limit", type=int, default=8, help="structures in part 1")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
+    p.add_argument("--fmax", type=float, default=0.05)
+    p.add_argument("--rank-relax", action="store_true", help="part 2 also after relaxation")
+    p.add_argument("--skip-compare", action="store_true")
+    p.add_argument("--json", help="write results here")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.backend, args.model, args.dtype)
+    params = FireParams(fmax_eV_per_A=args.fmax)
+    images = sacada_structures()
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+                         f"(shared with other jobs), torch {torch.__version__}, "
+                         f"{args.threads} torch thread(s)",
+              "model": model.describe(), "fmax": args.fmax, "load_before": os.getloadavg()}
+
+    if not args.skip_compare:
+        subset = pick(images, args.max_atoms, args.limit)
+        report["compare_sizes"] = [len(a) for a in subset]
+        t_batched, t_ase = [], []
+        for run in range(args.runs):
+            t0 = time.perf_counter()
+            ours = relax(subset, model, params)
+            t_batched.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ref = ase_loop(subset, model, params)
+            t_ase.append(time.perf_counter() - t0)
+            print(f"run {run}: batched {t_batched[-1]:.1f} s, ASE loop {t_ase[-1]:.1f} s", flush=True)
+        both = [(r.energy / len(r.atoms), e) for r, (e, conv, _) in zip(ours, ref)
+                if r.status == CONVERGED and conv]
+        diff = [abs(a - b) * 1000 for a, b in both]
+        report.update(
+            batched_s=t_batched, ase_loop_s=t_ase,
+            median_batched_s=statistics.median(t_batched), median_ase_s=statistics.median(t_ase),
+            speedup=statistics.median(t_ase) / statistics.median(t_batched),
+            converged_batched=sum(r.status == CONVERGED for r in ours),
+            converged_ase=sum(c for _, c, _ in ref), converged_both=len(both),
+            steps_batched=[r.steps for r in ours], steps_ase=[s for _, _, s in ref],
+            max_diff_meV_per_atom=max(diff) if diff else None,
+            within_2meV=sum(d <= 2.0 for d in diff),
+        )
+        vasp = np.array([a.info["vasp_energy"] for a in subset])
+        report["spearman_subset_relaxed"] = float(spearmanr(
+            [r.energy / len(r.atoms) for r in ours], vasp).statistic) if len(subset) > 2 else None
+
+    vasp = np.array([a.info["vasp_energy"] for a in images])
+    t0 = time.perf_counter()
+    sp = single_points(images, model)
+    report["single_point_s"] = time.perf_counter() - t0
+    report["spearman_single_point_150"] = float(spearmanr(sp, vasp).statistic)
+    mace = np.array([a.info.get("mace_energy", np.nan) for a in images], dtype=float)
+    ok = np.isfinite(mace)
+    report["spearman_stored_mace_mp0"] = (float(spearmanr(mace[ok], vasp[ok]).statistic), int(ok.sum()))
+    if args.rank_relax:
+        t0 = time.perf_counter()
+        res = relax(images, model, params)
+        report["rank_relax_s"] = time.perf_counter() - t0
+        e = np.array([r.energy / len(r.atoms) for r in res])
+        good = np.isfinite(e)
+        report["spearman_relaxed_150"] = (float(spearmanr(e[good], vasp[good]).statistic), int(good.sum()))
+        report["relaxed_status"] = {s: sum(r.status == s for r in res) for s in {r.status for r in res}}
+    report["load_after"] = os.getloadavg()
+    print(json.dumps(report, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""Batched energy models: one small interface, CHGNet and MACE behind it.
+
+Like an ASE calculator, but for many structures at once: the atoms of all structures
+are concatenated, ``batch[k]`` says which structure atom ``k`` belongs to, and one call
+returns every structure's energy and stress and every atom's force. Neighbour lists
+are built per structure (they are cheap); the network runs once for the whole batch.
+
+Weights are never downloaded: CHGNet uses the checkpoint its wheel carries, MACE a
+model file given by path or a foundation name found in mace's cache directory (or a
+directory named in the config). A missing file raises :class:`ModelSetupError` naming
+the file and where to put it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from hpcxtal.relax.errors import ModelSetupError
+
+log = logging.getLogger(__name__)
+
+#: Known backends.
+BACKENDS = ("chgnet", "mace")
+#: Dtypes a model may run in.
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: MACE-MP foundation names and the file names mace's downloader caches them under.
+MACE_FOUNDATION_FILES = {
+    "mace-mp-0-small": "2023-12-10-mace-128-L0_energy_epoch-249.model",
+    "mace-mp-0-medium": "2023-12-03-mace-128-L1_epoch-199.model",
+    "mace-mp-0-large": "MACE_MPtrj_2022.9.model",
+    "mace-mp-0b3-medium": "mace-mp-0b3-medium.model",
+    "mace-mpa-0-medium": "mace-mpa-0-medium.model",
+}
+
+
+@dataclass
+class BatchResult:
+    """What a model returns for a batch: total energies (eV) per structure, forces
+    (eV/Å) per atom, stresses (eV/Å³, ASE sign convention) and the shortest
+    interatomic distance (Å, ``inf`` if none within the cutoff) per structure."""
+
+    energy: torch.Tensor  # (N,)
+    forces: torch.Tensor  # (n, 3)
+    stress: torch.Tensor  # (N, 3, 3)
+    min_distance: torch.Tensor  # (N,)
+
+
+class EnergyModel(ABC):
+    """A batched energy model: positions (n, 3) Å, atomic numbers (n,), cells (N, 3, 3)
+    as row vectors in Å, batch index (n,) -> :class:`BatchResult`."""
+
+    backend: str
+    source: str
+    dtype: torch.dtype
+    device: torch.device
+
+    @abstractmethod
+    def __call__(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+                 batch: torch.Tensor) -> BatchResult:
+        """Energies, forces and stresses of every structure in the batch."""
+
+    def describe(self) -> dict[str, str]:
+        """Backend, model file and dtype, for logs and file attributes."""
+        return {"model_backend": self.backend, "model_file": self.source,
+                "model_dtype": str(self.dtype).removeprefix("torch.")}
+
+    def _split(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+               batch: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per structure (positions, numbers, cell) as float64 numpy arrays."""
+        counts = torch.bincount(batch, minlength=len(cells)).tolist()
+        pos = positions.detach().cpu().double().numpy()
+        num = numbers.cpu().numpy()
+        cel = cells.detach().cpu().double().numpy()
+        out, lo = [], 0
+        for i, c in enumerate(counts):
+            out.append((pos[lo:lo + c], num[lo:lo + c], cel[i]))
+            lo += c
+        return out
+
+
+def _min_distance(distances: np.ndarray) -> float:
+    return float(distances.min()) if len(distances) else float("inf")
+
+
+class CHGNetModel(EnergyModel):
+    """CHGNet (Deng et al. 2023) with the checkpoint its wheel carries.
+
+    Graphs are built per structure with CHGNet's own graph code; the network runs once
+    on CHGNet's batched graph. Forces and stresses come from one autograd pass through a
+    per-structure strain, so the same code serves float32 and float64.
+    """
+
+    backend = "chgnet"
+
+    def __init__(self, version: str = "0.3.0", dtype: str = "float64", device: str = "cpu"):
+        try:
+            from chgnet.model import CHGNet
+        except ImportError as err:
+            raise ModelSetupError(f"the chgnet backend needs the chgnet package ({err}); "
+                                  "pip install chgnet") from None
+        self.dtype, self.device = DTYPES[dtype], torch.device(device)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # chgnet prints on load
+                model = CHGNet.load(model_name=version, use_device="cpu", verbose=False)
+        except ValueError as err:
+            raise ModelSetupError(f"CHGNet: {err}; bundled versions are 0.3.0, 0.2.0, r2scan") \
+                from None
+        except FileNotFoundError as err:
+            raise ModelSetupError(f"CHGNet weights missing: {err.filename}; reinstall the "
+                                  "chgnet wheel, which carries them") from None
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.source = f"chgnet {version} (bundled weights)"
+        self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
+        self.bond_cutoff = float(self.model.graph_converter.bond_graph_cutoff)
+
+    def _graph(self, pos: np.ndarray, num: np.ndarray, cell: np.ndarray, frac: torch.Tensor,
+               lattice: torch.Tensor):
+        from chgnet.graph.crystalgraph import CrystalGraph
+        from pymatgen.optimization.neighbors import find_points_in_spheres
+
+        center, neighbor, image, dist = find_points_in_spheres(
+            pos, pos, r=self.cutoff, pbc=np.array([1, 1, 1], dtype=np.int64),
+            lattice=np.ascontiguousarray(cell), tol=1e-8)
+        keep = (center != neighbor) | np.any(image != 0, axis=1)  # drop only self-pairs
+        center, neighbor, image, dist = center[keep], neighbor[keep], image[keep], dist[keep]
+        graph = self.model.graph_converter.create_graph(len(num), center, neighbor, image, dist)
+        atom_graph, d2u = graph.adjacency_list()
+        bond_graph, u2d = graph.line_graph_adjacency_list(cutoff=self.bond_cutoff)
+
+        def tensor(a) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a), dtype=torch.int32, device=self.device)
+
+        g = CrystalGraph(
+            atomic_number=torch.as_tensor(num, dtype=torch.int32, device=self.device),
+            atom_frac_coord=frac, atom_graph=tensor(atom_graph).reshape(-1, 2),
+            neighbor_image=torch.as_tensor(image, dtype=self.dtype, device=self.device),
+            directed2undirected=tensor(d2u), undirected2directed=tensor(u2d),
+            bond_graph=tensor(bond_graph), lattice=lattice, graph_id=None, mp_id=None,
+            composition="", atom_graph_cutoff=self.cutoff, bond_graph_cutoff=self.bond_cutoff)
+        return g, _min_distance(dist)
+
+    def __call__(self, positions, numbers, cells, batch):
+        from chgnet.model.model import BatchedGraph
+
+        n_struct = len(cells)
+        pos = positions.detach().to(self.device, self.dtype).requires_grad_(True)
+        cel = cells.detach().to(self.device, self.dtype)
+        strain = torch.zeros_like(cel, requires_grad=True)
+        eye = torch.eye(3, dtype=self.dtype, device=self.device)
+        lattices = cel @ (eye + strain)
+        inv = torch.linalg.inv(cel)
+        graphs, dmin = [], []
+        counts = torch.bincount(batch, minlength=n_struct).tolist()
+        lo = 0
+        for i, (p, z, c) in enumerate(self._split(positions, numbers, cells, batch)):
+            # Cartesian positions move with the strain: r' = r (1 + e)
+            frac = pos[lo:lo + counts[i]] @ inv[i]
+            g, d = self._graph(p, z, c, frac, lattices[i])
+            graphs.append(g)
+            dmin.append(d)
+            lo += counts[i]
+        with warnings.catch_warnings():  # chgnet copies tensors it was given in from_graphs
+            warnings.simplefilter("ignore", UserWarning)
+            bg = BatchedGraph.from_graphs(graphs, self.model.bond_basis_expansion,
+                                          self.model.angle_basis_expansion, compute_stress=False)
+        pred = self.model._compute(bg, compute_force=False, compute_stress=False)
+        natoms = torch.as_tensor(counts, dtype=self.dtype, device=self.device)
+        e_atom = pred["e"].to(self.dtype)
+        comp = self.model.composition_model
+        if comp is not None:
+            feas = comp._assemble_graphs(graphs).to(self.dtype)
+            e_atom = e_atom + comp._get_energy(feas)
+        energy = e_atom * natoms if self.model.is_intensive else e_atom
+        grad_pos, grad_strain = torch.autograd.grad(energy.sum(), [pos, strain])
+        volume = torch.linalg.det(cel).abs()
+        return BatchResult(energy.detach(), -grad_pos, grad_strain / volume[:, None, None],
+                           torch.tensor(dmin, dtype=self.dtype, device=self.device))
+
+
+class MACEModel(EnergyModel):
+    """A MACE model (mace-torch) loaded from a file: a foundation model or our own.
+
+    The batch is assembled the way mace's data loader does it (node one-hot over the
+    model's elements, edges with unit-cell shifts, ``batch``/``ptr``), and the model's
+    own force and stress code runs once for the whole batch.
+    """
+
+    backend = "mace"
+
+    def __init__(self, path: str | os.PathLike, dtype: str = "float64", device: str = "cpu"):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelSetupError(f"MACE model file {path} not found; copy the model file there "
+                                  "or set relax.model in the campaign config to its path")
+        import mace.modules  # noqa: F401  (mace before e3nn: mace pins the e3nn it needs)
+
+        self.dtype, self.device = DTYPES[dtype], torch.device(device)
+        try:
+            model = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:  # noqa: BLE001  (torch.load raises many kinds)
+            raise ModelSetupError(f"{path}: not a loadable MACE model file ({err})") from None
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers"):
+            raise ModelSetupError(f"{path}: holds {type(model).__name__}, not a MACE model")
+        self.model = model.to(self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.source = str(path.resolve())
+        self.cutoff = float(self.model.r_max)
+        self.z_index = torch.full((119,), -1, dtype=torch.long)
+        zs = [int(z) for z in self.model.atomic_numbers]
+        self.z_index[zs] = torch.arange(len(zs))
+
+    def __call__(self, positions, numbers, cells, batch):
+        from mace.data.neighborhood import get_neighborhood
+
+        n_struct = len(cells)
+        edges, unit_shifts, dmin = [], [], []
+        lo = 0
+        for p, z, c in self._split(positions, numbers, cells, batch):
+            ei, sh, us, _ = get_neighborhood(p, self.cutoff, (True, True, True), c.copy())
+            d = np.linalg.norm(p[ei[1]] - p[ei[0]] + sh, axis=1)
+            edges.append(ei + lo)
+            unit_shifts.append(us)
+            dmin.append(_min_distance(d))
+            lo += len(p)
+        idx = self.z_index[numbers.cpu()]
+        if (idx < 0).any():
+            missing = sorted(set(numbers.cpu()[idx < 0].tolist()))
+            raise ModelSetupError(f"MACE model {self.source} has no elements {missing}")
+        node_attrs = torch.nn.functional.one_hot(idx, len(self.model.atomic_numbers))
+        counts = torch.bincount(batch, minlength=n_struct)
+        kw = {"device": self.device}
+        us = torch.as_tensor(np.concatenate(unit_shifts), dtype=self.dtype, **kw)
+        cel = cells.detach().to(self.device, self.dtype)
+        bt = batch.to(self.device)
+        ei = torch.as_tensor(np.concatenate(edges, axis=1), dtype=torch.long, **kw)
+        data = {
+            "positions": positions.detach().to(self.device, self.dtype).clone(),
+            "node_attrs": node_attrs.to(self.device, self.dtype),
+            "edge_index": ei,
+            "unit_shifts": us,
+            "shifts": torch.einsum("ej,ejk->ek", us, cel[bt[ei[0]]]),
+            "cell": cel.reshape(-1, 3),
+            "batch": bt,
+            "ptr": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).to(self.device),
+            "head": torch.zeros(n_struct, dtype=torch.long, **kw),
+        }
+        out = self.model(data, training=False, compute_force=True, compute_stress=True)
+        return BatchResult(out["energy"].detach(), out["forces"].detach(),
+                           out["stress"].detach().reshape(n_struct, 3, 3),
+                           torch.tensor(dmin, dtype=self.dtype, **kw))
+
+
+def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) -> Path:
+    """The file of a MACE model given as a path or a foundation name.
+
+    Foundation names (``mace-mp-0-small`` ...) are looked up in ``model_dir`` (if given)
+    and in mace's cache directory; nothing is downloaded.
+    """
+    if name not in MACE_FOUNDATION_FILES:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            known = ", ".join(MACE_FOUNDATION_FILES)
+            raise ModelSetupError(f"MACE model file {path} not found; copy the model file "
+                                  f"there or set relax.model (--model) to its path or to a "
+                                  f"foundation name ({known})")
+        return path
+    from mace.tools.utils import get_cache_dir
+
+    filename = MACE_FOUNDATION_FILES[name]
+    dirs = ([Path(model_dir)] if model_dir else []) + [Path(get_cache_dir())]
+    # mace's downloader keeps only letters, digits and '_' of the file name
+    cached = "".join(c for c in filename if c.isalnum() or c == "_")
+    for d in dirs:
+        for candidate in (d / filename, d / cached):
+            if candidate.is_file():
+                log.info("MACE foundation model %s: %s", name, candidate)
+                return candidate
+    raise ModelSetupError(
+        f"MACE foundation model {name!r} is not on this machine and hpcxtal never downloads: "
+        f"put {filename} into {dirs[0]}" + (f" (or {dirs[1]})" if len(dirs) > 1 else "")
+        + " or set relax.model to the file's path")
+
+
+def load_model(backend: str = "chgnet", model: str | None = None, dtype: str = "float64",
+               device: str = "cpu", model_dir: str | None = None) -> EnergyModel:
+    """Build the energy model a config names.
+
+    ``backend`` is ``chgnet`` (``model``: bundled version, default 0.3.0) or ``mace``
+    (``model``: a file path or a foundation name resolved offline from ``model_dir`` or
+    mace's cache). Raises :class:`ModelSetupError` on anything missing.
+    """
+    if dtype not in DTYPES:
+        raise ModelSetupError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
+    if backend == "chgnet":
+        return CHGNetModel(model or "0.3.0", dtype=dtype, device=device)
+    if backend == "mace":
+        if not model:
+            raise ModelSetupError("the mace backend needs relax.model: a model file path or a "
+                                  f"foundation name ({', '.join(MACE_FOUNDATION_FILES)})")
+        return MACEModel(resolve_mace_model(model, model_dir), dtype=dtype, device=device)
+    raise ModelSetupError(f"unknown energy backend {backend!r}; backends are {BACKENDS}")
+
+
+
+class ModelCalculator(Calculator):
+    """An ASE calculator around an :class:`EnergyModel` (one structure per call), so
+    ASE's optimisers, filters and tools can use the same model."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model: EnergyModel):
+        super().__init__()
+        self.model = model
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        a = self.atoms
+        r = self.model(torch.tensor(a.positions), torch.tensor(a.numbers),
+                       torch.tensor(np.asarray(a.cell))[None], torch.zeros(len(a), dtype=torch.long))
+        energy = float(r.energy[0])
+        self.results = {"energy": energy, "free_energy": energy,
+                        "forces": r.forces.cpu().double().numpy(),
+                        "stress": full_3x3_to_voigt_6_stress(r.stress[0].cpu().double().numpy())}

@@ -1,0 +1,287 @@
+"""Energy stage: batched models, batched FIRE with cell filter, reference, stage, CLI."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from hpcxtal.relax.errors import ModelSetupError
+from hpcxtal.relax.fire import FireParams, relax
+from hpcxtal.relax.models import BatchResult, MACE_FOUNDATION_FILES, ModelCalculator, load_model
+
+
+def tiny_mace(path, seed: int = 0):
+    """A small randomly initialised carbon MACE model saved to ``path`` (real mace code)."""
+    import mace.modules
+    from e3nn import o3
+
+    torch.manual_seed(seed)
+    model = mace.modules.ScaleShiftMACE(
+        r_max=3.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=1,
+        interaction_cls=mace.modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=mace.modules.interaction_classes["RealAgnosticInteractionBlock"],
+        num_interactions=1, num_elements=1, hidden_irreps=o3.Irreps("8x0e"),
+        MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.array([-1.0]), avg_num_neighbors=8.0,
+        atomic_numbers=[6], correlation=2, gate=torch.nn.functional.silu, pair_repulsion=True,
+        atomic_inter_scale=1.0, atomic_inter_shift=0.0)
+    torch.save(model.double(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mace_file(tmp_path_factory):
+    return tiny_mace(tmp_path_factory.mktemp("mace") / "tiny.model")
+
+
+@pytest.fixture(scope="module")
+def mace_model(mace_file):
+    return load_model("mace", str(mace_file))
+
+
+@pytest.fixture(scope="module")
+def chgnet():
+    return load_model("chgnet")
+
+
+def diamond(a=3.567, strain=0.0, rattle=0.0, seed=0, repeat=(1, 1, 1)):
+    from ase.build import bulk
+
+    atoms = bulk("C", "diamond", a=a) * repeat
+    if strain:
+        atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + strain * np.array(
+            [[1.0, 0.3, 0.0], [0.3, -0.5, 0.1], [0.0, 0.1, 0.8]])), scale_atoms=True)
+    if rattle:
+        atoms.rattle(rattle, seed=seed)
+    return atoms
+
+
+def graphite_distorted(seed=0):
+    from hpcxtal.relax.reference import graphite
+
+    atoms = graphite()
+    atoms.set_cell(np.asarray(atoms.cell) * [[1.03], [1.03], [0.97]], scale_atoms=True)
+    atoms.rattle(0.03, seed=seed)
+    return atoms
+
+
+def evaluate(model, images):
+    pos = torch.tensor(np.concatenate([a.positions for a in images]))
+    num = torch.tensor(np.concatenate([a.numbers for a in images]))
+    cells = torch.tensor(np.array([np.asarray(a.cell) for a in images]))
+    batch = torch.repeat_interleave(torch.arange(len(images)), torch.tensor([len(a) for a in images]))
+    return model(pos, num, cells, batch)
+
+
+# --- energy models -------------------------------------------------------------------
+
+def test_chgnet_batch_matches_chgnet_own_prediction(chgnet):
+    from chgnet.model import CHGNet
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    images = [diamond(rattle=0.05, seed=1), diamond(a=3.7, rattle=0.05, seed=2, repeat=(1, 1, 2))]
+    out = evaluate(chgnet, images)
+    assert out.energy.dtype == torch.float64
+    ref = CHGNet.load(verbose=False)
+    lo = 0
+    for i, atoms in enumerate(images):
+        p = ref.predict_structure(AseAtomsAdaptor.get_structure(atoms), task="efs")
+        n = len(atoms)
+        assert out.energy[i].item() / n == pytest.approx(float(p["e"]), abs=2e-5)
+        np.testing.assert_allclose(out.forces[lo:lo + n].numpy(), p["f"], atol=2e-4)
+        np.testing.assert_allclose(out.stress[i].numpy(), p["s"] / 160.21766208, atol=2e-5)
+        lo += n
+
+
+@pytest.mark.parametrize("which", ["mace_model", "chgnet"])
+def test_forces_and_stress_are_energy_derivatives(which, request):
+    """Finite differences of the batched energy agree with forces and stress (float64)."""
+    model = request.getfixturevalue(which)
+    atoms = diamond(a=3.6, strain=0.02, rattle=0.05, seed=3)
+    out = evaluate(model, [atoms])
+    h = 1e-4
+    for k, d in [(0, 0), (1, 2)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[k, d] += h
+        minus.positions[k, d] -= h
+        fd = -(evaluate(model, [plus]).energy - evaluate(model, [minus]).energy).item() / (2 * h)
+        assert fd == pytest.approx(out.forces[k, d].item(), abs=1e-4)
+    eps = np.zeros((3, 3))
+    eps[0, 1] = eps[1, 0] = h
+    e = []
+    for sign in (1, -1):
+        a = atoms.copy()
+        a.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + sign * eps), scale_atoms=True)
+        e.append(evaluate(model, [a]).energy.item())
+    fd = (e[0] - e[1]) / (2 * 2 * h) / atoms.cell.volume
+    assert fd == pytest.approx(out.stress[0, 0, 1].item(), abs=1e-5)
+
+
+def test_mace_batch_equals_single(mace_model):
+    images = [diamond(rattle=0.05, seed=1), graphite_distorted(), diamond(repeat=(2, 1, 1))]
+    batched = evaluate(mace_model, images)
+    lo = 0
+    for i, atoms in enumerate(images):
+        single = evaluate(mace_model, [atoms])
+        assert batched.energy[i].item() == pytest.approx(single.energy.item(), abs=1e-10)
+        np.testing.assert_allclose(batched.forces[lo:lo + len(atoms)], single.forces, atol=1e-10)
+        np.testing.assert_allclose(batched.stress[i], single.stress[0], atol=1e-10)
+        lo += len(atoms)
+
+
+def test_float32_runs_close_to_float64(mace_file):
+    images = [diamond(rattle=0.05, seed=1)]
+    e64 = evaluate(load_model("mace", str(mace_file), dtype="float64"), images).energy
+    e32 = evaluate(load_model("mace", str(mace_file), dtype="float32"), images).energy
+    assert e32.dtype == torch.float32
+    assert e32.item() == pytest.approx(e64.item(), abs=1e-4)
+
+
+# --- missing weights ------------------------------------------------------------------
+
+def test_missing_mace_file_names_the_file(tmp_path):
+    missing = tmp_path / "nowhere" / "carbon.model"
+    with pytest.raises(ModelSetupError, match="carbon.model not found.*relax.model"):
+        load_model("mace", str(missing))
+
+
+def test_mace_foundation_name_resolves_offline_or_says_where(tmp_path, monkeypatch, mace_file):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    filename = MACE_FOUNDATION_FILES["mace-mp-0-small"]
+    with pytest.raises(ModelSetupError) as err:
+        load_model("mace", "mace-mp-0-small", model_dir=str(tmp_path / "models"))
+    message = str(err.value)
+    assert filename in message and str(tmp_path / "models") in message
+    assert str(tmp_path / "cache" / "mace") in message and "never downloads" in message
+    # the same name resolves once the file is where the message said
+    (tmp_path / "models").mkdir()
+    os.symlink(mace_file, tmp_path / "models" / filename)
+    model = load_model("mace", "mace-mp-0-small", model_dir=str(tmp_path / "models"))
+    assert model.source.endswith(filename) or model.source == str(mace_file.resolve())
+
+
+def test_missing_chgnet_weights_give_a_clear_error(tmp_path, monkeypatch):
+    import chgnet.model.model as chgnet_model
+
+    monkeypatch.setattr(chgnet_model, "module_dir", str(tmp_path / "model"))
+    with pytest.raises(ModelSetupError, match="CHGNet weights missing: .*chgnet_0.3.0"):
+        load_model("chgnet")
+
+
+def test_unknown_backend():
+    with pytest.raises(ModelSetupError, match="unknown energy backend"):
+        load_model("nequip")
+
+
+# --- batched FIRE ---------------------------------------------------------------------
+
+def test_relaxation_lowers_energy_and_forces_on_diamond_and_graphite(chgnet):
+    images = [diamond(strain=0.04, rattle=0.05, seed=1), graphite_distorted(seed=2)]
+    start = evaluate(chgnet, images).energy
+    params = FireParams(fmax_eV_per_A=0.05, max_steps=200)
+    results = relax(images, chgnet, params)
+    for r, e0, atoms in zip(results, start, images):
+        assert r.status == "converged", r.status
+        assert r.energy < e0.item() - 1e-3
+        final = evaluate(chgnet, [r.atoms])
+        assert final.energy.item() == pytest.approx(r.energy, abs=1e-8)
+        assert final.forces.norm(dim=1).max().item() < params.fmax_eV_per_A
+        # the cell is relaxed too: stress x volume per atom below fmax-like tolerance
+        assert (final.stress.abs().max() * r.atoms.cell.volume).item() < params.fmax_eV_per_A * len(r.atoms) * 2
+    a_diamond = results[0].atoms.cell.cellpar()[0] * np.sqrt(2)
+    assert 3.50 < a_diamond < 3.65  # CHGNet diamond lattice constant near 3.57 Å
+
+
+def test_batched_fire_follows_ase_fire_with_frechet_filter(chgnet):
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms = diamond(strain=0.03, rattle=0.05, seed=4)
+    params = FireParams(fmax_eV_per_A=0.05, max_steps=100)
+    (ours,) = relax([atoms], chgnet, params)
+    ref = atoms.copy()
+    ref.calc = ModelCalculator(chgnet)
+    opt = FIRE(FrechetCellFilter(ref), logfile=None)
+    converged = opt.run(fmax=0.05, steps=params.step_cap(len(ref)))
+    assert converged and ours.status == "converged"
+    assert ours.steps == opt.nsteps
+    assert ours.energy == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(ours.atoms.cell, ref.cell, atol=1e-6)
+
+
+def test_mixed_batch_equals_one_by_one(mace_model):
+    images = [diamond(rattle=0.05, seed=1), graphite_distorted(seed=2),
+              diamond(rattle=0.05, seed=3, repeat=(2, 1, 1)), diamond(rattle=0.04, seed=5)]
+    params = FireParams(max_steps=6, steps_per_atom=1.0, batch_atom_budget=10)
+    batched = relax(images, mace_model, params)
+    for atoms, b in zip(images, batched):
+        (single,) = relax([atoms], mace_model, params)
+        assert b.status == single.status and b.steps == single.steps
+        assert b.energy / len(atoms) == pytest.approx(single.energy / len(atoms), abs=1e-9)
+        np.testing.assert_allclose(b.atoms.positions, single.atoms.positions, atol=1e-9)
+
+
+def test_step_cap_gives_not_converged(mace_model):
+    params = FireParams(fmax_eV_per_A=1e-6, max_steps=3, steps_per_atom=0.5)
+    (r,) = relax([diamond(rattle=0.1, seed=2)], mace_model, params)
+    assert r.status == "not_converged" and r.steps == 3 + 1  # 3 + 0.5 * 2 atoms
+
+
+class FailingModel:
+    """A real model whose output turns NaN for structures of ``natoms`` atoms from the
+    ``after``-th call on (fault injection for the isolation test)."""
+
+    def __init__(self, model, natoms: int, after: int):
+        self.model, self.natoms, self.after, self.calls = model, natoms, after, 0
+
+    def __call__(self, positions, numbers, cells, batch) -> BatchResult:
+        out = self.model(positions, numbers, cells, batch)
+        self.calls += 1
+        if self.calls >= self.after:
+            bad = torch.bincount(batch, minlength=len(cells)) == self.natoms
+            out.energy[bad] = float("nan")
+            out.forces[bad[batch]] = float("nan")
+        return out
+
+
+def test_failures_do_not_affect_the_rest(mace_model):
+    good = [diamond(rattle=0.05, seed=1), diamond(rattle=0.05, seed=3, repeat=(3, 1, 1))]
+    nan_input = diamond(rattle=0.05, seed=2)
+    nan_input.positions[1, 2] = np.nan
+    overlap = diamond(repeat=(1, 1, 2))
+    overlap.positions[3] = overlap.positions[2] + [0.1, 0.0, 0.0]
+    midway = graphite_distorted()  # 4 atoms: its energy turns NaN at the 3rd model call
+    params = FireParams(max_steps=8, steps_per_atom=0)
+    clean = relax(good, mace_model, params)
+    mixed = relax([good[0], nan_input, overlap, midway, good[1]],
+                  FailingModel(mace_model, natoms=4, after=3), params)
+    assert mixed[1].status == "failed: non-finite positions or cell"
+    assert mixed[2].status.startswith("failed: overlapping atoms")
+    assert mixed[3].status == "failed: energy is not finite" and mixed[3].steps > 0  # mid-run
+    # the others match a run without the bad structures (to rounding: batch sizes differ)
+    for a, b in zip(clean, [mixed[0], mixed[4]]):
+        assert np.isfinite(b.energy) and a.status == b.status and a.steps == b.steps
+        assert a.energy == pytest.approx(b.energy, abs=1e-10)
+        np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-10)
+        np.testing.assert_allclose(a.atoms.cell, b.atoms.cell, atol=1e-10)
+
+
+def test_model_error_in_one_structure_fails_only_it(mace_model):
+    class Picky:
+        def __call__(self, positions, numbers, cells, batch):
+            if (torch.bincount(batch, minlength=len(cells)) == 4).any():
+                raise RuntimeError("cannot handle 4 atoms")
+            return mace_model(positions, numbers, cells, batch)
+
+    params = FireParams(max_steps=2, steps_per_atom=0)
+    results = relax([diamond(rattle=0.05, seed=1), graphite_distorted()], Picky(), params)
+    assert results[0].status == "not_converged"
+    assert results[1].status == "failed: model error: RuntimeError: cannot handle 4 atoms"

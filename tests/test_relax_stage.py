@@ -1,0 +1,135 @@
+"""The relax stage on files and on a campaign (shards, no-op rerun), and its CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hpcxtal.campaign import (Campaign, CampaignConfig, ImportConfig, RelaxConfig, ShardConfig,
+                              STAGES)
+from hpcxtal.cli import main
+from hpcxtal.config import ConfigError
+from hpcxtal.relax.table import relax_output, relax_selection
+from hpcxtal.stages import (import_campaign, relax_campaign, relax_file, shard_campaign,
+                            stage_spec)
+from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.shard import shard_path
+from hpcxtal.store.table import Table
+from hpcxtal.topology.stage import topology_file, topology_output
+
+from test_relax import tiny_mace
+
+
+@pytest.fixture(scope="module")
+def small_pool(tmp_path_factory):
+    """Six of the smallest SACADA structures, as rows (no stored structures)."""
+    from hpcxtal.data import SACADA_PATH
+
+    table, _ = read_table(SACADA_PATH)
+    idx = np.argsort(table.structures.natoms, kind="stable")[:6]
+    small = table.take(idx)
+    small.structures = None
+    path = tmp_path_factory.mktemp("pool") / "small.h5"
+    write_table(path, small, kind="pool")
+    return path
+
+
+@pytest.fixture(scope="module")
+def relax_cfg(tmp_path_factory):
+    model = tiny_mace(tmp_path_factory.mktemp("model") / "tiny.model")
+    return RelaxConfig(backend="mace", model=str(model), max_steps=3, steps_per_atom=0)
+
+
+def test_relax_file_adds_energy_columns_and_model_attributes(small_pool, relax_cfg, tmp_path):
+    dest = tmp_path / "relaxed.h5"
+    report = relax_file(small_pool, dest, relax_cfg)
+    table, _ = read_table(dest)
+    source, _ = read_table(small_pool)
+    np.testing.assert_array_equal(table["id"], source["id"])
+    assert set(source.columns) < set(table.columns)
+    assert {"energy", "e_rel", "status", "relax_steps"} <= set(table.columns)
+    assert table.structures is not None and len(table.structures) == len(table)
+    e_graphite = table.attrs["e_graphite_eV_per_atom"]
+    np.testing.assert_allclose(table["e_rel"], table["energy"] - e_graphite)
+    assert set(table["status"]) <= {"converged", "not_converged"} and (table["relax_steps"] <= 3).all()
+    assert table.attrs["model_backend"] == "mace"
+    assert table.attrs["model_file"].endswith("tiny.model")
+    assert table.attrs["model_dtype"] == "float64"
+    assert json.loads(table.attrs["stage_config"])["max_steps"] == 3
+    assert report["rows"] == 6 and report["relaxed"] == 6
+
+
+def test_campaign_relax_by_shard_and_noop_rerun(small_pool, relax_cfg, tmp_path):
+    assert STAGES.index("relax") == STAGES.index("topology") + 1
+    cfg = CampaignConfig(name="t", import_=ImportConfig(inputs=[str(small_pool)]),
+                         shard=ShardConfig(n_shards=2), relax=relax_cfg)
+    campaign = Campaign.create(tmp_path / "camp", cfg)
+    assert Campaign(campaign.root).config.relax == relax_cfg  # YAML round trip
+    import_campaign(campaign)
+    shard_campaign(campaign)
+    for i in range(2):  # topology straight on the shards (every row signed)
+        topology_file(shard_path(campaign.shard_dir, i), topology_output(campaign.root, i),
+                      cfg.topology, workers=1)
+    relax = stage_spec("relax")
+
+    report = relax_campaign(campaign, shard=1)  # one array task
+    assert report.outputs == [relax_output(campaign.root, 1)]
+    assert not relax_output(campaign.root, 0).exists()
+    assert relax.done(campaign, 1) and not relax.done(campaign, None)
+    first = relax_output(campaign.root, 1).stat().st_mtime_ns
+
+    relax_campaign(campaign, None)  # the rest: shard 1 is complete and left alone
+    assert relax_output(campaign.root, 1).stat().st_mtime_ns == first
+    assert relax.done(campaign, None)
+    assert relax_campaign(campaign, shard=0).skipped
+    assert main(["relax", str(campaign.root), "-q"]) == 0
+    assert relax_output(campaign.root, 1).stat().st_mtime_ns == first
+    tables = [read_table(relax_output(campaign.root, i))[0] for i in range(2)]
+    ids = np.concatenate([t["id"] for t in tables])
+    assert sorted(ids) == sorted(read_table(campaign.pool_path)[0]["id"])
+    status = np.concatenate([t["status"] for t in tables])
+    duplicates = np.concatenate([t["duplicate_of"] != t["id"] for t in tables])
+    assert all(s.startswith("skipped: topology duplicate") for s in status[duplicates])
+    assert not any(s.startswith("skipped") for s in status[~duplicates])
+
+
+def test_relax_selection_skips_invalid_and_duplicate_rows():
+    table = Table({"id": np.arange(4, dtype=np.uint64), "valid": np.array([1, 1, 0, 1], bool),
+                   "dimension": np.array([3, 3, -1, -1], np.int8),
+                   "duplicate_of": np.array([0, 0, 2, 3], np.uint64)})
+    chosen, skipped = relax_selection(table)
+    assert list(chosen) == [0]
+    assert skipped == {1: "skipped: topology duplicate of id 0",
+                       2: "skipped: not CN-valid after refinement",
+                       3: "skipped: no topology signature"}
+
+
+def test_relax_config_is_validated(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nrelax:\n  backend: nequip\n")
+    with pytest.raises(ConfigError, match="backend 'nequip'"):
+        CampaignConfig.from_file(path)
+    path.write_text("name: x\nrelax:\n  backend: mace\n")
+    with pytest.raises(ConfigError, match="needs model"):
+        CampaignConfig.from_file(path)
+    path.write_text("name: x\nrelax:\n  fmax: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'fmax'"):
+        CampaignConfig.from_file(path)
+
+
+def test_cli_missing_model_is_one_line_error(small_pool, tmp_path, capsys):
+    code = main(["relax", str(small_pool), "-o", str(tmp_path / "out.h5"), "--backend", "mace",
+                 "--model", str(tmp_path / "absent.model")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "absent.model not found" in err
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_cli_relax_shard_out_of_range(small_pool, relax_cfg, tmp_path, capsys):
+    cfg = CampaignConfig(name="t", import_=ImportConfig(inputs=[str(small_pool)]),
+                         shard=ShardConfig(n_shards=1), relax=relax_cfg)
+    campaign = Campaign.create(tmp_path / "camp", cfg)
+    assert main(["relax", str(campaign.root), "--shard", "3"]) == 2
+    assert "the campaign has shards 0-0" in capsys.readouterr().err
