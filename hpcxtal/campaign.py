@@ -7,6 +7,7 @@
     DIR/pool.h5            the candidate pool (stage ``import``)
     DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
     DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
+    DIR/rounds/rounds-NNNN.h5  refined shards after all rounds (stage ``rounds``)
     DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
     DIR/relax/relax-NNNN.h5    each shard relaxed, with energies (stage ``relax``)
 
@@ -36,7 +37,7 @@ from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("import", "shard", "refine", "topology", "relax")
+STAGES = ("import", "shard", "refine", "rounds", "topology", "relax")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +151,19 @@ class TopologyConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RoundsConfig:
+    """Refinement rounds: round 1 refines each shard; rounds 2..n_rounds take every row
+    still invalid from all shards, rebalance them over the processes (MPI ranks) and
+    refine them again from perturbed starts seeded by row id and round."""
+
+    n_rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_rounds <= 20:
+            raise ValueError(f"n_rounds must be within 1-20, got {self.n_rounds}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class CampaignConfig:
     """Everything a campaign needs, one section per stage."""
 
@@ -159,6 +173,7 @@ class CampaignConfig:
     import_: ImportConfig = field(default_factory=ImportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     relax: RelaxConfig = field(default_factory=RelaxConfig)
 

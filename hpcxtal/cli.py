@@ -90,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     _add_common(p)
 
+    p = sub.add_parser("rounds", help="later refinement rounds over all shards' invalid rows",
+                       description="Rounds 2..n_rounds (campaign config, section rounds): gather "
+                                   "the rows still invalid after round 1 from every shard, "
+                                   "rebalance them by cost over the processes (MPI ranks under "
+                                   "mpiexec or srun), refine them again from perturbed starts, "
+                                   "and write each shard's final rows to DIR/rounds/. Finished "
+                                   "rounds are kept, so an interrupted run resumes.")
+    p.add_argument("dir", type=Path, help="campaign directory")
+    p.add_argument("--force", action="store_true", help="redo rounds that are complete")
+    _add_common(p)
+
     p = sub.add_parser("topology", help="net signature, dimensionality and first de-duplication",
                        description="Build the periodic C-C bond graph of every row (stored "
                                    "structure, else the expanded row; only CN-valid rows of a "
@@ -298,20 +309,62 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from hpcxtal.campaign import find_campaign
     from hpcxtal.refine.represent import RefineConfig
+    from hpcxtal.hpc.mpi import abort_on_error, world
     from hpcxtal.refine.stage import refine_file
-    from hpcxtal.stages import refine_campaign
+    from hpcxtal.stages import refine_campaign, rounds_campaign
 
     campaign = find_campaign(args.source)
     if campaign is not None:
-        report = refine_campaign(campaign, args.shard, args.force)
-        if report.skipped:
-            log.info("refined shards are complete and verify; nothing to do (--force to redo)")
+        if args.shard is not None:  # one array task: round 1 of one shard
+            if refine_campaign(campaign, args.shard, args.force).skipped:
+                log.info("shard %d is refined and current; nothing to do (--force to redo)",
+                         args.shard)
+            return 0
+        # The whole stage: round 1 of this rank's shards, then the later rounds.
+        comm = world()
+        rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+        campaign = _bind_rank_device(campaign, comm)
+        with abort_on_error(comm):
+            for i in range(rank, campaign.config.shard.n_shards, size):
+                refine_campaign(campaign, i, args.force)
+            if comm is not None:
+                comm.Barrier()
+            rounds_campaign(campaign, None, args.force, comm)
         return 0
     if args.output is None:
         raise UsageError("give -o OUT.h5 (or a campaign directory)")
     overrides = {k: v for k, v in (("max_steps", args.steps), ("dtype", args.dtype),
                                    ("device", args.device), ("threads", args.threads)) if v is not None}
     refine_file(args.source, args.output, dataclasses.replace(RefineConfig(), **overrides))
+    return 0
+
+
+def _bind_rank_device(campaign, comm):
+    """Under MPI with GPUs, give this rank its node-local GPU (refine.device 'auto')."""
+    import dataclasses
+
+    from hpcxtal.hpc.mpi import rank_device
+
+    if comm is None or campaign.config.refine.device != "auto":
+        return campaign
+    device = rank_device(comm)
+    if device is not None:
+        refine = dataclasses.replace(campaign.config.refine, device=device)
+        campaign.config = dataclasses.replace(campaign.config, refine=refine)
+    return campaign
+
+
+def cmd_rounds(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import Campaign
+    from hpcxtal.hpc.mpi import abort_on_error, world
+    from hpcxtal.stages import rounds_campaign
+
+    comm = world()
+    campaign = _bind_rank_device(Campaign(args.dir), comm)
+    with abort_on_error(comm):
+        report = rounds_campaign(campaign, None, args.force, comm)
+    if report.skipped:
+        log.info("rounds are complete and current; nothing to do (--force to redo)")
     return 0
 
 
@@ -527,7 +580,7 @@ class UsageError(Exception):
 
 
 COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine,
-            "topology": cmd_topology, "relax": cmd_relax, "export": cmd_export, "info": cmd_info,
+            "rounds": cmd_rounds, "topology": cmd_topology, "relax": cmd_relax, "export": cmd_export, "info": cmd_info,
             "site": cmd_site, "status": cmd_status, "run": cmd_run, "resume": cmd_run,
             "submit": cmd_submit}
 

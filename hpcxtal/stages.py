@@ -15,6 +15,7 @@ from typing import Callable
 from hpcxtal.campaign import Campaign, ImportConfig, RelaxConfig, ShardConfig
 from hpcxtal.config import ConfigError, to_mapping
 from hpcxtal.data import resolve_input
+from hpcxtal.refine.rounds import rounds_config, rounds_output, run_rounds
 from hpcxtal.refine.stage import refine_file, refine_output
 from hpcxtal.relax.table import relax_output
 from hpcxtal.store.formats import import_files
@@ -90,8 +91,26 @@ def _shard_input(campaign: Campaign, shard: int) -> Path:
     return shard_path(campaign.shard_dir, shard)
 
 
-def _refine_input(campaign: Campaign, shard: int) -> Path:
-    return refine_output(campaign.root, shard)
+def _rounds_input(campaign: Campaign, shard: int) -> Path:
+    return rounds_output(campaign.root, shard)
+
+
+def rounds_campaign(campaign: Campaign, shard: int | None = None, force: bool = False,
+                    comm=None) -> StageReport:
+    """The campaign's ``rounds`` stage (whole campaign; MPI ranks share it through
+    ``comm``): later refinement rounds over all shards' invalid rows, then one final
+    file per shard."""
+    n = campaign.config.shard.n_shards
+    outputs = [rounds_output(campaign.root, i) for i in range(n)]
+    if not force and stage_spec("rounds").done(campaign, None):
+        return StageReport(outputs, skipped=True)
+    missing = [i for i in range(n) if verify_file(refine_output(campaign.root, i)) is not None]
+    if missing:
+        raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
+                                f"{campaign.root}' first")
+    counts = run_rounds(campaign.root, n, lambda i: refine_output(campaign.root, i),
+                        campaign.config.refine, campaign.config.rounds.n_rounds, comm)
+    return StageReport(outputs, counts)
 
 
 def refine_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
@@ -105,7 +124,7 @@ def topology_campaign(campaign: Campaign, shard: int | None, force: bool = False
                       workers: int | None = None) -> StageReport:
     """The campaign's ``topology`` stage on the refined shard ``shard`` (or all)."""
     cfg = campaign.config.topology
-    return _per_shard(campaign, shard, force, _refine_input, topology_output, cfg,
+    return _per_shard(campaign, shard, force, _rounds_input, topology_output, cfg,
                       lambda src, dest: topology_file(src, dest, cfg, workers,
                                                       campaign_id=campaign.campaign_id))
 
@@ -245,8 +264,11 @@ PIPELINE: tuple[StageSpec, ...] = (
               lambda c, shard: _outputs_complete(_shard_files(c))),
     StageSpec("refine", "gpu", True, refine_campaign,
               _per_shard_done(_shard_input, refine_output, lambda c: c.config.refine)),
+    StageSpec("rounds", "gpu", False, rounds_campaign,
+              _per_shard_done(lambda c, i: refine_output(c.root, i), rounds_output,
+                              lambda c: rounds_config(c.config.refine, c.config.rounds.n_rounds))),
     StageSpec("topology", "cpu", True, topology_campaign,
-              _per_shard_done(_refine_input, topology_output, lambda c: c.config.topology)),
+              _per_shard_done(_rounds_input, topology_output, lambda c: c.config.topology)),
     StageSpec("relax", "cpu", True, relax_campaign,
               _per_shard_done(_topology_input, relax_output, lambda c: c.config.relax)),
 )
