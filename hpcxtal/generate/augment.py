@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -90,11 +91,14 @@ def fingerprint(row: Row, symprec: float = 0.01) -> Fingerprint:
 
     atoms = to_atoms(row)
     cell = (atoms.cell.array, atoms.get_scaled_positions(), atoms.numbers)
-    data = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    prim = spglib.standardize_cell(cell, to_primitive=True, symprec=symprec)
-    if data is None or prim is None:
-        raise DecodeError("spglib could not analyse the structure")
-    lattice = spglib.niggli_reduce(prim[0]) if spglib.niggli_reduce(prim[0]) is not None else prim[0]
+    with warnings.catch_warnings():  # spglib 2.x warns about its own error-handling switch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+        prim = spglib.standardize_cell(cell, to_primitive=True, symprec=symprec)
+        if data is None or prim is None:
+            raise DecodeError("spglib could not analyse the structure")
+        lattice = spglib.niggli_reduce(prim[0])
+    lattice = prim[0] if lattice is None else lattice
     lengths = tuple(sorted(np.linalg.norm(lattice, axis=1).round(6)))
     volume = abs(np.linalg.det(prim[0])) / len(prim[2])
     return Fingerprint(int(data.number), len(prim[2]), float(volume), lengths)

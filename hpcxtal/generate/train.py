@@ -82,9 +82,12 @@ def _state_tensors(state: dict) -> dict:
             for k, v in state.items()}
 
 
-def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = False) -> dict:
+def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = False,
+          stop_after: int | None = None) -> dict:
     """Train on training table ``src``; write the model file ``dest``. Resumes from
-    ``dest.ckpt`` unless ``restart``; returns a summary (epochs, losses, seconds)."""
+    ``dest.ckpt`` unless ``restart``. ``stop_after`` ends this call after that many
+    epochs (a job with a short walltime); the next call continues from the checkpoint.
+    Returns a summary (epochs done, losses, seconds, whether the model file is written)."""
     src, dest = Path(src), Path(dest)
     ckpt_path = dest.with_name(dest.name + ".ckpt")
     if cfg.threads:
@@ -111,7 +114,8 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
         start_epoch, history, seconds = ckpt["epoch"], ckpt["history"], ckpt["seconds"]
         log.info("resuming %s at epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
     n = len(table)
-    for epoch in range(start_epoch, cfg.epochs):
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end):
         t0 = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=rng)
@@ -133,6 +137,9 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
         _save({"config": config, "data_sha256": data_sha, "epoch": epoch + 1,
                "model": model.state_dict(), "optimizer": opt.state_dict(),
                "rng": rng.get_state(), "history": history, "seconds": seconds}, ckpt_path)
+    if end < cfg.epochs:
+        log.info("stopped after epoch %d of %d; run again to continue", end, cfg.epochs)
+        return {"epochs": end, "history": history, "seconds": seconds, "complete": False}
     weights = {k: v.detach().half() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(weights, buf)
@@ -146,5 +153,6 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
            "weights": weights}, dest)
     log.info("%s: %s %s, %d parameters, %d rows, %d epochs in %.0f s", dest, kind, model_id,
              model_size(model), n, cfg.epochs, seconds)
-    return {"model_id": model_id, "kind": kind, "epochs": cfg.epochs, "history": history,
+    return {"complete": True, "model_id": model_id, "kind": kind, "epochs": cfg.epochs,
+            "history": history,
             "seconds": seconds, "n_parameters": model_size(model), "rows": n}
