@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
     p.add_argument("--epochs", type=int, default=20, help="epochs (default 20; published 250)")
     p.add_argument("--batch-size", type=int, default=2048, help="batch size (default 2048)")
-    p.add_argument("--hidden", type=int, default=1024, help="hidden width, 2 layers (default 1024)")
+    p.add_argument("--hidden", type=int, default=256,
+                   help="hidden width, 2 layers (default 256; published 1024)")
     p.add_argument("--latent", type=int, default=32, help="latent dimension (default 32)")
     p.add_argument("--components", type=int, default=10, help="GMM components per column (default 10)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
