@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="append", metavar="SRC",
                    help="input for the import stage (repeatable; default: the bundled "
                         "SACADA set, 'sacada')")
+    p.add_argument("--sample", type=int, metavar="N",
+                   help="sample N candidates from the shipped generator instead of importing "
+                        "(sets the config's 'sample' section)")
     p.add_argument("--shards", type=int, help="number of shards for parallel stages")
     p.add_argument("--seed", type=int, help="campaign random seed")
     _add_common(p)
@@ -188,7 +191,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from hpcxtal.campaign import Campaign, CampaignConfig
+    from hpcxtal.campaign import Campaign, CampaignConfig, SampleConfig
 
     if args.config:
         cfg = CampaignConfig.from_file(args.config)
@@ -198,6 +201,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, name=args.name)
     if args.inputs:
         cfg = dataclasses.replace(cfg, import_=dataclasses.replace(cfg.import_, inputs=args.inputs))
+    if args.sample is not None:
+        if args.inputs:
+            raise UsageError("give --sample or --input, not both")
+        try:
+            cfg = dataclasses.replace(cfg, sample=SampleConfig(n=args.sample))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     if args.shards is not None:
         cfg = dataclasses.replace(cfg, shard=dataclasses.replace(cfg.shard, n_shards=args.shards))
     if args.seed is not None:

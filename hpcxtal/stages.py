@@ -97,8 +97,8 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
         return StageReport(dests, skipped=True)
     if verify_file(campaign.pool_path) is not None:
         raise FileNotFoundError(f"{campaign.pool_path}: the pool is missing or does not verify; "
-                                f"run 'hpcxtal sample {campaign.root}' or 'hpcxtal import "
-                                f"{campaign.root}' first")
+                                f"run 'hpcxtal import {campaign.root}' (or 'hpcxtal sample "
+                                f"{campaign.root}') first")
     campaign.start("shard", [campaign.pool_path], cfg)
     for stale in campaign.shard_dir.glob("shard-*.h5"):
         stale.unlink()

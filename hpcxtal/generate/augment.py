@@ -65,8 +65,8 @@ class AugmentConfig:
 #: Named sizes for ``hpcxtal prepare --size``.
 SIZES = {
     "tiny": AugmentConfig(),
-    "small": AugmentConfig(max_reps=6, max_depth=2, n_choices=8),
-    "full": AugmentConfig(max_reps=16, max_depth=3, n_choices=24),
+    "small": AugmentConfig(max_reps=4, max_depth=1, n_choices=12),
+    "full": AugmentConfig(max_reps=8, max_depth=2, n_choices=32),
 }
 
 
@@ -244,11 +244,17 @@ def augment_table(table: Table, cfg: AugmentConfig, workers: int | None = None) 
     seeds = np.random.SeedSequence(cfg.seed).spawn(len(table))
     tasks = [(table.row(i), cfg, int(seeds[i].generate_state(1)[0])) for i in range(len(table))]
     workers = workers or min(len(tasks), os.cpu_count() or 1)
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_augment_task, tasks, chunksize=1))
-    else:
-        results = [_augment_task(t) for t in tasks]
+    results = []
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(tasks) > 1:
+            done = stack.enter_context(ProcessPoolExecutor(workers)).map(_augment_task, tasks)
+        else:
+            done = map(_augment_task, tasks)
+        for result in done:
+            results.append(result)
+            if len(results) % 10 == 0 or len(results) == len(tasks):
+                log.info("augmented %d of %d crystals: %d rows so far", len(results), len(tasks),
+                         sum(len(r[0]) for r in results))
     rows, origins, source_ids = [], [], []
     rejected = 0
     for i, (kept, bad) in enumerate(results):
