@@ -308,3 +308,19 @@ def test_cli_prepare_train_sample(sacada, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["sample", "-n", "10"])
     assert err.value.code == 2
+
+
+def test_campaign_samples_with_the_shipped_model_without_training(tmp_path):
+    from hpcxtal.cli import main
+    from hpcxtal.generate.sample import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL.stat().st_size < 4 * 2 ** 20  # small enough to ship
+    camp = tmp_path / "c"
+    assert main(["init", str(camp), "--sample", "40", "-q"]) == 0
+    assert main(["sample", str(camp), "-q"]) == 0
+    pool, quarantine = read_table(camp / "pool.h5")
+    assert len(pool) + len(quarantine) == 40
+    assert len(pool) >= 30 and all(o.startswith("cvae:") for o in pool["origin"])
+    assert main(["import", str(camp), "-q"]) == 0  # sample wins: import does nothing
+    with pytest.raises(SystemExit):  # a usage error
+        main(["init", str(tmp_path / "d"), "--sample", "5", "--input", "sacada"])

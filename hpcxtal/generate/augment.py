@@ -138,13 +138,15 @@ def subgroup_rows(row: Row, cfg: AugmentConfig) -> list[Row]:
     for _ in range(cfg.max_depth):
         nxt = []
         for parent in frontier:
-            for gtype in cfg.group_types:
+            # a cell may grow only as far as the atom limit allows
+            max_cell = min(cfg.max_cell, cfg.max_atoms // parent.n_atoms())
+            for gtype in cfg.group_types if max_cell >= 1 else ():
                 if len(out) >= cfg.max_reps:
                     return out
                 try:
                     with contextlib.redirect_stdout(io.StringIO()):  # pyxtal prints
                         subs = to_pyxtal(parent).subgroup(eps=0, group_type=gtype,
-                                                          max_cell=cfg.max_cell)
+                                                          max_cell=max_cell)
                 except Exception as err:  # pyxtal raises bare exceptions on odd splits
                     log.debug("space group %d, %s-subgroups failed: %s", parent.spg, gtype, err)
                     continue
@@ -203,6 +205,8 @@ def augment_row(row: Row, cfg: AugmentConfig, seed: int) -> tuple[list[Row], int
     :class:`Fingerprint`; a generator choice within a kept description if it decodes
     to exactly the same atoms in the same cell.
     """
+    if not within_limits(row, cfg):
+        return [], 1
     ref = fingerprint(row)
     rng = np.random.default_rng(seed)
     kept, rejected = [], 0
