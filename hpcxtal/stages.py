@@ -64,8 +64,11 @@ def sample_campaign(campaign: Campaign, force: bool = False) -> StageReport:
     has a ``sample`` section (else nothing: the ``import`` stage makes the pool)."""
     cfg = campaign.config.sample
     dest = campaign.pool_path
-    if cfg is None or (not force and _outputs_complete([dest])):
-        return StageReport([dest] if cfg else [], skipped=True)
+    if cfg is None:
+        campaign.record("sample", status="off", note="no 'sample' section: the pool is imported")
+        return StageReport([], skipped=True)
+    if not force and _outputs_complete([dest]):
+        return StageReport([dest], skipped=True)
     from hpcxtal.generate.sample import resolve_model
 
     campaign.start("sample", [resolve_model(cfg.model)], cfg)
@@ -79,6 +82,7 @@ def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
     when the config has a ``sample`` section: then the ``sample`` stage makes the pool)."""
     dest = campaign.pool_path
     if campaign.config.sample is not None:
+        campaign.record("import", status="off", note="the 'sample' section makes the pool")
         return StageReport([], skipped=True)
     if not force and _outputs_complete([dest]):
         return StageReport([dest], skipped=True)

@@ -12,6 +12,7 @@ latent refinement can push gradients from a decoded crystal back to the latent v
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -58,6 +59,7 @@ def free_mask(spg: np.ndarray, wps: np.ndarray) -> np.ndarray:
     return mask
 
 
+@lru_cache(maxsize=1)
 def _free_xyz_table() -> np.ndarray:
     """(231, 27, 3) bool: free coordinates of every Wyckoff position."""
     from hpcxtal.crystal.symmetry import space_group
