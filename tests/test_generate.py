@@ -324,3 +324,19 @@ def test_campaign_samples_with_the_shipped_model_without_training(tmp_path):
     assert main(["import", str(camp), "-q"]) == 0  # sample wins: import does nothing
     with pytest.raises(SystemExit):  # a usage error
         main(["init", str(tmp_path / "d"), "--sample", "5", "--input", "sacada"])
+
+
+def test_decode_values_gives_rows_or_reasons(model_file):
+    from hpcxtal.generate.sample import Generator, decode_values
+
+    gen = Generator(model_file[0])
+    cond = gen.conditions.conditions[:3].copy()
+    values = gen.decode(torch.zeros(3, gen.latent_dim), torch.as_tensor(cond[:, 0]),
+                        torch.as_tensor(cond[:, 1:])).numpy()
+    values[2, 0] = float("nan")  # a non-finite cell cannot decode
+    out = decode_values(cond[:, 0], cond[:, 1:], values)
+    assert out[0].spg == cond[0, 0] and np.array_equal(out[0].wps, cond[0, 1:])
+    assert isinstance(out[2], str) and "finite" in out[2]
+    bad = cond[:1].copy()
+    bad[0, 1:] = -1
+    assert decode_values(bad[:, 0], bad[:, 1:], values[:1]) == ["inconsistent condition: no occupied site"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpcxtal.crystal.row import N_SITES, DecodeError, decode
+from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode
 from hpcxtal.generate.conditions import EMPTY, ConditionSampler, check_condition
 from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot
 from hpcxtal.generate.gmm import ColumnGMM
@@ -120,6 +120,24 @@ def condition_text(spg: int, wps: np.ndarray) -> str:
     return f"{int(spg)}:" + ",".join(str(int(w)) for w in wps if w >= 0)
 
 
+def decode_values(spg: np.ndarray, wps: np.ndarray, values: np.ndarray) -> list[Row | str]:
+    """Rows from conditions (spg (N,), wps (N, 8)) and decoded values (N, 30), as
+    :meth:`Generator.decode` gives them: per row a :class:`Row`, or the reason it does
+    not decode (an inconsistent condition, or :func:`hpcxtal.crystal.row.decode`'s)."""
+    out: list[Row | str] = []
+    for s, w, v in zip(spg, wps, np.asarray(values, dtype=float)):
+        problem = check_condition(int(s), w)
+        if problem is not None:
+            out.append(f"inconsistent condition: {problem}")
+            continue
+        xyz = np.where(w[:, None] >= 0, v[6:].reshape(N_SITES, 3) % 1.0, -1.0)
+        try:
+            out.append(decode(s, v[:6], w.astype(float), xyz))
+        except DecodeError as err:
+            out.append(str(err))
+    return out
+
+
 def sample_pool(model: str | Path, n: int, seed: int = 0, mode: str = "mix",
                 first_id: int = 0) -> tuple[Table, Table]:
     """``n`` candidates from the generator: (pool, quarantine). Pool rows carry
@@ -132,21 +150,14 @@ def sample_pool(model: str | Path, n: int, seed: int = 0, mode: str = "mix",
     spg, wps, values, source = gen.sample_raw(n, rng, mode)
     rows, ids, conds, srcs = [], [], [], []
     bad_ids, bad_reasons, bad_raw = [], [], []
-    for i in range(n):
-        cell, xyz = values[i, :6], values[i, 6:].reshape(N_SITES, 3)
-        w = wps[i].astype(float)
-        xyz = np.where(wps[i][:, None] >= 0, xyz % 1.0, -1.0)
-        problem = check_condition(int(spg[i]), wps[i])
-        try:
-            if problem is not None:
-                raise DecodeError(f"inconsistent condition: {problem}")
-            rows.append(decode(spg[i], cell, w, xyz))
-        except DecodeError as err:
+    for i, result in enumerate(decode_values(spg, wps, values)):
+        if isinstance(result, str):
             bad_ids.append(first_id + i)
-            bad_reasons.append(str(err))
+            bad_reasons.append(result)
             bad_raw.append(json.dumps({"spg": int(spg[i]), "wps": wps[i].tolist(),
                                        "values": np.round(values[i], 6).tolist()}))
             continue
+        rows.append(result)
         ids.append(first_id + i)
         conds.append(condition_text(spg[i], wps[i]))
         srcs.append(source[i])
