@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="training table to write")
     p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
                    help="preset: subgroup descriptions and generator choices per crystal "
-                        "(default tiny; full: ~30k+ rows, tens of minutes on 2 cores)")
+                        "(default tiny; full: ~21k rows from SACADA, ~12 min on 2 cores)")
     p.add_argument("--max-reps", type=int, metavar="N", help="subgroup descriptions per crystal")
     p.add_argument("--choices", type=int, metavar="N", help="generator choices per description")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
