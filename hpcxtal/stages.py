@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hpcxtal.campaign import Campaign, ImportConfig, RelaxConfig, ShardConfig
+from hpcxtal.campaign import Campaign, ImportConfig, RelaxConfig, SampleConfig, ShardConfig
 from hpcxtal.config import ConfigError, to_mapping
 from hpcxtal.data import resolve_input
 from hpcxtal.refine.rounds import rounds_config, rounds_output, run_rounds
@@ -45,6 +45,15 @@ def import_pool(sources: list[str], dest: Path, cfg: ImportConfig,
     return StageReport([dest], {"rows": len(table), "quarantined": len(quarantine)})
 
 
+def sample_to_pool(dest: Path, cfg: SampleConfig, seed: int, **attrs: object) -> StageReport:
+    """Sample ``cfg.n`` candidates from the generator into one pool file."""
+    from hpcxtal.generate.sample import sample_pool
+
+    table, quarantine = sample_pool(cfg.model, cfg.n, seed=seed, mode=cfg.conditions)
+    write_table(dest, table, kind="pool", quarantine=quarantine, **attrs)
+    return StageReport([dest], {"rows": len(table), "quarantined": len(quarantine)})
+
+
 def shard_pool(src: Path, dest_dir: Path, cfg: ShardConfig, **attrs: object) -> StageReport:
     """Cut a pool into ``cfg.n_shards`` cost-balanced shard files."""
     table, _ = read_table(src)
@@ -56,9 +65,31 @@ def _outputs_complete(paths: list[Path]) -> bool:
     return bool(paths) and all(verify_file(p) is None for p in paths)
 
 
-def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
-    """The campaign's ``import`` stage: its configured inputs into ``pool.h5``."""
+def sample_campaign(campaign: Campaign, force: bool = False) -> StageReport:
+    """The campaign's ``sample`` stage: ``pool.h5`` from the generator, when the config
+    has a ``sample`` section (else nothing: the ``import`` stage makes the pool)."""
+    cfg = campaign.config.sample
     dest = campaign.pool_path
+    if cfg is None:
+        campaign.record("sample", status="off", note="no 'sample' section: the pool is imported")
+        return StageReport([], skipped=True)
+    if not force and _outputs_complete([dest]):
+        return StageReport([dest], skipped=True)
+    from hpcxtal.generate.sample import resolve_model
+
+    campaign.start("sample", [resolve_model(cfg.model)], cfg)
+    report = sample_to_pool(dest, cfg, campaign.config.seed, campaign_id=campaign.campaign_id)
+    campaign.finish("sample", report.outputs, **report.counts)
+    return report
+
+
+def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
+    """The campaign's ``import`` stage: its configured inputs into ``pool.h5`` (nothing
+    when the config has a ``sample`` section: then the ``sample`` stage makes the pool)."""
+    dest = campaign.pool_path
+    if campaign.config.sample is not None:
+        campaign.record("import", status="off", note="the 'sample' section makes the pool")
+        return StageReport([], skipped=True)
     if not force and _outputs_complete([dest]):
         return StageReport([dest], skipped=True)
     cfg = campaign.config.import_
@@ -76,7 +107,8 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
         return StageReport(dests, skipped=True)
     if verify_file(campaign.pool_path) is not None:
         raise FileNotFoundError(f"{campaign.pool_path}: the pool is missing or does not verify; "
-                                f"run 'hpcxtal import {campaign.root}' first")
+                                f"run 'hpcxtal import {campaign.root}' (or 'hpcxtal sample "
+                                f"{campaign.root}') first")
     campaign.start("shard", [campaign.pool_path], cfg)
     for stale in campaign.shard_dir.glob("shard-*.h5"):
         stale.unlink()
@@ -258,8 +290,10 @@ def _per_shard_done(source: Callable[[Campaign, int], Path], output: Callable[[P
 
 #: The campaign's stages in order; drivers (CLI, Parsl, job arrays, MPI) run these.
 PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("sample", "cpu", False, lambda c, shard, force: sample_campaign(c, force),
+              lambda c, shard: c.config.sample is None or _outputs_complete([c.pool_path])),
     StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force),
-              lambda c, shard: _outputs_complete([c.pool_path])),
+              lambda c, shard: c.config.sample is not None or _outputs_complete([c.pool_path])),
     StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force),
               lambda c, shard: _outputs_complete(_shard_files(c))),
     StageSpec("refine", "gpu", True, refine_campaign,
