@@ -32,6 +32,7 @@ import yaml
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hpcxtal.hpc.site import load_site
 from hpcxtal.refine.represent import RefineConfig
+from hpcxtal.refine.rounds import RoundsConfig
 from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 
 CONFIG_NAME = "campaign.yaml"
@@ -165,19 +166,6 @@ class TopologyConfig:
                 raise ValueError(f"pair_cutoffs_A[{name!r}] must be a number in (0, 10) Å")
             out[pair] = float(value)
         return out
-
-
-@dataclass(frozen=True, kw_only=True)
-class RoundsConfig:
-    """Refinement rounds: round 1 refines each shard; rounds 2..n_rounds take every row
-    still invalid from all shards, rebalance them over the processes (MPI ranks) and
-    refine them again from perturbed starts seeded by row id and round."""
-
-    n_rounds: int = 1
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n_rounds <= 20:
-            raise ValueError(f"n_rounds must be within 1-20, got {self.n_rounds}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -141,7 +141,7 @@ def rounds_campaign(campaign: Campaign, shard: int | None = None, force: bool = 
         raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
                                 f"{campaign.root}' first")
     counts = run_rounds(campaign.root, n, lambda i: refine_output(campaign.root, i),
-                        campaign.config.refine, campaign.config.rounds.n_rounds, comm)
+                        campaign.config.refine, campaign.config.rounds, comm)
     return StageReport(outputs, counts)
 
 
@@ -300,7 +300,7 @@ PIPELINE: tuple[StageSpec, ...] = (
               _per_shard_done(_shard_input, refine_output, lambda c: c.config.refine)),
     StageSpec("rounds", "gpu", False, rounds_campaign,
               _per_shard_done(lambda c, i: refine_output(c.root, i), rounds_output,
-                              lambda c: rounds_config(c.config.refine, c.config.rounds.n_rounds))),
+                              lambda c: rounds_config(c.config.refine, c.config.rounds))),
     StageSpec("topology", "cpu", True, topology_campaign,
               _per_shard_done(_rounds_input, topology_output, lambda c: c.config.topology)),
     StageSpec("relax", "cpu", True, relax_campaign,

@@ -2,7 +2,9 @@
 
 Round 1 refines each shard on its own (``refine-NNNN.h5``, per-shard stage). Rounds
 2..R take every row still invalid after the round before, from all shards, cut them
-into one part per process by estimated cost, refine the parts (each process its own,
+into one part per process by estimated cost, refine the parts (latent refinement
+through the generator, then representation refinement; or representation refinement
+from perturbed starts alone) (each process its own,
 one file per part: ``rounds/round-R/part-PPPP-of-NNNN.h5``) and collect the rows that
 became valid with their round number. Then every shard's final rows are written to
 ``rounds/rounds-NNNN.h5``. With MPI (mpi4py ``comm``) the processes are ranks and
@@ -16,11 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from hpcxtal.config import to_mapping
+from hpcxtal.refine.latent import LatentConfig, latent_refine
 from hpcxtal.refine.represent import RefineConfig, refine_table
 from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
 from hpcxtal.store.shard import row_cost
@@ -31,9 +36,27 @@ log = logging.getLogger(__name__)
 ROUND_COLUMNS = ("cell", "xyz", "loss", "valid", "steps", "round", "refine_status")
 
 
-def rounds_config(cfg: RefineConfig, n_rounds: int) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class RoundsConfig:
+    """Refinement rounds: round 1 refines each shard; rounds 2..n_rounds take every row
+    still invalid from all shards, rebalance them over the processes (MPI ranks) and
+    refine them again: ``later = "latent"`` starts each from a latent vector optimised
+    through the generator (Algorithm 2), ``"perturb"`` from its perturbed last state."""
+
+    n_rounds: int = 1
+    later: str = "latent"
+    latent: LatentConfig = field(default_factory=LatentConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_rounds <= 20:
+            raise ValueError(f"n_rounds must be within 1-20, got {self.n_rounds}")
+        if self.later not in ("latent", "perturb"):
+            raise ValueError(f"later must be 'latent' or 'perturb', got {self.later!r}")
+
+
+def rounds_config(cfg: RefineConfig, rounds: RoundsConfig) -> dict:
     """What a rounds output was made with (recorded, and compared on resume)."""
-    return {"refine": to_mapping(cfg), "n_rounds": n_rounds}
+    return {"refine": to_mapping(cfg), "rounds": to_mapping(rounds)}
 
 
 def rounds_output(campaign_root: Path, shard: int) -> Path:
@@ -76,8 +99,15 @@ def state_after(round1: Path, shard: int, parts_by_round: list[list[Path]]) -> T
     return table
 
 
-def _refine_part(table: Table, cfg: RefineConfig, round_: int, dest: Path, n_parts: int) -> None:
+def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: int, dest: Path,
+                 n_parts: int) -> None:
     if len(table):
+        if rounds.later == "latent":
+            from hpcxtal.descriptor.target import Environment
+
+            env = Environment(cfg.target, dtype=cfg.torch_dtype())
+            cell, xyz = latent_refine(table, env, rounds.latent, cfg.seed, round_, cfg.torch_dtype())
+            table.columns.update(cell=cell, xyz=xyz)
         result = refine_table(table, dataclasses.replace(cfg, seed=cfg.seed + 7919 * round_))
         improved = result.valid
         table.columns.update(cell=result.cell, xyz=result.xyz, loss=result.loss, valid=improved,
@@ -85,19 +115,19 @@ def _refine_part(table: Table, cfg: RefineConfig, round_: int, dest: Path, n_par
                              refine_status=str_array(result.status))
         table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
     write_table(dest, table, kind="round", round=round_, n_parts=n_parts,
-                stage_config=json.dumps(to_mapping(cfg)))
+                stage_config=json.dumps(rounds_config(cfg, rounds)))
 
 
-def run_rounds(campaign_root: Path, n_shards: int, round1: callable, cfg: RefineConfig,
-               n_rounds: int, comm=None) -> dict[str, int]:
-    """Rounds 2..``n_rounds`` over the round-1 files ``round1(i)`` of all shards, then
+def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path],
+               cfg: RefineConfig, rounds: RoundsConfig, comm=None) -> dict[str, int]:
+    """Rounds 2..``rounds.n_rounds`` over the round-1 files ``round1(i)`` of all shards, then
     the final per-shard files. ``comm``: an mpi4py communicator, or None (serial).
     Returns per-round counts on rank 0 (rows moved, valid gained)."""
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     root = Path(campaign_root)
     parts_by_round: list[list[Path]] = []
     counts: dict[str, int] = {}
-    for r in range(2, n_rounds + 1):
+    for r in range(2, rounds.n_rounds + 1):
         parts = [part_path(root, r, p, size) for p in range(size)]
         if all(verify_file(p) is None for p in parts):
             parts_by_round.append(parts)
@@ -124,7 +154,7 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: callable, cfg: Refine
         else:
             work = None
         part = comm.scatter(work, root=0) if comm is not None else work[0]
-        _refine_part(part, cfg, r, parts[rank], size)
+        _refine_part(part, cfg, rounds, r, parts[rank], size)
         if comm is not None:
             comm.Barrier()
         missing = [str(p) for p in parts if verify_file(p) is not None]
@@ -133,9 +163,9 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: callable, cfg: Refine
         parts_by_round.append(parts)
     for i in range(rank, n_shards, size):
         final = state_after(round1(i), i, parts_by_round)
-        write_table(rounds_output(root, i), final, kind="rounds", rounds=n_rounds,
+        write_table(rounds_output(root, i), final, kind="rounds", rounds=rounds.n_rounds,
                     source_sha256=str(file_summary(round1(i))["attrs"].get("sha256", "")),
-                    stage_config=json.dumps(rounds_config(cfg, n_rounds)))
+                    stage_config=json.dumps(rounds_config(cfg, rounds)))
     if comm is not None:
         comm.Barrier()
     return counts
