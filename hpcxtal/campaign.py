@@ -33,7 +33,7 @@ from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hpcxtal.hpc.site import load_site
 from hpcxtal.refine.represent import RefineConfig
 from hpcxtal.refine.rounds import RoundsConfig
-from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
+from hpcxtal.store.hdf5 import atomic_path, set_file_locking
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
@@ -273,13 +273,6 @@ class Campaign:
     def finish(self, stage: str, outputs: list[Path], **counts: int) -> None:
         self.record(stage, status="done", finished=_now(), outputs=[self._rel(p) for p in outputs],
                     counts=counts)
-
-    def stage_outputs_ok(self, stage: str) -> tuple[int, int]:
-        """(outputs that verify, outputs recorded) for ``stage``."""
-        outputs = self.manifest()["stages"].get(stage, {}).get("outputs", [])
-        good = sum(verify_file(self.root / p) is None for p in outputs)
-        return good, len(outputs)
-
 
 def _write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:

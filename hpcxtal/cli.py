@@ -637,10 +637,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             state = "done" if good == n else ("partial" if good else "pending")
             print(f"  {spec.name:10s} {state:8s} {good}/{n} shards complete")
             continue
-        good, total = campaign.stage_outputs_ok(spec.name)
+        recorded = entry.get("status", "pending")
+        state = recorded if recorded == "off" else (
+            "done" if spec.done(campaign, None) else ("pending" if recorded == "done" else recorded))
         counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
-        files = f"{good}/{total} files verify" if total else "no files yet"
-        print(f"  {spec.name:10s} {entry.get('status', 'pending'):8s} {files:22s} {counts}")
+        print(f"  {spec.name:10s} {state:8s} {counts}")
     jobs = submitted(campaign)
     if jobs and campaign.site.scheduler != "local":
         states = job_states(campaign.site, [j["job_id"] for j in jobs])

@@ -26,8 +26,9 @@ def test_campaign_init_import_shard_status(tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", str(camp)]) == 0
     out = capsys.readouterr().out
-    assert "import     done     1/1 files verify" in out
-    assert "shard      done     3/3 files verify" in out
+    assert "import     done     rows 144, quarantined 6" in out
+    assert "shard      done     rows 144, shards 3" in out
+    assert "refine     pending  0/3 shards complete" in out
     manifest = json.loads((camp / "manifest.json").read_text())
     assert manifest["stages"]["import"]["counts"] == {"rows": 144, "quarantined": 6}
     assert manifest["stages"]["shard"]["outputs"][0] == "shards/shard-0000.h5"
