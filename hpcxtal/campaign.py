@@ -9,6 +9,7 @@
     DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
     DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
     DIR/relax/relax-NNNN.h5    each shard relaxed, with energies (stage ``relax``)
+    DIR/database.h5            every relaxed shard merged and ranked (stage ``merge``)
 
 Stages are functions of files; the manifest records what whole-campaign stages did,
 and a stage whose outputs exist and verify is done whatever the manifest says.
@@ -31,12 +32,13 @@ import yaml
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hpcxtal.hpc.site import load_site
 from hpcxtal.refine.represent import RefineConfig
+from hpcxtal.store.database import MergeConfig
 from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("import", "shard", "refine", "topology", "relax")
+STAGES = ("import", "shard", "refine", "topology", "relax", "merge")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +163,7 @@ class CampaignConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     relax: RelaxConfig = field(default_factory=RelaxConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":
