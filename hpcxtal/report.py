@@ -148,7 +148,7 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     converged = table["e_rel"][(table["status"] == "converged") & np.isfinite(table["e_rel"])]
-    bins = np.histogram_bin_edges(converged if len(converged) else [0.0, 1.0], bins=30)
+    bins = np.histogram_bin_edges(np.append(converged, [0.0, window]), bins=40)
     ax.hist(converged, bins=bins, color="0.8", label="converged (all)")
     ax.hist(e, bins=bins, color="tab:blue", label="unique")
     ax.axvline(window, color="tab:red", ls="--", label=f"low-energy window {window:g} eV/atom")
