@@ -134,6 +134,7 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     """The report's PNGs: energy histogram, cumulative counts per round, space groups,
     sizes (matplotlib without pyplot: no global state, no display needed)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     unique = table["unique"]
     e = table["e_rel"][unique]
@@ -141,6 +142,8 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     paths = {}
 
     def save(fig: Figure, name: str) -> None:
+        for ax in fig.axes:  # counts are whole numbers
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         paths[name] = out_dir / f"{name}.png"
         fig.savefig(paths[name], dpi=100)
@@ -183,7 +186,9 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.hist(natoms, bins=np.arange(0, max(natoms.max(initial=0), 1) + 5, 4), color="tab:purple")
+    width = max(1, int(np.ceil(natoms.max(initial=0) / 40)))
+    ax.hist(natoms, bins=np.arange(0, natoms.max(initial=0) + 2 * width, width) - width / 2,
+            color="tab:purple")
     ax.set(xlabel="atoms in the relaxed cell", ylabel="unique structures", title="Sizes")
     save(fig, "sizes")
     return paths
