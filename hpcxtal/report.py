@@ -112,12 +112,17 @@ def accounting(table: Table, quarantine: Table, n_sampled: int) -> Accounting:
     return Accounting(counts, n_sampled, detail, problems)
 
 
-def metrics(table: Table, quarantine: Table, n_sampled: int) -> dict[str, object]:
+def _flags(table: Table) -> dict[str, np.ndarray]:
+    """Per metric, which rows it counts."""
+    return {"N_valid_env": np.asarray(table["valid"], bool), "N_unique": table["unique"],
+            "N_train": table["in_training"], "N_low_E": table["low_energy"],
+            "N_low_E_cubic": table["low_energy"] & table["cubic"]}
+
+
+def metrics(table: Table, n_sampled: int) -> dict[str, object]:
     """Overall metrics and per-round rows (``per_round``: round, the metrics found in it,
     and ``cumulative``)."""
-    valid = np.asarray(table["valid"], bool)
-    flags = {"N_valid_env": valid, "N_unique": table["unique"], "N_train": table["in_training"],
-             "N_low_E": table["low_energy"], "N_low_E_cubic": table["low_energy"] & table["cubic"]}
+    flags = _flags(table)
     overall: dict[str, object] = {"N_sampled": n_sampled, "N_valid_xtal": len(table)}
     overall.update({k: int(np.sum(v)) for k, v in flags.items()})
     per_round, running = [], {k: 0 for k in METRICS}
@@ -163,10 +168,7 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     rounds = np.unique(table["round"])
-    for k in METRICS:
-        flags = {"N_valid_env": table["valid"], "N_unique": unique, "N_train": table["in_training"],
-                 "N_low_E": table["low_energy"],
-                 "N_low_E_cubic": table["low_energy"] & table["cubic"]}[k]
+    for k, flags in _flags(table).items():
         cum = np.cumsum([np.sum(flags & (table["round"] == r)) for r in rounds])
         ax.plot(rounds, cum, marker="o", label=k)
     ax.set(xlabel="refinement round", ylabel="cumulative count", title="Counts per round",
@@ -242,7 +244,7 @@ def write_report(db_path: Path, out_dir: Path, n_sampled: int | None = None,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     books = accounting(table, quarantine, n_sampled)
-    values = metrics(table, quarantine, n_sampled)
+    values = metrics(table, n_sampled)
     figures = _figures(table, out_dir, window)
     (out_dir / "metrics.json").write_text(json.dumps(
         {**values, "accounting": books.counts, "accounting_detail": books.detail,
