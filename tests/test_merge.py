@@ -345,3 +345,26 @@ def test_merge_is_the_last_stage_and_config_is_validated(tmp_path):
     path.write_text("name: x\nmerge:\n  training: null\n  low_energy_window_eV: 0.3\n")
     assert CampaignConfig.from_file(path).merge == MergeConfig(training=None,
                                                                low_energy_window_eV=0.3)
+
+
+def test_rows_relaxed_in_two_shards_are_structure_duplicates(campaign, tmp_path):
+    """The same structures relaxed in another shard under other ids (what the per-shard
+    first de-duplication lets through) become duplicates of the first ids."""
+    table, _ = read_table(relax_output(campaign.root, 0))
+    other = table.take(np.arange(len(table)))
+    other.columns["id"] = table["id"] + 100
+    other.columns["duplicate_of"] = table["duplicate_of"] + 100
+    write_table(tmp_path / "other.h5", other, kind="relax", **table.attrs)
+    merge_files([relax_output(campaign.root, 0), tmp_path / "other.h5"], tmp_path / "db.h5",
+                MergeConfig(training=None))
+    db, _ = read_database(tmp_path / "db.h5")
+    conv = (db["status"] == "converged") & (db["id"] >= 100)
+    assert conv.any()
+    np.testing.assert_array_equal(db["duplicate_of"][conv], db["id"][conv] - 100)
+    assert not db["unique"][conv].any() and not db["in_training"].any()
+    # topology duplicates in the copy follow their representative to the original
+    topo = np.array([s.startswith("skipped: topology duplicate") for s in db["status"]])
+    for i in np.flatnonzero(topo & (db["id"] >= 100)):
+        assert db["duplicate_of"][i] < 100
+    books = accounting(db, read_database(tmp_path / "db.h5")[1], len(db))
+    assert books.closes and books.counts["unique"] == conv.sum()
