@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CAMPAIGN ?= campaigns/demo
 export HPCXTAL_SLURM_DIR ?= /tmp/hpcxtal-slurm
 
-.PHONY: setup slurm test campaign clean-campaign
+.PHONY: setup slurm test campaign clean-campaign default-model
 
 setup: $(VENV)/.installed
 
@@ -34,3 +34,7 @@ campaign: setup
 
 clean-campaign:
 	rm -rf $(CAMPAIGN)
+
+# Rebuild the generator shipped in hpcxtal/data/ (augmentation + CVAE + VAE baseline).
+default-model: setup
+	HPCXTAL=$(BIN)/hpcxtal scripts/train_default_model.sh

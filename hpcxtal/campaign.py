@@ -4,9 +4,10 @@
 
     DIR/campaign.yaml      the campaign config (validated on every load)
     DIR/manifest.json      per stage: status, inputs, outputs, parameters, counts, times
-    DIR/pool.h5            the candidate pool (stage ``import``)
+    DIR/pool.h5            the candidate pool (stage ``sample`` or ``import``)
     DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
     DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
+    DIR/rounds/rounds-NNNN.h5  refined shards after all rounds (stage ``rounds``)
     DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
     DIR/relax/relax-NNNN.h5    each shard relaxed, with energies (stage ``relax``)
     DIR/database.h5            every relaxed shard merged and ranked (stage ``merge``)
@@ -32,13 +33,31 @@ import yaml
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hpcxtal.hpc.site import load_site
 from hpcxtal.refine.represent import RefineConfig
+from hpcxtal.refine.rounds import RoundsConfig
 from hpcxtal.store.database import MergeConfig
 from hpcxtal.store.hdf5 import atomic_path, set_file_locking, verify_file
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("import", "shard", "refine", "topology", "relax", "merge")
+STAGES = ("sample", "import", "shard", "refine", "rounds", "topology", "relax", "merge")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig:
+    """Sample the candidate pool from a trained generator (instead of importing it)."""
+
+    n: int = 200
+    model: str = "default"  # 'default' = the generator shipped with hpcxtal, or a path
+    conditions: str = "mix"  # train | learned | mix (see hpcxtal.generate.conditions)
+
+    def __post_init__(self) -> None:
+        from hpcxtal.generate.conditions import MODES
+
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if self.conditions not in MODES:
+            raise ValueError(f"conditions must be one of {list(MODES)}, got {self.conditions!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,9 +177,11 @@ class CampaignConfig:
     name: str
     seed: int = 0
     site: str = "local"  # a name in site_configs/ (or the campaign dir), or a YAML path
+    sample: SampleConfig | None = None  # set: the pool is sampled, and import is off
     import_: ImportConfig = field(default_factory=ImportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     relax: RelaxConfig = field(default_factory=RelaxConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
@@ -168,12 +189,19 @@ class CampaignConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":
         data = load_yaml(path)
+        if isinstance(data, dict) and data.get("sample") is not None and "import" in data:
+            raise ConfigError(f"{path}: give either a 'sample' section (pool from the "
+                              f"generator) or an 'import' section (pool from files), not both")
         if isinstance(data, dict) and "import" in data:
             data = {("import_" if k == "import" else k): v for k, v in data.items()}
         return from_mapping(cls, data, str(path))
 
     def to_yaml(self) -> str:
         data = {("import" if k == "import_" else k): v for k, v in to_mapping(self).items()}
+        if self.sample is None:
+            del data["sample"]
+        else:
+            del data["import"]
         return yaml.safe_dump(data, sort_keys=False)
 
 

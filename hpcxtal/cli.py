@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="append", metavar="SRC",
                    help="input for the import stage (repeatable; default: the bundled "
                         "SACADA set, 'sacada')")
+    p.add_argument("--sample", type=int, metavar="N",
+                   help="sample N candidates from the shipped generator instead of importing "
+                        "(sets the config's 'sample' section)")
     p.add_argument("--shards", type=int, help="number of shards for parallel stages")
     p.add_argument("--seed", type=int, help="campaign random seed")
     _add_common(p)
@@ -60,6 +63,64 @@ def build_parser() -> argparse.ArgumentParser:
                         "position (default: snap any distance)")
     p.add_argument("--symmetry-tolerance", type=float, default=0.01, metavar="A",
                    help="symmetry-finding tolerance for structure files (default 0.01 Å)")
+    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
+    _add_common(p)
+
+    p = sub.add_parser("prepare", help="augment known crystals into a generator training table",
+                       description="Describe every crystal in its subgroups (translationengleiche "
+                                   "and klassengleiche, pyxtal) and with other generator choices "
+                                   "per Wyckoff site; keep rows that decode back to the same "
+                                   "crystal (at most 500 atoms, 8 sites, lengths < 50 Å, angles "
+                                   "30-150 degrees). Parallel over crystals; deterministic for "
+                                   "a seed.")
+    p.add_argument("source", nargs="?", default="sacada",
+                   help="hpcxtal .h5 table of known crystals (default: the bundled SACADA set)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="training table to write")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
+                   help="preset: subgroup descriptions and generator choices per crystal "
+                        "(default tiny; full: ~21k rows from SACADA, ~12 min on 2 cores)")
+    p.add_argument("--max-reps", type=int, metavar="N", help="subgroup descriptions per crystal")
+    p.add_argument("--choices", type=int, metavar="N", help="generator choices per description")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train the generator (CVAE or unconditional VAE)",
+                       description="Train a conditional VAE (or with --unconditional the VAE "
+                                   "baseline) on a training table. A checkpoint MODEL.pt.ckpt is "
+                                   "written every epoch; running again resumes from it. The "
+                                   "model file records config, seed and the data checksum.")
+    p.add_argument("source", type=Path, help="training table (from 'hpcxtal prepare')")
+    p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs (default 20; published 250)")
+    p.add_argument("--batch-size", type=int, default=2048, help="batch size (default 2048)")
+    p.add_argument("--hidden", type=int, default=256,
+                   help="hidden width, 2 layers (default 256; published 1024)")
+    p.add_argument("--latent", type=int, default=32, help="latent dimension (default 32)")
+    p.add_argument("--components", type=int, default=10, help="GMM components per column (default 10)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--unconditional", action="store_true", help="train the unconditional VAE baseline")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after N epochs in this call (short walltimes); run again to continue")
+    _add_common(p)
+
+    p = sub.add_parser("sample", help="sample a candidate pool from a trained generator",
+                       description="Draw N conditions (training set and/or the learned condition "
+                                   "model), latent vectors and mixture components; decode rows. "
+                                   "Rows that do not decode go to the pool's quarantine with the "
+                                   "reason. With a campaign DIR, uses its 'sample' section and "
+                                   "writes DIR/pool.h5.")
+    p.add_argument("dir", nargs="?", type=Path, help="campaign directory (instead of -o)")
+    p.add_argument("-n", type=int, help="number of candidates")
+    p.add_argument("-o", "--output", type=Path, help="pool file to write")
+    p.add_argument("--model", default="default",
+                   help="model file, or 'default' for the model shipped with hpcxtal")
+    p.add_argument("--conditions", default="mix", choices=["train", "learned", "mix"],
+                   help="where conditions come from (default mix: half each)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
@@ -88,6 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (file mode)")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    _add_common(p)
+
+    p = sub.add_parser("rounds", help="later refinement rounds over all shards' invalid rows",
+                       description="Rounds 2..n_rounds (campaign config, section rounds): gather "
+                                   "the rows still invalid after round 1 from every shard, "
+                                   "rebalance them by cost over the processes (MPI ranks under "
+                                   "mpiexec or srun), refine them again from perturbed starts, "
+                                   "and write each shard's final rows to DIR/rounds/. Finished "
+                                   "rounds are kept, so an interrupted run resumes.")
+    p.add_argument("dir", type=Path, help="campaign directory")
+    p.add_argument("--force", action="store_true", help="redo rounds that are complete")
     _add_common(p)
 
     p = sub.add_parser("topology", help="net signature, dimensionality and first de-duplication",
@@ -264,7 +336,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from hpcxtal.campaign import Campaign, CampaignConfig
+    from hpcxtal.campaign import Campaign, CampaignConfig, SampleConfig
 
     if args.config:
         cfg = CampaignConfig.from_file(args.config)
@@ -274,6 +346,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, name=args.name)
     if args.inputs:
         cfg = dataclasses.replace(cfg, import_=dataclasses.replace(cfg.import_, inputs=args.inputs))
+    if args.sample is not None:
+        if args.inputs:
+            raise UsageError("give --sample or --input, not both")
+        try:
+            cfg = dataclasses.replace(cfg, sample=SampleConfig(n=args.sample))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     if args.shards is not None:
         cfg = dataclasses.replace(cfg, shard=dataclasses.replace(cfg.shard, n_shards=args.shards))
     if args.seed is not None:
@@ -288,6 +367,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from hpcxtal.stages import import_campaign, import_pool
 
     campaign = find_campaign(args.sources[0]) if len(args.sources) == 1 and not args.output else None
+    if campaign is not None and campaign.config.sample is not None:
+        log.info("%s samples its pool (its config has a 'sample' section); nothing to import; "
+                 "run 'hpcxtal sample %s'", campaign.root, campaign.root)
+        return 0
     if campaign is not None:
         report = import_campaign(campaign, force=args.force)
     else:
@@ -316,6 +399,74 @@ def _print_quarantine(path: Path, limit: int = 20) -> None:
     if len(quarantine) > limit:
         log.info("  ... %d more; 'hpcxtal export' or h5py's /quarantine lists all",
                  len(quarantine) - limit)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.data import resolve_input
+    from hpcxtal.generate.augment import SIZES, prepare
+
+    cfg = dataclasses.replace(SIZES[args.size], seed=args.seed)
+    if args.max_reps is not None:
+        cfg = dataclasses.replace(cfg, max_reps=args.max_reps)
+    if args.choices is not None:
+        cfg = dataclasses.replace(cfg, n_choices=args.choices)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    prepare(resolve_input(args.source), args.output, cfg, args.workers)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hpcxtal.config import ConfigError
+    from hpcxtal.generate.cvae import ModelConfig
+    from hpcxtal.generate.train import TrainConfig, train
+
+    try:
+        model = ModelConfig(conditional=not args.unconditional, n_components=args.components,
+                            latent_dim=args.latent, hidden=args.hidden)
+        cfg = TrainConfig(model=model, epochs=args.epochs, batch_size=args.batch_size,
+                          learning_rate=args.lr, seed=args.seed, threads=args.threads)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        train(args.source, args.output, cfg, restart=args.restart, stop_after=args.stop_after)
+    except ValueError as err:  # checkpoint of another config
+        raise ConfigError(str(err)) from None
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import SampleConfig, find_campaign
+    from hpcxtal.stages import sample_campaign, sample_to_pool
+
+    campaign = find_campaign(args.dir) if args.dir is not None else None
+    if args.dir is not None and campaign is None:
+        raise UsageError(f"{args.dir} is not a campaign directory (give -o POOL.h5 for a file)")
+    if campaign is not None:
+        cfg = campaign.config.sample
+        if cfg is None:
+            raise UsageError(f"{campaign.root / 'campaign.yaml'} has no 'sample' section "
+                             f"(e.g. 'sample: {{n: 200, model: default}}')")
+        if args.n is not None and args.n != cfg.n:
+            raise UsageError(f"the campaign config samples {cfg.n} candidates; edit "
+                             f"{campaign.root / 'campaign.yaml'} to change it")
+        report = sample_campaign(campaign, force=args.force)
+    else:
+        if args.output is None or args.n is None:
+            raise UsageError("give -n N and -o POOL.h5 (or a campaign directory)")
+        try:
+            cfg = SampleConfig(n=args.n, model=args.model, conditions=args.conditions)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        report = sample_to_pool(args.output, cfg, args.seed)
+    if report.skipped:
+        log.info("%s is complete and verifies; nothing to do (--force to redo)", report.outputs[0])
+        return 0
+    log.info("%s: %d rows, %d quarantined", report.outputs[0], report.counts["rows"],
+             report.counts["quarantined"])
+    return 0
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -351,20 +502,62 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
     from hpcxtal.campaign import find_campaign
     from hpcxtal.refine.represent import RefineConfig
+    from hpcxtal.hpc.mpi import abort_on_error, world
     from hpcxtal.refine.stage import refine_file
-    from hpcxtal.stages import refine_campaign
+    from hpcxtal.stages import refine_campaign, rounds_campaign
 
     campaign = find_campaign(args.source)
     if campaign is not None:
-        report = refine_campaign(campaign, args.shard, args.force)
-        if report.skipped:
-            log.info("refined shards are complete and verify; nothing to do (--force to redo)")
+        if args.shard is not None:  # one array task: round 1 of one shard
+            if refine_campaign(campaign, args.shard, args.force).skipped:
+                log.info("shard %d is refined and current; nothing to do (--force to redo)",
+                         args.shard)
+            return 0
+        # The whole stage: round 1 of this rank's shards, then the later rounds.
+        comm = world()
+        rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+        campaign = _bind_rank_device(campaign, comm)
+        with abort_on_error(comm):
+            for i in range(rank, campaign.config.shard.n_shards, size):
+                refine_campaign(campaign, i, args.force)
+            if comm is not None:
+                comm.Barrier()
+            rounds_campaign(campaign, None, args.force, comm)
         return 0
     if args.output is None:
         raise UsageError("give -o OUT.h5 (or a campaign directory)")
     overrides = {k: v for k, v in (("max_steps", args.steps), ("dtype", args.dtype),
                                    ("device", args.device), ("threads", args.threads)) if v is not None}
     refine_file(args.source, args.output, dataclasses.replace(RefineConfig(), **overrides))
+    return 0
+
+
+def _bind_rank_device(campaign, comm):
+    """Under MPI with GPUs, give this rank its node-local GPU (refine.device 'auto')."""
+    import dataclasses
+
+    from hpcxtal.hpc.mpi import rank_device
+
+    if comm is None or campaign.config.refine.device != "auto":
+        return campaign
+    device = rank_device(comm)
+    if device is not None:
+        refine = dataclasses.replace(campaign.config.refine, device=device)
+        campaign.config = dataclasses.replace(campaign.config, refine=refine)
+    return campaign
+
+
+def cmd_rounds(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import Campaign
+    from hpcxtal.hpc.mpi import abort_on_error, world
+    from hpcxtal.stages import rounds_campaign
+
+    comm = world()
+    campaign = _bind_rank_device(Campaign(args.dir), comm)
+    with abort_on_error(comm):
+        report = rounds_campaign(campaign, None, args.force, comm)
+    if report.skipped:
+        log.info("rounds are complete and current; nothing to do (--force to redo)")
     return 0
 
 
@@ -686,7 +879,8 @@ class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
-COMMANDS = {"init": cmd_init, "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine,
+COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample,
+            "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine, "rounds": cmd_rounds,
             "topology": cmd_topology, "relax": cmd_relax, "merge": cmd_merge, "db": cmd_db,
             "report": cmd_report, "export": cmd_export, "info": cmd_info,
             "site": cmd_site, "status": cmd_status, "run": cmd_run, "resume": cmd_run,

@@ -37,6 +37,9 @@ def _type_name(tp: Any) -> str:
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is not None and len(options) == 1:  # optional X: X's own error is clearer
+            return _convert(value, options[0], where)
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, where)

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hpcxtal.campaign import Campaign, ImportConfig, RelaxConfig, ShardConfig, TopologyConfig
+from hpcxtal.campaign import (Campaign, ImportConfig, RelaxConfig, SampleConfig, ShardConfig,
+                              TopologyConfig)
 from hpcxtal.config import ConfigError, to_mapping
 from hpcxtal.data import resolve_input
+from hpcxtal.refine.rounds import rounds_config, rounds_output, run_rounds
 from hpcxtal.refine.stage import refine_file, refine_output
 from hpcxtal.relax.table import relax_output
 from hpcxtal.store.database import MergeConfig, database_output
@@ -45,6 +47,15 @@ def import_pool(sources: list[str], dest: Path, cfg: ImportConfig,
     return StageReport([dest], {"rows": len(table), "quarantined": len(quarantine)})
 
 
+def sample_to_pool(dest: Path, cfg: SampleConfig, seed: int, **attrs: object) -> StageReport:
+    """Sample ``cfg.n`` candidates from the generator into one pool file."""
+    from hpcxtal.generate.sample import sample_pool
+
+    table, quarantine = sample_pool(cfg.model, cfg.n, seed=seed, mode=cfg.conditions)
+    write_table(dest, table, kind="pool", quarantine=quarantine, **attrs)
+    return StageReport([dest], {"rows": len(table), "quarantined": len(quarantine)})
+
+
 def shard_pool(src: Path, dest_dir: Path, cfg: ShardConfig, **attrs: object) -> StageReport:
     """Cut a pool into ``cfg.n_shards`` cost-balanced shard files."""
     table, _ = read_table(src)
@@ -56,9 +67,31 @@ def _outputs_complete(paths: list[Path]) -> bool:
     return bool(paths) and all(verify_file(p) is None for p in paths)
 
 
-def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
-    """The campaign's ``import`` stage: its configured inputs into ``pool.h5``."""
+def sample_campaign(campaign: Campaign, force: bool = False) -> StageReport:
+    """The campaign's ``sample`` stage: ``pool.h5`` from the generator, when the config
+    has a ``sample`` section (else nothing: the ``import`` stage makes the pool)."""
+    cfg = campaign.config.sample
     dest = campaign.pool_path
+    if cfg is None:
+        campaign.record("sample", status="off", note="no 'sample' section: the pool is imported")
+        return StageReport([], skipped=True)
+    if not force and _outputs_complete([dest]):
+        return StageReport([dest], skipped=True)
+    from hpcxtal.generate.sample import resolve_model
+
+    campaign.start("sample", [resolve_model(cfg.model)], cfg)
+    report = sample_to_pool(dest, cfg, campaign.config.seed, campaign_id=campaign.campaign_id)
+    campaign.finish("sample", report.outputs, **report.counts)
+    return report
+
+
+def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
+    """The campaign's ``import`` stage: its configured inputs into ``pool.h5`` (nothing
+    when the config has a ``sample`` section: then the ``sample`` stage makes the pool)."""
+    dest = campaign.pool_path
+    if campaign.config.sample is not None:
+        campaign.record("import", status="off", note="the 'sample' section makes the pool")
+        return StageReport([], skipped=True)
     if not force and _outputs_complete([dest]):
         return StageReport([dest], skipped=True)
     cfg = campaign.config.import_
@@ -76,7 +109,8 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
         return StageReport(dests, skipped=True)
     if verify_file(campaign.pool_path) is not None:
         raise FileNotFoundError(f"{campaign.pool_path}: the pool is missing or does not verify; "
-                                f"run 'hpcxtal import {campaign.root}' first")
+                                f"run 'hpcxtal import {campaign.root}' (or 'hpcxtal sample "
+                                f"{campaign.root}') first")
     campaign.start("shard", [campaign.pool_path], cfg)
     for stale in campaign.shard_dir.glob("shard-*.h5"):
         stale.unlink()
@@ -91,8 +125,26 @@ def _shard_input(campaign: Campaign, shard: int) -> Path:
     return shard_path(campaign.shard_dir, shard)
 
 
-def _refine_input(campaign: Campaign, shard: int) -> Path:
-    return refine_output(campaign.root, shard)
+def _rounds_input(campaign: Campaign, shard: int) -> Path:
+    return rounds_output(campaign.root, shard)
+
+
+def rounds_campaign(campaign: Campaign, shard: int | None = None, force: bool = False,
+                    comm=None) -> StageReport:
+    """The campaign's ``rounds`` stage (whole campaign; MPI ranks share it through
+    ``comm``): later refinement rounds over all shards' invalid rows, then one final
+    file per shard."""
+    n = campaign.config.shard.n_shards
+    outputs = [rounds_output(campaign.root, i) for i in range(n)]
+    if not force and stage_spec("rounds").done(campaign, None):
+        return StageReport(outputs, skipped=True)
+    missing = [i for i in range(n) if verify_file(refine_output(campaign.root, i)) is not None]
+    if missing:
+        raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
+                                f"{campaign.root}' first")
+    counts = run_rounds(campaign.root, n, lambda i: refine_output(campaign.root, i),
+                        campaign.config.refine, campaign.config.rounds, comm)
+    return StageReport(outputs, counts)
 
 
 def refine_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
@@ -106,7 +158,7 @@ def topology_campaign(campaign: Campaign, shard: int | None, force: bool = False
                       workers: int | None = None) -> StageReport:
     """The campaign's ``topology`` stage on the refined shard ``shard`` (or all)."""
     cfg = campaign.config.topology
-    return _per_shard(campaign, shard, force, _refine_input, topology_output, cfg,
+    return _per_shard(campaign, shard, force, _rounds_input, topology_output, cfg,
                       lambda src, dest: topology_file(src, dest, cfg, workers,
                                                       campaign_id=campaign.campaign_id))
 
@@ -351,14 +403,19 @@ def _per_shard_done(source: Callable[[Campaign, int], Path], output: Callable[[P
 
 #: The campaign's stages in order; drivers (CLI, Parsl, job arrays, MPI) run these.
 PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("sample", "cpu", False, lambda c, shard, force: sample_campaign(c, force),
+              lambda c, shard: c.config.sample is None or _outputs_complete([c.pool_path])),
     StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force),
-              lambda c, shard: _outputs_complete([c.pool_path])),
+              lambda c, shard: c.config.sample is not None or _outputs_complete([c.pool_path])),
     StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force),
               lambda c, shard: _outputs_complete(_shard_files(c))),
     StageSpec("refine", "gpu", True, refine_campaign,
               _per_shard_done(_shard_input, refine_output, lambda c: c.config.refine)),
+    StageSpec("rounds", "gpu", False, rounds_campaign,
+              _per_shard_done(lambda c, i: refine_output(c.root, i), rounds_output,
+                              lambda c: rounds_config(c.config.refine, c.config.rounds))),
     StageSpec("topology", "cpu", True, topology_campaign,
-              _per_shard_done(_refine_input, topology_output, lambda c: c.config.topology)),
+              _per_shard_done(_rounds_input, topology_output, lambda c: c.config.topology)),
     StageSpec("relax", "cpu", True, relax_campaign,
               _per_shard_done(_topology_input, relax_output, lambda c: c.config.relax)),
     StageSpec("merge", "cpu", False, lambda c, shard, force: merge_campaign(c, force),

@@ -1,36 +1,55 @@
 """The Parsl campaign driver on the embedded default site and on a real local SLURM."""
-import json
-
 import pytest
 
+from hpcxtal.campaign import Campaign
 from hpcxtal.cli import main
-from hpcxtal.store.hdf5 import verify_file
+from hpcxtal.stages import PIPELINE
+
+from test_relax import tiny_mace
 
 
-def _check_done(camp):
-    manifest = json.loads((camp / "manifest.json").read_text())
-    assert all(manifest["stages"][s]["status"] == "done" for s in ("import", "shard"))
-    for output in manifest["stages"]["shard"]["outputs"]:
-        assert verify_file(camp / output) is None
+@pytest.fixture(scope="module")
+def small_campaign_text(generated_csv, tmp_path_factory):
+    """Campaign YAML for 20 generated rows, short refinement, a tiny MACE model."""
+    folder = tmp_path_factory.mktemp("small")
+    csv = folder / "gen20.csv"
+    csv.write_text("\n".join(generated_csv.read_text().splitlines()[:21]) + "\n")
+    model = tiny_mace(folder / "tiny.model")
+    return (f"name: small\nsite: local\nimport:\n  inputs: [{csv}]\nshard:\n  n_shards: 2\n"
+            f"refine:\n  max_steps: 60\nrounds:\n  n_rounds: 2\n"
+            f"relax:\n  backend: mace\n  model: {model}\n  max_steps: 3\n  steps_per_atom: 0\n")
 
 
-def test_run_on_local_site_then_resume_is_a_no_op(tmp_path, caplog):
+def _init(tmp_path, text, site="local"):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text.replace("site: local", f"site: {site}"))
     camp = tmp_path / "camp"
-    main(["init", str(camp), "-q"])
+    assert main(["init", str(camp), "--config", str(cfg), "-q"]) == 0
+    return camp
+
+
+def _all_done(camp):
+    campaign = Campaign(camp)
+    return {spec.name: spec.done(campaign, None) for spec in PIPELINE}
+
+
+def test_run_whole_pipeline_on_local_site_then_resume_is_a_no_op(small_campaign_text,
+                                                                  tmp_path, caplog):
+    camp = _init(tmp_path, small_campaign_text)
     assert main(["run", str(camp), "-q"]) == 0
-    _check_done(camp)
+    assert all(_all_done(camp).values()), _all_done(camp)
     with caplog.at_level("INFO"):
         assert main(["resume", str(camp)]) == 0
     assert "import: complete already" in caplog.text
-    assert "shard shard" not in caplog.text
+    assert "relax shard 1: complete already" in caplog.text
 
 
 @pytest.mark.slurm
-def test_parsl_slurm_provider_runs_stages(slurm_cluster, tmp_path):
-    camp = tmp_path / "camp"
-    main(["init", str(camp), "-q"])
-    assert main(["run", str(camp), "--site", "local_slurm", "-q"]) == 0
-    _check_done(camp)
+def test_parsl_slurm_provider_runs_stages(slurm_cluster, small_campaign_text, tmp_path):
+    camp = _init(tmp_path, small_campaign_text, site="local_slurm")
+    assert main(["run", str(camp), "--stage", "import", "--stage", "shard", "-q"]) == 0
+    done = _all_done(camp)
+    assert done["import"] and done["shard"] and not done["refine"]
     scripts = [p for p in (camp / "runinfo").glob("*/submit_scripts/parsl.*")
                if p.suffix not in (".stdout", ".stderr")]
     assert scripts, "Parsl submitted no SLURM job"

@@ -1,4 +1,5 @@
 """Batch submission against the real local SLURM (scripts/local_slurm.sh)."""
+import subprocess
 import time
 
 import pytest
@@ -7,6 +8,10 @@ from hpcxtal.campaign import Campaign
 from hpcxtal.cli import main
 from hpcxtal.hpc.site import load_site
 from hpcxtal.hpc.submit import SubmitError, job_states, submit_command, submitted
+from hpcxtal.stages import stage_spec
+from hpcxtal.topology.stage import topology_output
+
+from test_driver import small_campaign_text  # noqa: F401  (fixture)
 
 
 
@@ -31,7 +36,8 @@ def test_chained_jobs_complete_and_a_second_submit_is_a_no_op(slurm_cluster, tmp
     main(["init", str(camp), "-q"])
     cfg = camp / "campaign.yaml"
     cfg.write_text(cfg.read_text().replace("site: local", "site: local_slurm"))
-    assert main(["submit", str(camp), "-q"]) == 0
+    whole = ["--stage", "import", "--stage", "shard"]
+    assert main(["submit", str(camp), *whole, "-q"]) == 0
     jobs = submitted(Campaign(camp))
     assert [j["stage"] for j in jobs] == ["import", "shard"]
     script = (camp / "jobs" / "shard.sbatch").read_text()
@@ -39,7 +45,7 @@ def test_chained_jobs_complete_and_a_second_submit_is_a_no_op(slurm_cluster, tmp
     states = wait_for(Campaign(camp))
     assert set(states.values()) == {"COMPLETED"}, states
     with caplog.at_level("INFO"):
-        assert main(["submit", str(camp)]) == 0
+        assert main(["submit", str(camp), *whole]) == 0
     assert "nothing to submit" in caplog.text
 
 
@@ -51,3 +57,39 @@ def test_submit_command_shapes():
         "qsub", "-W", "depend=afterok:7.srv"]
     with pytest.raises(SubmitError, match="no scheduler"):
         submit_command(load_site("local"), "x", None)
+
+
+@pytest.mark.slurm
+def test_failed_array_task_is_resubmitted_alone(slurm_cluster, small_campaign_text, tmp_path):
+    """A relax array task fails on a corrupted input; submitting again re-runs only that
+    shard's chain (topology, then relax) as one-task arrays."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(small_campaign_text.replace("site: local", "site: local_slurm"))
+    camp = tmp_path / "camp"
+    main(["init", str(camp), "--config", str(cfg), "-q"])
+    for stage in ("import", "shard", "refine", "rounds", "topology"):
+        assert main([stage, str(camp), "-q"]) == 0
+    broken = topology_output(camp, 1)
+    with open(broken, "r+b") as fh:
+        fh.truncate(broken.stat().st_size // 2)
+
+    assert main(["submit", str(camp), "--stage", "relax", "-q"]) == 0
+    (first,) = submitted(Campaign(camp))
+    assert first["stage"] == "relax" and first["shards"] == [0, 1]
+    states = wait_for(Campaign(camp))
+    assert states[first["job_id"]] == "1 COMPLETED, 1 FAILED", states
+    assert stage_spec("relax").done(Campaign(camp), 0)
+
+    assert main(["submit", str(camp), "-q"]) == 0
+    again = submitted(Campaign(camp))[1:]
+    assert [(j["stage"], j["shards"]) for j in again] == [("topology", [1]), ("relax", [1])]
+    assert "--dependency=afterok:" + again[0]["job_id"] in _sbatch_lines(again[1])
+    wait_for(Campaign(camp))
+    assert stage_spec("relax").done(Campaign(camp), None)
+
+
+def _sbatch_lines(job: dict) -> str:
+    """What the relax job was made to wait for: read from the scheduler itself."""
+    out = subprocess.run(["scontrol", "show", "job", job["job_id"]], capture_output=True,
+                         text=True).stdout
+    return out.replace("Dependency=", "--dependency=").replace("(unfulfilled)", "")

@@ -14,7 +14,7 @@ from hpcxtal.campaign import Campaign, CampaignConfig, ShardConfig, TopologyConf
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError, from_mapping
 from hpcxtal.data import SACADA_PATH, sacada_structures
-from hpcxtal.refine.stage import refine_output
+from hpcxtal.refine.rounds import rounds_output
 from hpcxtal.stages import stage_spec, topology_campaign
 from hpcxtal.topology.stage import topology_file, topology_output
 from hpcxtal.store.hdf5 import read_table, write_table
@@ -244,7 +244,7 @@ def test_topology_file_and_campaign(tmp_path):
     refined = _sacada_table(6)
     refined.columns["valid"] = np.array([True] * 5 + [False])
     for i, idx in enumerate((np.arange(3), np.arange(3, 6))):
-        write_table(refine_output(campaign.root, i), refined.take(idx), kind="refine")
+        write_table(rounds_output(campaign.root, i), refined.take(idx), kind="rounds")
     first = topology_campaign(campaign, shard=1)
     assert first.outputs == [topology_output(campaign.root, 1)]
     part, _ = read_table(first.outputs[0])
@@ -257,9 +257,9 @@ def test_topology_file_and_campaign(tmp_path):
     assert topology_campaign(campaign, None).skipped
     # A recomputed input makes its output stale: only that one is redone.
     kept = topology_output(campaign.root, 1).stat().st_mtime_ns
-    table, _ = read_table(refine_output(campaign.root, 0))
-    write_table(refine_output(campaign.root, 0), table.take(np.arange(len(table))[::-1]),
-                kind="refine")
+    table, _ = read_table(rounds_output(campaign.root, 0))
+    write_table(rounds_output(campaign.root, 0), table.take(np.arange(len(table))[::-1]),
+                kind="rounds")
     assert not stage_spec("topology").done(campaign, 0)
     assert not topology_campaign(campaign, None).skipped
     assert topology_output(campaign.root, 1).stat().st_mtime_ns == kept

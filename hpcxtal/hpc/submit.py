@@ -82,7 +82,7 @@ def submit_campaign(campaign: Campaign, site: SiteConfig, stages: list[str],
             text = render_job(site, spec.executor, spec.name, root, len(todo), shard_list.resolve(),
                               (folder / "logs").resolve())
         else:
-            if spec.done(campaign):
+            if spec.done(campaign, None):
                 continue
             todo = None
             text = render_job(site, spec.executor, spec.name, root, None, None,

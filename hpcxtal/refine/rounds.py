@@ -1,0 +1,171 @@
+"""Refinement rounds across processes: gather the invalid rows, rebalance, refine again.
+
+Round 1 refines each shard on its own (``refine-NNNN.h5``, per-shard stage). Rounds
+2..R take every row still invalid after the round before, from all shards, cut them
+into one part per process by estimated cost, refine the parts (latent refinement
+through the generator, then representation refinement; or representation refinement
+from perturbed starts alone) (each process its own,
+one file per part: ``rounds/round-R/part-PPPP-of-NNNN.h5``) and collect the rows that
+became valid with their round number. Then every shard's final rows are written to
+``rounds/rounds-NNNN.h5``. With MPI (mpi4py ``comm``) the processes are ranks and
+rank 0 does the partitioning; without, one process does everything. A row's result
+does not depend on the part it lands in (its restarts are seeded by its id and the
+round), so any number of ranks gives the same rows as one process; finished rounds
+are kept, so an interrupted run resumes at the first unfinished round.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hpcxtal.config import to_mapping
+from hpcxtal.refine.latent import LatentConfig, latent_refine
+from hpcxtal.refine.represent import RefineConfig, refine_table
+from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
+from hpcxtal.store.shard import row_cost
+from hpcxtal.store.table import Table, str_array
+
+log = logging.getLogger(__name__)
+#: Columns a later round may change in a row.
+ROUND_COLUMNS = ("cell", "xyz", "loss", "valid", "steps", "round", "refine_status")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundsConfig:
+    """Refinement rounds: round 1 refines each shard; rounds 2..n_rounds take every row
+    still invalid from all shards, rebalance them over the processes (MPI ranks) and
+    refine them again: ``later = "latent"`` starts each from a latent vector optimised
+    through the generator (Algorithm 2), ``"perturb"`` from its perturbed last state."""
+
+    n_rounds: int = 1
+    later: str = "latent"
+    latent: LatentConfig = field(default_factory=LatentConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_rounds <= 20:
+            raise ValueError(f"n_rounds must be within 1-20, got {self.n_rounds}")
+        if self.later not in ("latent", "perturb"):
+            raise ValueError(f"later must be 'latent' or 'perturb', got {self.later!r}")
+
+
+def rounds_config(cfg: RefineConfig, rounds: RoundsConfig) -> dict:
+    """What a rounds output was made with (recorded, and compared on resume)."""
+    return {"refine": to_mapping(cfg), "rounds": to_mapping(rounds)}
+
+
+def rounds_output(campaign_root: Path, shard: int) -> Path:
+    """Where shard ``shard``'s rows after the last round live."""
+    return Path(campaign_root) / "rounds" / f"rounds-{shard:04d}.h5"
+
+
+def part_path(campaign_root: Path, round_: int, part: int, n_parts: int) -> Path:
+    return Path(campaign_root) / "rounds" / f"round-{round_}" / f"part-{part:04d}-of-{n_parts:04d}.h5"
+
+
+def split_by_cost(table: Table, n_parts: int) -> list[np.ndarray]:
+    """Row indices of ``n_parts`` parts: layout-sorted, contiguous, near-equal cost
+    (some parts may be empty when rows are fewer than parts)."""
+    order = table.layout_order()
+    if len(order) == 0:
+        return [order] * n_parts
+    cost = np.cumsum(row_cost(table["spg"][order], table["wps"][order]))
+    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, n_parts) / n_parts, side="left") + 1
+    return np.split(order, np.minimum(cuts, len(order)))
+
+
+def _with_home(table: Table, shard: int) -> Table:
+    table.columns["home_shard"] = np.full(len(table), shard, dtype=np.int32)
+    return table
+
+
+def state_after(round1: Path, shard: int, parts_by_round: list[list[Path]]) -> Table:
+    """Shard ``shard``'s rows after the rounds whose part files are given: the round-1
+    file with the rows that later rounds refined updated (matched by id)."""
+    table, _ = read_table(round1)
+    position = {int(i): k for k, i in enumerate(table["id"])}
+    for parts in parts_by_round:
+        for path in parts:
+            part, _ = read_table(path)
+            for k in np.flatnonzero(part["home_shard"] == shard):
+                row = position[int(part["id"][k])]
+                for col in ROUND_COLUMNS:
+                    table.columns[col][row] = part[col][k]
+    return table
+
+
+def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: int, dest: Path,
+                 n_parts: int) -> None:
+    if len(table):
+        if rounds.later == "latent":
+            from hpcxtal.descriptor.target import Environment
+
+            env = Environment(cfg.target, dtype=cfg.torch_dtype())
+            cell, xyz = latent_refine(table, env, rounds.latent, cfg.seed, round_, cfg.torch_dtype())
+            table.columns.update(cell=cell, xyz=xyz)
+        result = refine_table(table, dataclasses.replace(cfg, seed=cfg.seed + 7919 * round_))
+        improved = result.valid
+        table.columns.update(cell=result.cell, xyz=result.xyz, loss=result.loss, valid=improved,
+                             steps=table["steps"] + result.steps.astype(np.int32),
+                             refine_status=str_array(result.status))
+        table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
+    write_table(dest, table, kind="round", round=round_, n_parts=n_parts,
+                stage_config=json.dumps(rounds_config(cfg, rounds)))
+
+
+def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path],
+               cfg: RefineConfig, rounds: RoundsConfig, comm=None) -> dict[str, int]:
+    """Rounds 2..``rounds.n_rounds`` over the round-1 files ``round1(i)`` of all shards, then
+    the final per-shard files. ``comm``: an mpi4py communicator, or None (serial).
+    Returns per-round counts on rank 0 (rows moved, valid gained)."""
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    root = Path(campaign_root)
+    parts_by_round: list[list[Path]] = []
+    counts: dict[str, int] = {}
+    for r in range(2, rounds.n_rounds + 1):
+        parts = [part_path(root, r, p, size) for p in range(size)]
+        if all(verify_file(p) is None for p in parts):
+            parts_by_round.append(parts)
+            continue
+        # Every rank gathers the invalid rows of its own shards (after earlier rounds).
+        mine = [_with_home(state_after(round1(i), i, parts_by_round), i)
+                for i in range(rank, n_shards, size)]
+        invalid = [t.take(np.flatnonzero(~t["valid"].astype(bool))) for t in mine]
+        invalid = [t for t in invalid if len(t)]
+        gathered = comm.gather(invalid, root=0) if comm is not None else [invalid]
+        if rank == 0:
+            pieces = [t for per_rank in gathered for t in per_rank]
+            everything = Table.concat(pieces) if pieces else None
+            if everything is not None:
+                everything = everything.take(np.argsort(everything["id"], kind="stable"))
+                split = split_by_cost(everything, size)
+                work = [everything.take(idx) for idx in split]
+            else:
+                empty = Table({"id": np.zeros(0, np.uint64), "home_shard": np.zeros(0, np.int32)})
+                work = [empty] * size
+            counts[f"round_{r}_rows"] = 0 if everything is None else len(everything)
+            log.info("round %d: %d invalid rows over %d process(es): %s rows each", r,
+                     counts[f"round_{r}_rows"], size, [0 if w is None else len(w) for w in work])
+        else:
+            work = None
+        part = comm.scatter(work, root=0) if comm is not None else work[0]
+        _refine_part(part, cfg, rounds, r, parts[rank], size)
+        if comm is not None:
+            comm.Barrier()
+        missing = [str(p) for p in parts if verify_file(p) is not None]
+        if missing:
+            raise RuntimeError(f"round {r}: part files missing after the round: {missing}")
+        parts_by_round.append(parts)
+    for i in range(rank, n_shards, size):
+        final = state_after(round1(i), i, parts_by_round)
+        write_table(rounds_output(root, i), final, kind="rounds", rounds=rounds.n_rounds,
+                    source_sha256=str(file_summary(round1(i))["attrs"].get("sha256", "")),
+                    stage_config=json.dumps(rounds_config(cfg, rounds)))
+    if comm is not None:
+        comm.Barrier()
+    return counts
