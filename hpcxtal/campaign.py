@@ -10,6 +10,7 @@
     DIR/rounds/rounds-NNNN.h5  refined shards after all rounds (stage ``rounds``)
     DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
     DIR/relax/relax-NNNN.h5    each shard relaxed, with energies (stage ``relax``)
+    DIR/database.h5            every relaxed shard merged and ranked (stage ``merge``)
 
 Stages are functions of files; the manifest records what whole-campaign stages did,
 and a stage whose outputs exist and verify is done whatever the manifest says.
@@ -33,12 +34,13 @@ from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
 from hpcxtal.hpc.site import load_site
 from hpcxtal.refine.represent import RefineConfig
 from hpcxtal.refine.rounds import RoundsConfig
+from hpcxtal.store.database import MergeConfig
 from hpcxtal.store.hdf5 import atomic_path, set_file_locking
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
 #: Stages in campaign order.
-STAGES = ("sample", "import", "shard", "refine", "rounds", "topology", "relax")
+STAGES = ("sample", "import", "shard", "refine", "rounds", "topology", "relax", "merge")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +184,7 @@ class CampaignConfig:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     relax: RelaxConfig = field(default_factory=RelaxConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":

@@ -213,6 +213,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
     _add_common(p)
 
+    p = sub.add_parser("merge", help="merge relax outputs into one ranked database",
+                       description="Merge relax outputs into ONE database ranked by energy above "
+                                   "graphite: every input is verified; relaxed structures get "
+                                   "their space group (spglib, 0.1 Å); converged ones are "
+                                   "de-duplicated a second time (StructureMatcher stol 0.3, "
+                                   "ltol 0.2, angle_tol 5, only within a topology key) and "
+                                   "compared with the training structures (bundled SACADA set). "
+                                   "With a campaign DIR: DIR/relax/relax-*.h5 and the pool's "
+                                   "quarantine into DIR/database.h5 (skipped when current).")
+    p.add_argument("sources", nargs="+", type=Path, metavar="SRC",
+                   help="relax outputs (.h5), or one campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="database to write (file mode)")
+    p.add_argument("--pool", type=Path, help="file mode: the pool the rows came from (its "
+                   "quarantine enters the accounting; every pool row must be merged)")
+    p.add_argument("--training", metavar="SRC", help="training structures to compare with "
+                   "('sacada', an .h5 table with structures, or 'none'; file mode)")
+    p.add_argument("-j", "--workers", type=int, metavar="N",
+                   help="processes for the training structures' topology keys (first run only)")
+    p.add_argument("--force", action="store_true", help="redo a campaign database that is current")
+    _add_common(p)
+
+    p = sub.add_parser("db", help="query a database: top N, energy window, symmetry, size",
+                       description="Print the rows of a database that pass every filter, in "
+                                   "rank order (lowest energy above graphite first); with -f "
+                                   "and -o, export their relaxed structures instead.")
+    p.add_argument("file", type=Path, help="database (.h5) from 'hpcxtal merge', or a campaign "
+                   "directory")
+    p.add_argument("--top", type=int, default=20, metavar="N", help="at most N rows (default 20; "
+                   "0 = all)")
+    p.add_argument("--max-e-rel", type=float, metavar="EV", help="at most EV eV/atom above graphite")
+    p.add_argument("--spg", type=int, help="space group of the relaxed structure")
+    p.add_argument("--dimension", type=int, choices=[0, 1, 2, 3], help="periodicity of the net")
+    p.add_argument("--min-atoms", type=int, metavar="N", help="at least N atoms in the relaxed cell")
+    p.add_argument("--max-atoms", type=int, metavar="N", help="at most N atoms in the relaxed cell")
+    p.add_argument("--unique-only", action="store_true",
+                   help="only unique converged structures (no duplicates, failures, skipped rows)")
+    p.add_argument("-f", "--format", choices=["csv", "cif", "extxyz", "ase"],
+                   help="export the selection in this format (with -o)")
+    p.add_argument("-o", "--output", type=Path, help="export destination (with -f)")
+    _add_common(p)
+
+    p = sub.add_parser("report", help="metrics, accounting, plots and an HTML page",
+                       description="From a database: N_sampled, N_valid_xtal, N_valid_env, "
+                                   "N_unique, N_train, N_low_E (and cubic) per round and "
+                                   "cumulative; the accounting of every sampled row (exit status "
+                                   "1 if it does not close); PNG plots, metrics.json and a "
+                                   "self-contained report.html.")
+    p.add_argument("source", type=Path, help="campaign directory or database (.h5)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="folder for the report (default: DIR/report, or beside the database)")
+    p.add_argument("--top", type=int, default=25, metavar="N", help="structures listed (default 25)")
+    _add_common(p)
+
     p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
                        description="Export rows (or the stored structures, where the file has "
                                    "them) to the published CSV layout, a folder of CIF files "
@@ -582,13 +635,120 @@ def cmd_relax(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _export(table, fmt: str, dest: Path) -> None:
+    """Export ``table``; structure formats leave out rows whose stored structure is
+    empty (rows a stage did not relax), and say how many."""
+    import numpy as np
+
     from hpcxtal.store.formats import export_table
+
+    if fmt != "csv" and table.structures is not None:
+        empty = table.structures.natoms == 0
+        if empty.any():
+            log.info("%d rows have no stored structure (not relaxed); left out", int(empty.sum()))
+            table = table.take(np.flatnonzero(~empty))
+    dest = export_table(table, fmt, dest)
+    log.info("wrote %d rows as %s to %s", len(table), fmt, dest)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.hdf5 import read_table
 
     table, _ = read_table(args.file)
-    dest = export_table(table, args.format, args.output)
-    log.info("wrote %d rows as %s to %s", len(table), args.format, dest)
+    _export(table, args.format, args.output)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.campaign import find_campaign
+    from hpcxtal.stages import merge_campaign, merge_files
+    from hpcxtal.store.database import MergeConfig
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    campaign = find_campaign(args.sources[0]) if len(args.sources) == 1 and not args.output else None
+    if campaign is not None:
+        if args.pool or args.training:
+            raise UsageError(f"a campaign merges its own pool with the training set of its "
+                             f"config; edit the merge section of {campaign.root / 'campaign.yaml'}")
+        report = merge_campaign(campaign, args.force, args.workers)
+        if report.skipped:
+            log.info("%s is current; nothing to do (--force to redo)", report.outputs[0])
+        return 0
+    if args.output is None:
+        raise UsageError("give -o DB.h5 (or a single campaign directory)")
+    cfg = MergeConfig()
+    if args.training:
+        cfg = dataclasses.replace(cfg, training=None if args.training == "none" else args.training)
+    merge_files(args.sources, args.output, cfg, pool=args.pool, workers=args.workers)
+    return 0
+
+
+def _database_path(source: Path) -> Path:
+    from hpcxtal.campaign import find_campaign
+    from hpcxtal.store.database import database_output
+
+    campaign = find_campaign(source)
+    return database_output(campaign.root) if campaign is not None else source
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from hpcxtal.store.database import query, read_database
+
+    if (args.format is None) != (args.output is None):
+        raise UsageError("export needs both -f FORMAT and -o DEST")
+    table, _ = read_database(_database_path(args.file))
+    idx = query(table, args.top or None, args.max_e_rel, args.spg, args.dimension,
+                args.min_atoms, args.max_atoms, args.unique_only)
+    if args.format:
+        _export(table.take(idx), args.format, args.output)
+        return 0
+    natoms = table.structures.natoms
+    print(f"{'rank':>5} {'id':>8} {'e_rel':>8} {'spg':>4} {'relax':>5} {'atoms':>5} {'dim':>3} "
+          f"{'topology':16s} {'dup_of':>8} {'flags':9s} status")
+    for i in idx:
+        flags = "".join(c if table[k][i] else "." for c, k in
+                        (("U", "unique"), ("L", "low_energy"), ("C", "cubic"), ("T", "in_training")))
+        print(f"{i + 1:5d} {int(table['id'][i]):8d} {table['e_rel'][i]:8.4f} "
+              f"{int(table['spg'][i]):4d} {int(table['spg_relaxed'][i]):5d} {int(natoms[i]):5d} "
+              f"{int(table['dimension'][i]):3d} {table['topology'][i] or '-':16s} "
+              f"{int(table['duplicate_of'][i]):8d} {flags:9s} {table['status'][i]}")
+    log.info("%d of %d rows (flags: U unique, L low energy, C cubic, T in training set)",
+             len(idx), len(table))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpcxtal.campaign import find_campaign
+    from hpcxtal.report import CLASSES, METRICS, write_report
+    from hpcxtal.store.database import database_output
+    from hpcxtal.store.hdf5 import file_summary
+
+    campaign = find_campaign(args.source)
+    n_sampled = None
+    if campaign is not None:
+        db = database_output(campaign.root)
+        out = args.output or campaign.root / "report"
+        pool = file_summary(campaign.pool_path)
+        n_sampled = int(pool["attrs"]["n_rows"]) + pool["n_quarantined"]
+    else:
+        db = args.source
+        out = args.output or db.with_name(db.stem + "-report")
+    report = write_report(db, out, n_sampled, args.top)
+    m, books = report.metrics, report.accounting
+    print(" ".join(f"{k} {m[k]}" for k in ("N_sampled", "N_valid_xtal", *METRICS)))
+    for r in m["per_round"]:
+        print(f"  round {r['round']}: " + ", ".join(
+            f"{k} {r[k]} (cumulative {r['cumulative'][k]})" for k in METRICS))
+    print("accounting: " + " + ".join(f"{books.counts[c]} {c}" for c in CLASSES)
+          + f" = {books.total} of {books.n_sampled} sampled")
+    print(f"report: {report.html}")
+    if not books.closes:
+        print(f"hpcxtal report: error: the accounting does not close: "
+              f"{'; '.join(books.problems)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -722,7 +882,8 @@ class UsageError(Exception):
 
 COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "train": cmd_train, "sample": cmd_sample,
             "import": cmd_import, "shard": cmd_shard, "refine": cmd_refine, "rounds": cmd_rounds,
-            "topology": cmd_topology, "relax": cmd_relax, "export": cmd_export, "info": cmd_info,
+            "topology": cmd_topology, "relax": cmd_relax, "merge": cmd_merge, "db": cmd_db,
+            "report": cmd_report, "export": cmd_export, "info": cmd_info,
             "site": cmd_site, "status": cmd_status, "run": cmd_run, "resume": cmd_run,
             "submit": cmd_submit}
 

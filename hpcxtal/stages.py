@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from hpcxtal.campaign import Campaign, ImportConfig, RelaxConfig, SampleConfig, ShardConfig
+from hpcxtal.campaign import (Campaign, ImportConfig, RelaxConfig, SampleConfig, ShardConfig,
+                              TopologyConfig)
 from hpcxtal.config import ConfigError, to_mapping
 from hpcxtal.data import resolve_input
 from hpcxtal.refine.rounds import rounds_config, rounds_output, run_rounds
 from hpcxtal.refine.stage import refine_file, refine_output
 from hpcxtal.relax.table import relax_output
+from hpcxtal.store.database import MergeConfig, database_output
 from hpcxtal.store.formats import import_files
 from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
 from hpcxtal.store.shard import shard_path, write_shards
@@ -262,6 +264,117 @@ def relax_campaign(campaign: Campaign, shard: int | None, force: bool = False) -
                       lambda src, dest: runner.run(src, dest, campaign_id=campaign.campaign_id))
 
 
+def merge_files(sources: list[Path], dest: Path, cfg: MergeConfig,
+                topology: TopologyConfig | None = None, pool: Path | None = None,
+                workers: int | None = None, **attrs: object) -> dict[str, int]:
+    """The merge stage on explicit files: relax outputs ``sources`` into one ranked
+    database ``dest``. Every input is verified first; with ``pool`` (the pool the rows
+    came from) its quarantine is carried for the accounting, and every pool row must be
+    in exactly one input. ``topology`` gives the signature settings for the training
+    structures' keys (default: the topology stage's defaults)."""
+    import numpy as np
+
+    from hpcxtal.store.database import build_database, read_relax_outputs
+    from hpcxtal.store.hdf5 import StoreError
+    from hpcxtal.topology.annotate import SignatureParams
+    from hpcxtal.topology.training import training_set
+
+    inputs = read_relax_outputs(sources)
+    pool_quarantine = None
+    digest = [file_summary(p)["attrs"]["sha256"] for p in sources]
+    if pool is not None:
+        pool_table, pool_quarantine = read_table(pool)
+        digest.append(file_summary(pool)["attrs"]["sha256"])
+        have = np.sort(np.concatenate([t["id"] for t, _ in inputs]))
+        if not np.array_equal(have, np.sort(pool_table["id"])):
+            lost = np.setdiff1d(pool_table["id"], have)[:10].tolist()
+            extra = np.setdiff1d(have, pool_table["id"])[:10].tolist()
+            raise StoreError(f"{pool}: the relax outputs do not hold exactly the pool's rows "
+                             f"(missing ids {lost}, ids not in the pool {extra})")
+    topology = topology or TopologyConfig()
+    params = SignatureParams(cutoffs=topology.cutoffs(), depth=topology.depth,
+                             max_ring=topology.max_ring)
+    training = training_set(resolve_input(cfg.training), params, workers) if cfg.training else {}
+    first = inputs[0][0].attrs
+    window = (cfg.low_energy_window_eV if cfg.low_energy_window_eV is not None
+              else float(first.get("low_energy_window_eV", RelaxConfig().low_energy_window_eV)))
+    table, quarantine = build_database(inputs, cfg, training, window, pool_quarantine)
+    model = {k: v for k, v in first.items() if k.startswith("model_")}
+    n_sampled = (len(table) + len(quarantine) if pool is None
+                 else len(pool_table) + len(pool_quarantine or []))
+    counts = {"rows": len(table), "quarantined": len(quarantine),
+              "relaxed": int((table.structures.natoms > 0).sum()),
+              "unique": int(table["unique"].sum()), "low_energy": int(table["low_energy"].sum()),
+              "in_training": int(table["in_training"].sum())}
+    write_table(dest, table, kind="database", quarantine=quarantine,
+                sources=json.dumps([str(p) for p in sources]),
+                inputs_sha256=json.dumps(sorted(digest)),
+                merge_config=json.dumps(to_mapping(cfg)),
+                topology_config=json.dumps(to_mapping(topology)),
+                e_graphite_eV_per_atom=float(first.get("e_graphite_eV_per_atom", np.nan)),
+                low_energy_window_eV=window, n_sampled=n_sampled,
+                **model, **attrs)
+    log.info("%s: %d rows (%d relaxed, %d unique, %d within %.2f eV/atom of graphite, %d in "
+             "the training set), %d quarantined", dest, counts["rows"], counts["relaxed"],
+             counts["unique"], counts["low_energy"], window, counts["in_training"],
+             counts["quarantined"])
+    return counts
+
+
+def _merge_inputs(campaign: Campaign) -> list[Path]:
+    """The campaign's relax outputs, each checked current against its topology input."""
+    paths = []
+    for i in range(campaign.config.shard.n_shards):
+        path = relax_output(campaign.root, i)
+        if not is_current(path, _topology_input(campaign, i), campaign.config.relax):
+            problem = verify_file(path) or "made from another topology file or relax config"
+            raise FileNotFoundError(f"relax output of shard {i} is missing, corrupted or stale "
+                                    f"({problem}); run 'hpcxtal relax {campaign.root} --shard "
+                                    f"{i}' first")
+        paths.append(path)
+    return paths
+
+
+def _merge_fingerprint(campaign: Campaign) -> dict[str, str] | None:
+    """The attributes a current database records: its inputs' checksums and the
+    configs (None while some input is missing or corrupted)."""
+    paths = [relax_output(campaign.root, i) for i in range(campaign.config.shard.n_shards)]
+    paths.append(campaign.pool_path)
+    if any(verify_file(p) is not None for p in paths):
+        return None
+    cfg = campaign.config
+    return {"inputs_sha256": json.dumps(sorted(file_summary(p)["attrs"]["sha256"] for p in paths)),
+            "merge_config": json.dumps(to_mapping(cfg.merge)),
+            "topology_config": json.dumps(to_mapping(cfg.topology))}
+
+
+def merge_done(campaign: Campaign) -> bool:
+    """Whether ``DIR/database.h5`` verifies and was merged from the present relax
+    outputs and pool with the present config."""
+    dest = database_output(campaign.root)
+    want = _merge_fingerprint(campaign)
+    if want is None or verify_file(dest) is not None:
+        return False
+    made = file_summary(dest)["attrs"]
+    return all(made.get(k) == v for k, v in want.items())
+
+
+def merge_campaign(campaign: Campaign, force: bool = False,
+                   workers: int | None = None) -> StageReport:
+    """The campaign's ``merge`` stage: every ``relax/relax-NNNN.h5`` (all must be
+    current) and the pool's quarantine into ``DIR/database.h5``."""
+    dest = database_output(campaign.root)
+    if not force and merge_done(campaign):
+        return StageReport([dest], skipped=True)
+    sources = _merge_inputs(campaign)
+    cfg = campaign.config
+    campaign.start("merge", sources + [campaign.pool_path], cfg.merge)
+    counts = merge_files(sources, dest, cfg.merge, cfg.topology, campaign.pool_path,
+                         workers or cfg.topology.workers, campaign_id=campaign.campaign_id)
+    campaign.finish("merge", [dest], **counts)
+    return StageReport([dest], counts)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """A campaign stage as the drivers see it: which executor runs it, whether it runs
@@ -305,6 +418,8 @@ PIPELINE: tuple[StageSpec, ...] = (
               _per_shard_done(_rounds_input, topology_output, lambda c: c.config.topology)),
     StageSpec("relax", "cpu", True, relax_campaign,
               _per_shard_done(_topology_input, relax_output, lambda c: c.config.relax)),
+    StageSpec("merge", "cpu", False, lambda c, shard, force: merge_campaign(c, force),
+              lambda c, shard=None: merge_done(c)),
 )
 
 
