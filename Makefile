@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CAMPAIGN ?= campaigns/demo
 export HPCXTAL_SLURM_DIR ?= /tmp/hpcxtal-slurm
+# Parsl starts its interchange and workers from PATH: put this environment first.
+RUN := PATH=$(CURDIR)/$(BIN):$$PATH
 
 .PHONY: setup slurm test campaign clean-campaign default-model
 
@@ -25,12 +27,14 @@ slurm:
 	else echo "not root: no local SLURM; SLURM tests will be skipped"; fi
 
 test: setup slurm
-	SLURM_CONF=$(HPCXTAL_SLURM_DIR)/slurm.conf PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q
+	SLURM_CONF=$(HPCXTAL_SLURM_DIR)/slurm.conf $(RUN) $(BIN)/pytest -q
 
+# sample -> shard -> refine -> rounds -> topology -> relax -> merge -> report, then the
+# 10 lowest-energy unique structures as CIF files. Run again: finished stages are kept.
 campaign: setup
-	$(BIN)/hpcxtal init $(CAMPAIGN) --shards 2 || test -f $(CAMPAIGN)/campaign.yaml
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/hpcxtal run $(CAMPAIGN)
-	$(BIN)/hpcxtal export $(CAMPAIGN)/pool.h5 -f cif -o $(CAMPAIGN)/export/cif
+	test -f $(CAMPAIGN)/campaign.yaml || $(BIN)/hpcxtal init $(CAMPAIGN) --config examples/demo_campaign.yaml
+	$(RUN) $(BIN)/hpcxtal run $(CAMPAIGN)
+	$(BIN)/hpcxtal db $(CAMPAIGN)/database.h5 --unique-only --top 10 -f cif -o $(CAMPAIGN)/top-cif
 
 clean-campaign:
 	rm -rf $(CAMPAIGN)

@@ -722,21 +722,29 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hpcxtal.campaign import find_campaign
-    from hpcxtal.report import CLASSES, METRICS, write_report
+
+    campaign = find_campaign(args.source)
+    if campaign is not None:
+        return _report_campaign(campaign, args.output, args.top)
+    return _print_report(args.source, args.output or args.source.with_name(args.source.stem + "-report"),
+                         None, args.top)
+
+
+def _report_campaign(campaign, output: Path | None = None, top: int = 20) -> int:
+    """Write a campaign's report (DIR/report) from its database and pool."""
     from hpcxtal.store.database import database_output
     from hpcxtal.store.hdf5 import file_summary
 
-    campaign = find_campaign(args.source)
-    n_sampled = None
-    if campaign is not None:
-        db = database_output(campaign.root)
-        out = args.output or campaign.root / "report"
-        pool = file_summary(campaign.pool_path)
-        n_sampled = int(pool["attrs"]["n_rows"]) + pool["n_quarantined"]
-    else:
-        db = args.source
-        out = args.output or db.with_name(db.stem + "-report")
-    report = write_report(db, out, n_sampled, args.top)
+    pool = file_summary(campaign.pool_path)
+    n_sampled = int(pool["attrs"]["n_rows"]) + pool["n_quarantined"]
+    return _print_report(database_output(campaign.root), output or campaign.root / "report",
+                         n_sampled, top)
+
+
+def _print_report(db: Path, out: Path, n_sampled: int | None, top: int) -> int:
+    from hpcxtal.report import CLASSES, METRICS, write_report
+
+    report = write_report(db, out, n_sampled, top)
     m, books = report.metrics, report.accounting
     print(" ".join(f"{k} {m[k]}" for k in ("N_sampled", "N_valid_xtal", *METRICS)))
     for r in m["per_round"]:
@@ -852,7 +860,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("campaign %s on site %r (%s): stages %s", campaign.root, site.name, site.scheduler,
              ", ".join(args.stages or names))
     run_campaign(campaign, site, args.stages)
-    return cmd_status(args)
+    status = cmd_status(args)
+    if args.stages is None:  # the whole campaign ran: report on its database
+        return _report_campaign(campaign) or status
+    return status
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
