@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
-from hpcxtal.descriptor.batch import Batch, build_batch, rows_from_R
+from hpcxtal.descriptor.batch import Batch, build_batch, positions, rows_from_R
+from hpcxtal.descriptor.neighbors import plane_reach
 from hpcxtal.descriptor.target import Environment
 from hpcxtal.refine.optim import OptimConfig, adam_init, adam_step
 
@@ -39,8 +40,7 @@ class RefineConfig:
     loss_tolerance: float = 1e-3  # below this a sample has converged
     flat_tolerance: float = 0.02  # valid and loss down by less than this share over a check
     check_every: int = 10  # steps between validity checks (and restart decisions)
-    rebuild_every: int = 10  # steps between neighbour-list rebuilds
-    skin_A: float = 0.5  # neighbour-list skin
+    skin_A: float = 0.5  # neighbour-list skin: a list is rebuilt once a pair may cross it
     restarts: int = 15  # perturbed restarts of a sample that stalls invalid (basin hopping)
     restart_coord_sigma: float = 0.08  # fractional-coordinate noise of a restart
     restart_length_sigma: float = 0.05  # relative lattice-length noise of a restart
@@ -54,8 +54,8 @@ class RefineConfig:
     # kernels are small, so one thread per process and one process per core is fastest
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.check_every < 1 or self.rebuild_every < 1:
-            raise ValueError("max_steps, check_every and rebuild_every must be at least 1")
+        if self.max_steps < 1 or self.check_every < 1:
+            raise ValueError("max_steps and check_every must be at least 1")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
         if self.max_batch_atoms < 1:
@@ -114,6 +114,24 @@ def _apply_bounds(R: torch.Tensor, kind: torch.Tensor, cfg: RefineConfig) -> tor
     return torch.where(kind == COORD, R - torch.floor(R), R)
 
 
+@torch.no_grad()
+def _outside_skin(batch: Batch, R: torch.Tensor, built, cutoff: float, skin: float) -> bool:
+    """Whether some pair may have crossed into the cutoff since the list was built at
+    geometry ``built`` (then the list within cutoff + skin is no longer complete). A pair
+    vector (f_atom - f_centre + shift) L changes by at most twice the largest atom
+    displacement plus sum_k |f_k| max_k |dL_k|, and |f_k| is bounded by the plane reach
+    of cutoff + skin; so the loss stays exact, whatever the rebuild history."""
+    now = positions(batch, R)
+    moved = torch.linalg.norm(torch.bmm((now.frac - built.frac).unsqueeze(1),
+                                        now.lattice[batch.atom_struct]).squeeze(1), dim=1)
+    most = torch.zeros(len(batch), dtype=moved.dtype, device=moved.device)
+    most = most.scatter_reduce(0, batch.atom_struct, moved, reduce="amax")
+    reach, _ = plane_reach(built.lattice, cutoff + skin)
+    d_lattice = torch.linalg.norm(now.lattice - built.lattice, dim=2).amax(1)
+    bound = 2 * most + (reach + 1.0).sum(1) * d_lattice
+    return bool((bound > skin).any()) or not bool(torch.isfinite(bound).all())
+
+
 def _restart_noise(ids: np.ndarray, restarts: np.ndarray, width: int, seed: int) -> np.ndarray:
     """Standard normal noise for each hopping row, a function of (seed, row id, restart
     number) only: a row's refinement does not depend on which batch, shard or rank it
@@ -143,7 +161,8 @@ def _restart(R: torch.Tensor, kind: torch.Tensor, state, hop: torch.Tensor, nois
 def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineConfig,
                  on_step: Callable[[int], None] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts). Returns final R (B, D), loss (B,), valid (B,), steps (B,) and
+    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts). A row
+    ends in its last state if that is valid, else in its lowest-loss state. Returns final R (B, D), loss (B,), valid (B,), steps (B,) and
     a status per row. Samples leave the working set when converged, valid and flat,
     stalled (invalid without progress after ``cfg.restarts`` perturbed restarts) or
     failed."""
@@ -157,15 +176,21 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
     scale = _step_scale(wb, cfg)
     last_check = torch.full((n,), float("inf"), dtype=R.dtype, device=R.device)
     restarts = np.zeros(n, dtype=np.int64)
-    pairs = None
+    best_loss = torch.full((n,), float("inf"), dtype=R.dtype, device=R.device)
+    best_R = R_all.clone()
+    pairs = built = None
     for step in range(cfg.max_steps):
-        if pairs is None or step % cfg.rebuild_every == 0:
+        if pairs is None or _outside_skin(wb, R, built, env.cutoff, cfg.skin_A):
             pairs = env.pairs(wb, R.detach(), skin=cfg.skin_A)
+            built = positions(wb, R.detach())
         Rg = R.detach().requires_grad_(True)
         loss = env.loss(wb, Rg, pairs)
         grad, = torch.autograd.grad(loss.sum(), Rg)
         loss = loss.detach()
-        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(1)
+        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(1) | ~torch.isfinite(R).all(1)
+        better = loss < best_loss[work]
+        best_loss[work] = torch.where(better, loss, best_loss[work])
+        best_R[work] = torch.where(better[:, None], R.detach(), best_R[work])
         stop = bad | (loss < cfg.loss_tolerance)
         active = ~stop
         R = _apply_bounds(adam_step(R, grad, loss, state, cfg.optim, active, scale), wb.kind, cfg)
@@ -205,9 +230,11 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
             keep = torch.nonzero(~stop).flatten()
             work, wb, R = work[keep], wb.take(keep), R[keep]
             state, scale, pairs = state.take(keep), scale[keep], None
-    with torch.no_grad():
-        final_loss = env.loss(batch, R_all)
+    with torch.no_grad():  # a row ends in its last state if valid, else its best one
         valid = env.validity(batch, R_all)
+        R_all = torch.where(valid[:, None], R_all, best_R)
+        valid = env.validity(batch, R_all)
+        final_loss = env.loss(batch, R_all)
     return R_all, final_loss, valid, steps, status
 
 

@@ -1,0 +1,67 @@
+"""Representation-space refinement (Algorithm 1) on real rows."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hpcxtal.descriptor.batch import build_batch
+from hpcxtal.descriptor.target import Environment
+from hpcxtal.refine.represent import FAILED, RefineConfig, plan_batches, refine_batch, refine_table
+from hpcxtal.store.formats import read_csv
+
+CFG = RefineConfig(max_steps=60, restarts=2)
+
+
+@pytest.fixture(scope="module")
+def rows(generated_csv):
+    table, _ = read_csv(generated_csv)
+    return table.take(np.arange(24))
+
+
+def test_loss_decreases_on_every_sample_of_a_mixed_batch(rows):
+    env = Environment("graphite")
+    batch = build_batch(rows)
+    before = env.loss(batch, batch.R0).detach().numpy()
+    assert len(set(rows["spg"].tolist())) > 5  # many space groups share the batch
+    result = refine_table(rows, CFG)
+    assert np.all(result.loss < before)
+
+
+def test_refinement_is_reproducible_and_independent_of_the_batch(rows):
+    a = refine_table(rows, CFG)
+    b = refine_table(rows, CFG)
+    np.testing.assert_array_equal(a.cell, b.cell)
+    np.testing.assert_array_equal(a.xyz, b.xyz)
+    small = dataclasses.replace(CFG, max_batch_atoms=1)  # one row per batch
+    c = refine_table(rows, small)
+    np.testing.assert_allclose(c.cell, a.cell, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(c.valid, a.valid)
+
+
+def test_a_broken_row_does_not_affect_the_others(rows):
+    env = Environment("graphite")
+    good = rows.take(np.arange(6))
+    clean = refine_batch(build_batch(good), np.asarray(good["id"]), env, CFG)
+    broken = build_batch(good)
+    R0 = broken.R0.clone()
+    R0[2, 0] = float("nan")  # a row whose first free variable is NaN
+    broken = dataclasses.replace(broken, R0=R0)
+    R, loss, valid, steps, status = refine_batch(broken, np.asarray(good["id"]), env, CFG)
+    assert status[2] == FAILED and not valid[2]
+    others = [0, 1, 3, 4, 5]
+    np.testing.assert_allclose(R[others].numpy(), clean[0][others].numpy(), rtol=1e-9, atol=1e-12)
+    assert [status[k] for k in others] == [clean[4][k] for k in others]
+
+
+def test_bounds_hold(rows):
+    result = refine_table(rows, CFG)
+    assert np.all((result.cell[:, :3] >= 1.5) & (result.cell[:, :3] <= 50))
+    assert np.all((result.cell[:, 3:] >= 30) & (result.cell[:, 3:] <= 150))
+    occupied = rows["wps"] >= 0
+    assert np.all((result.xyz[occupied] >= 0) & (result.xyz[occupied] < 1))
+
+
+def test_batches_respect_the_atom_budget():
+    atoms = np.array([10, 20, 30, 500, 5, 5])
+    batches = plan_batches(atoms, 60)
+    assert [list(b) for b in batches] == [[0, 1, 2], [3], [4, 5]]
