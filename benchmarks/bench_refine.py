@@ -69,7 +69,18 @@ def _refine_part(table, cfg_kw: dict) -> dict:
     res = refine_table(table, RefineConfig(**cfg_kw))
     return {"cell": res.cell, "xyz": res.xyz, "loss": res.loss, "valid": res.valid,
             "steps": res.steps, "status": res.status, "seconds": time.perf_counter() - t0,
-            "maxrss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "pid": os.getpid()}
+            "maxrss_MB": peak_rss_MB(), "pid": os.getpid()}
+
+
+def peak_rss_MB() -> float:
+    """This process's peak resident memory (MB). VmHWM, not getrusage's ru_maxrss: on
+    Linux a spawned worker's ru_maxrss starts at its parent's RSS at fork time (kept
+    across exec), which hides the worker's own peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def refine_parallel(table, nproc: int, cfg_kw: dict) -> dict:
@@ -273,7 +284,8 @@ def part_candidates_subset(extra: dict, rows: list[int]) -> dict:
     return {"ours_valid_on_baseline_rows": int(extra["refined"]["valid"][idx].sum())}
 
 
-def part_scaling(sizes: list[int], seed: int, base: int, batch_atoms: int) -> dict:
+def part_scaling(sizes: list[int], seed: int, base: int, batch_atoms: int,
+                 max_steps: int | None) -> dict:
     """Perturbed copies of ``base`` decodable rows (spread over the layout order, so every
     size has the same mix of layouts) refined at each size with a batch budget of
     ``batch_atoms`` atoms."""
@@ -286,13 +298,17 @@ def part_scaling(sizes: list[int], seed: int, base: int, batch_atoms: int) -> di
     out = []
     for n in sizes:
         rows = copies(base_rows, n, seed)
-        res = refine_parallel(rows, 2, {"threads": 1, "max_batch_atoms": batch_atoms})
+        cfg = {"threads": 1, "max_batch_atoms": batch_atoms}
+        if max_steps:
+            cfg["max_steps"] = max_steps
+        res = refine_parallel(rows, 2, cfg)
         s = summary(res)
         s["atoms"] = int(sum(row_layout(int(g), w).n_atoms for g, w in zip(rows["spg"], rows["wps"])))
         out.append(s)
         print(f"scaling {n}: {s['wall_s']:.1f} s, valid {s['valid']}, rss {s['maxrss_MB']}, "
               f"load {s['load_at_start'][0]:.1f}", flush=True)
-    return {"seed": seed, "base_rows": len(base_rows), "max_batch_atoms": batch_atoms, "sizes": out}
+    return {"seed": seed, "base_rows": len(base_rows), "max_batch_atoms": batch_atoms,
+            "max_steps": max_steps, "sizes": out}
 
 
 def part_sacada(seed: int) -> dict:
@@ -332,6 +348,8 @@ def main() -> None:
     p.add_argument("--sizes", default="1000,3000,10000")
     p.add_argument("--scaling-base", type=int, default=951, help="distinct rows the copies cycle through")
     p.add_argument("--scaling-batch-atoms", type=int, default=60000, help="RefineConfig.max_batch_atoms")
+    p.add_argument("--scaling-max-steps", type=int, default=None,
+                   help="RefineConfig.max_steps for the scaling part (default: the config default)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
@@ -366,7 +384,8 @@ def main() -> None:
         save()
     if "scaling" in parts:
         report["scaling"] = part_scaling([int(s) for s in args.sizes.split(",")], args.seed,
-                                         args.scaling_base, args.scaling_batch_atoms)
+                                         args.scaling_base, args.scaling_batch_atoms,
+                                         args.scaling_max_steps)
         save()
     if "float32" in parts:
         report["float32"], _ = part_candidates(1, "float32")
