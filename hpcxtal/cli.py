@@ -845,9 +845,10 @@ def cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _campaign_site_stages(args: argparse.Namespace):
+    """The campaign, the site it runs on (``--site`` or its own) and the stages asked
+    for (``--stage``, default all), checked against the pipeline."""
     from hpcxtal.campaign import Campaign
-    from hpcxtal.hpc.driver import run_campaign
     from hpcxtal.hpc.site import load_site
     from hpcxtal.stages import PIPELINE
 
@@ -857,8 +858,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown stage {unknown[0]!r}; stages are {names}")
     site = load_site(args.site, search=[campaign.root]) if args.site else campaign.site
+    return campaign, site, args.stages or names
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hpcxtal.hpc.driver import run_campaign
+
+    campaign, site, names = _campaign_site_stages(args)
     log.info("campaign %s on site %r (%s): stages %s", campaign.root, site.name, site.scheduler,
-             ", ".join(args.stages or names))
+             ", ".join(names))
     run_campaign(campaign, site, args.stages)
     status = cmd_status(args)
     if args.stages is None:  # the whole campaign ran: report on its database
@@ -867,18 +875,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from hpcxtal.campaign import Campaign
-    from hpcxtal.hpc.site import load_site
     from hpcxtal.hpc.submit import submit_campaign
-    from hpcxtal.stages import PIPELINE
 
-    campaign = Campaign(args.dir)
-    names = [s.name for s in PIPELINE]
-    unknown = [s for s in args.stages or [] if s not in names]
-    if unknown:
-        raise UsageError(f"unknown stage {unknown[0]!r}; stages are {names}")
-    site = load_site(args.site, search=[campaign.root]) if args.site else campaign.site
-    subs = submit_campaign(campaign, site, args.stages or names, dry_run=args.dry_run)
+    campaign, site, names = _campaign_site_stages(args)
+    subs = submit_campaign(campaign, site, names, dry_run=args.dry_run)
     if not subs:
         log.info("nothing to submit: every requested stage is complete")
     for sub in subs:
