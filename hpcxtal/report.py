@@ -101,11 +101,14 @@ def accounting(table: Table, quarantine: Table, n_sampled: int) -> Accounting:
     ids = np.concatenate([table["id"], quarantine["id"]])
     if len(np.unique(ids)) != len(ids):
         problems.append("some ids occur more than once")
-    rep = dict(zip(table["id"].tolist(), table["unique"].tolist()))
+    # A duplicate points to the row that stands for its structure: a unique row, or a
+    # representative whose relaxation failed (its duplicates were never relaxed).
+    kind = dict(zip(table["id"].tolist(), classes))
     dangling = [int(i) for i, d, c in zip(table["id"], table["duplicate_of"], classes)
-                if c == "duplicate" and not rep.get(int(d), False)]
+                if c == "duplicate" and kind.get(int(d), "duplicate") == "duplicate"]
     if dangling:
-        problems.append(f"{len(dangling)} duplicates point to no unique row (ids {dangling[:5]})")
+        problems.append(f"{len(dangling)} duplicates point to no representative row "
+                        f"(ids {dangling[:5]})")
     total = sum(counts.values())
     if total != n_sampled:
         problems.append(f"classes add up to {total}, but {n_sampled} rows were sampled")
