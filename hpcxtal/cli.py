@@ -497,9 +497,23 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_refine(args: argparse.Namespace) -> int:
+def _file_mode_config(args: argparse.Namespace, default, overrides: dict):
+    """The config of a per-shard stage run on explicit files: ``-o`` is required,
+    ``--shard`` is not allowed, and the command-line ``overrides`` (None = not given)
+    are applied to ``default`` with their validation errors as usage errors."""
     import dataclasses
 
+    if args.output is None:
+        raise UsageError("give -o OUT.h5 (or a campaign directory)")
+    if args.shard is not None:
+        raise UsageError("--shard needs a campaign directory")
+    try:
+        return dataclasses.replace(default, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
     from hpcxtal.campaign import find_campaign
     from hpcxtal.refine.represent import RefineConfig
     from hpcxtal.hpc.mpi import abort_on_error, world
@@ -524,11 +538,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
                 comm.Barrier()
             rounds_campaign(campaign, None, args.force, comm)
         return 0
-    if args.output is None:
-        raise UsageError("give -o OUT.h5 (or a campaign directory)")
-    overrides = {k: v for k, v in (("max_steps", args.steps), ("dtype", args.dtype),
-                                   ("device", args.device), ("threads", args.threads)) if v is not None}
-    refine_file(args.source, args.output, dataclasses.replace(RefineConfig(), **overrides))
+    cfg = _file_mode_config(args, RefineConfig(), {"max_steps": args.steps, "dtype": args.dtype,
+                                                   "device": args.device, "threads": args.threads})
+    refine_file(args.source, args.output, cfg)
     return 0
 
 
@@ -562,8 +574,6 @@ def cmd_rounds(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from hpcxtal.campaign import TopologyConfig, find_campaign
     from hpcxtal.stages import StageReport, topology_campaign
     from hpcxtal.topology.stage import topology_file
@@ -581,17 +591,8 @@ def cmd_topology(args: argparse.Namespace) -> int:
                      "redo)", len(report.outputs))
             return 0
     else:
-        if args.output is None:
-            raise UsageError("give -o OUT.h5 (or a campaign directory)")
-        if args.shard is not None:
-            raise UsageError("--shard needs a campaign directory")
-        cfg = TopologyConfig()
-        try:
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in (("cutoff_A", args.cutoff),
-                                                                 ("depth", args.depth))
-                                              if v is not None})
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        cfg = _file_mode_config(args, TopologyConfig(), {"cutoff_A": args.cutoff,
+                                                         "depth": args.depth})
         report = StageReport([args.output], topology_file(args.source, args.output, cfg, args.workers))
     c = report.counts
     log.info("%d rows in %d file(s), %d signed: %d unique, %d duplicates, %d without topology",
@@ -600,8 +601,6 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 
 def cmd_relax(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from hpcxtal.campaign import RelaxConfig, find_campaign
     from hpcxtal.stages import StageReport, relax_campaign, relax_file
 
@@ -619,14 +618,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
                      "redo)", len(report.outputs))
             return 0
     else:
-        if args.output is None:
-            raise UsageError("give -o OUT.h5 (or a campaign directory)")
-        if args.shard is not None:
-            raise UsageError("--shard needs a campaign directory")
-        try:
-            cfg = dataclasses.replace(RelaxConfig(), **overrides)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        cfg = _file_mode_config(args, RelaxConfig(), overrides)
         report = StageReport([args.output], relax_file(args.source, args.output, cfg))
     c = report.counts
     log.info("%d rows, %d relaxed: %d converged, %d not converged, %d failed, %d low-energy",
