@@ -100,8 +100,10 @@ class RelaxConfig:
     a model file path or a foundation name such as ``mace-mp-0-small``, looked up in
     ``model_dir`` and mace's cache directory, never downloaded). A structure of n atoms
     may take ``max_steps + steps_per_atom * n`` FIRE steps; batches hold at most
-    ``batch_atom_budget`` atoms; "low energy" means within ``low_energy_window_eV`` per
-    atom of graphite relaxed the same way.
+    ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs; ``symmetrize``
+    keeps each structure's space group (found within ``symprec_A``) while it relaxes;
+    "low energy" means within ``low_energy_window_eV`` per atom of graphite relaxed the
+    same way.
     """
 
     backend: str = "chgnet"
@@ -113,6 +115,9 @@ class RelaxConfig:
     max_steps: int = 300
     steps_per_atom: float = 2.0
     batch_atom_budget: int = 2000
+    batch_edge_budget: int = 150_000
+    symmetrize: bool = False
+    symprec_A: float = 1e-3
     low_energy_window_eV: float = 0.55
 
     def __post_init__(self) -> None:
@@ -127,8 +132,10 @@ class RelaxConfig:
             raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
         if self.max_steps < 0 or self.steps_per_atom < 0:
             raise ValueError("max_steps and steps_per_atom must not be negative")
-        if self.batch_atom_budget < 1:
-            raise ValueError(f"batch_atom_budget must be at least 1, got {self.batch_atom_budget}")
+        if self.batch_atom_budget < 1 or self.batch_edge_budget < 1:
+            raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1")
+        if self.symprec_A <= 0:
+            raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
         if self.low_energy_window_eV < 0:
             raise ValueError("low_energy_window_eV must not be negative")
 

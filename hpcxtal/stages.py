@@ -218,7 +218,9 @@ class RelaxRunner:
             log.info("energy model: %s (%s)", model.source, cfg.dtype)
             params = FireParams(fmax_eV_per_A=cfg.fmax_eV_per_A, max_steps=cfg.max_steps,
                                 steps_per_atom=cfg.steps_per_atom,
-                                batch_atom_budget=cfg.batch_atom_budget)
+                                batch_atom_budget=cfg.batch_atom_budget,
+                                batch_edge_budget=cfg.batch_edge_budget,
+                                symmetrize=cfg.symmetrize, symprec_A=cfg.symprec_A)
             self._setup = (model, params, graphite_energy(model, params))
         return self._setup
 

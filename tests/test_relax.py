@@ -241,6 +241,7 @@ class FailingModel:
 
     def __init__(self, model, natoms: int, after: int):
         self.model, self.natoms, self.after, self.calls = model, natoms, after, 0
+        self.cutoff = model.cutoff
 
     def __call__(self, positions, numbers, cells, batch) -> BatchResult:
         out = self.model(positions, numbers, cells, batch)
@@ -276,6 +277,8 @@ def test_failures_do_not_affect_the_rest(mace_model):
 
 def test_model_error_in_one_structure_fails_only_it(mace_model):
     class Picky:
+        cutoff = mace_model.cutoff
+
         def __call__(self, positions, numbers, cells, batch):
             if (torch.bincount(batch, minlength=len(cells)) == 4).any():
                 raise RuntimeError("cannot handle 4 atoms")
@@ -285,3 +288,68 @@ def test_model_error_in_one_structure_fails_only_it(mace_model):
     results = relax([diamond(rattle=0.05, seed=1), graphite_distorted()], Picky(), params)
     assert results[0].status == "not_converged"
     assert results[1].status == "failed: model error: RuntimeError: cannot handle 4 atoms"
+
+
+def test_edge_budget_splits_batches_like_the_atom_budget(mace_model):
+    from hpcxtal.relax.fire import _edge_count
+
+    images = [diamond(rattle=0.05, seed=1), diamond(rattle=0.05, seed=3, repeat=(2, 1, 1))]
+    edges = [_edge_count(a, mace_model.cutoff) for a in images]
+    assert edges[1] > edges[0] > 0
+
+    class Counting:
+        cutoff, sizes = mace_model.cutoff, []
+
+        def __call__(self, positions, numbers, cells, batch):
+            self.sizes.append(len(cells))
+            return mace_model(positions, numbers, cells, batch)
+
+    counting = Counting()
+    params = FireParams(max_steps=3, steps_per_atom=0, batch_edge_budget=edges[1])
+    split = relax(images, counting, params)  # both do not fit: one structure at a time
+    assert max(counting.sizes) == 1
+    together = relax(images, mace_model, FireParams(max_steps=3, steps_per_atom=0))
+    for a, b in zip(split, together):
+        assert a.energy == pytest.approx(b.energy, abs=1e-9)
+
+
+def symmetric_graphite():
+    from hpcxtal.relax.reference import graphite
+
+    atoms = graphite() * (1, 1, 2)
+    atoms.set_cell(np.asarray(atoms.cell) * 1.04, scale_atoms=True)
+    return atoms
+
+
+def test_symmetrized_forces_and_stress_are_invariant():
+    from hpcxtal.relax.symmetry import symmetry_ops
+
+    atoms = symmetric_graphite()
+    ops = symmetry_ops(atoms)
+    assert ops.spacegroup == 194 and len(ops.rotations) == 48  # 24 operations x 2 cells
+    gen = torch.Generator().manual_seed(0)
+    f = ops.symmetrize_forces(torch.randn(len(atoms), 3, generator=gen, dtype=torch.float64))
+    for r, perm in zip(ops.rotations, ops.perm):
+        torch.testing.assert_close(f[perm], f @ r.T)
+    torch.testing.assert_close(ops.symmetrize_forces(f), f)  # a projection
+    s = ops.symmetrize_stress(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    for r in ops.rotations:
+        torch.testing.assert_close(r @ s @ r.T, s)
+    assert abs(s[0, 1]) < 1e-12 and s[0, 0] == pytest.approx(s[1, 1].item())  # hexagonal
+
+
+def test_symmetrize_keeps_the_space_group(mace_model):
+    import spglib
+
+    atoms = symmetric_graphite()
+    atoms.rattle(2e-5, seed=3)  # well below symprec: the same group, but not exactly
+    params = FireParams(fmax_eV_per_A=1e-5, max_steps=15, steps_per_atom=0, symmetrize=True)
+    (r,) = relax([atoms], mace_model, params)
+    assert r.steps == 15 and np.isfinite(r.energy)
+    assert np.abs(r.atoms.positions - atoms.positions).max() > 1e-3  # it moved
+    cell = (np.asarray(r.atoms.cell), r.atoms.get_scaled_positions(), r.atoms.numbers)
+    assert spglib.get_symmetry_dataset(cell, symprec=1e-6).number == 194
+    free = relax([atoms], mace_model, FireParams(fmax_eV_per_A=1e-5, max_steps=15,
+                                                 steps_per_atom=0))[0]
+    cell = (np.asarray(free.atoms.cell), free.atoms.get_scaled_positions(), free.atoms.numbers)
+    assert spglib.get_symmetry_dataset(cell, symprec=1e-6).number != 194

@@ -133,3 +133,14 @@ def test_cli_relax_shard_out_of_range(small_pool, relax_cfg, tmp_path, capsys):
     campaign = Campaign.create(tmp_path / "camp", cfg)
     assert main(["relax", str(campaign.root), "--shard", "3"]) == 2
     assert "the campaign has shards 0-0" in capsys.readouterr().err
+
+
+def test_relax_config_reaches_fire(relax_cfg):
+    from dataclasses import replace
+
+    from hpcxtal.stages import RelaxRunner
+
+    cfg = replace(relax_cfg, symmetrize=True, symprec_A=1e-4, batch_edge_budget=5000)
+    _, params, _ = RelaxRunner(cfg).setup()
+    assert (params.symmetrize, params.symprec_A, params.batch_edge_budget) == (True, 1e-4, 5000)
+    assert params.batch_atom_budget == cfg.batch_atom_budget and params.max_steps == 3

@@ -16,7 +16,12 @@ below ``fmax``), ``not_converged`` (step cap reached; never reported as converge
 ``failed: reason`` (non-finite input, energy, forces or stress, overlapping atoms, a
 collapsed or exploded cell, or a model error). A failing structure leaves the batch
 before its neighbours are updated, so it cannot change their results. Finished
-structures make room for waiting ones under an atom budget (in-flight batching).
+structures make room for waiting ones under an atom and an edge budget (in-flight
+batching; edges are neighbour pairs within the model's cutoff, counted at the start).
+
+With ``symmetrize`` on, each structure keeps the space group spglib finds at the start:
+forces and stress are averaged over the group every step (see
+:mod:`hpcxtal.relax.symmetry`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from hpcxtal.relax.models import BatchResult, EnergyModel
+from hpcxtal.relax.symmetry import SymmetryOps, identity_ops, symmetrize_positions, symmetry_ops
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,10 @@ FAILED = "failed"
 class FireParams:
     """FIRE and convergence settings (ASE's FIRE defaults; lengths in Å, forces in eV/Å).
 
-    A structure of ``n`` atoms may take ``max_steps + steps_per_atom * n`` steps.
+    A structure of ``n`` atoms may take ``max_steps + steps_per_atom * n`` steps. A batch
+    holds at most ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs
+    (a single larger structure runs alone). ``symmetrize`` keeps each structure's space
+    group (found with tolerance ``symprec_A``).
     """
 
     fmax_eV_per_A: float = 0.05
@@ -59,14 +68,20 @@ class FireParams:
     min_volume_per_atom_A3: float = 1.0
     max_volume_per_atom_A3: float = 500.0
     batch_atom_budget: int = 2000
+    batch_edge_budget: int = 150_000
+    symmetrize: bool = False
+    symprec_A: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.fmax_eV_per_A <= 0:
             raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
         if self.max_steps < 0 or self.steps_per_atom < 0:
             raise ValueError("max_steps and steps_per_atom must not be negative")
-        if self.batch_atom_budget < 1:
-            raise ValueError(f"batch_atom_budget must be at least 1, got {self.batch_atom_budget}")
+        if self.batch_atom_budget < 1 or self.batch_edge_budget < 1:
+            raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1, got "
+                             f"{self.batch_atom_budget} and {self.batch_edge_budget}")
+        if self.symprec_A <= 0:
+            raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
 
     def step_cap(self, natoms: int) -> int:
         """Most FIRE steps a structure of ``natoms`` atoms may take."""
@@ -305,13 +320,47 @@ def _atoms_of(state: FireState, i: int, positions: torch.Tensor, cells: torch.Te
                  cell=cells[i].numpy(), pbc=True)
 
 
+def _edge_count(atoms, cutoff: float) -> int:
+    """Neighbour pairs of ``atoms`` within ``cutoff`` Å (periodic images included)."""
+    from ase.neighborlist import neighbor_list
+
+    return len(neighbor_list("i", atoms, cutoff, self_interaction=False))
+
+
+def _symmetry(images: Sequence, indices: Sequence[int], params: FireParams) -> dict[int, SymmetryOps]:
+    """Space-group operations of ``images[k]`` for each ``k`` in ``indices``; a structure
+    whose operations spglib cannot confirm keeps only the identity (logged)."""
+    ops = {}
+    for k in indices:
+        try:
+            ops[k] = symmetry_ops(images[k], params.symprec_A)
+        except ValueError as err:
+            log.warning("structure %d: %s; relaxed without symmetry", k, err)
+            ops[k] = identity_ops(len(images[k]))
+    return ops
+
+
+def _symmetrized(state: FireState, result: BatchResult,
+                 ops: dict[int, SymmetryOps]) -> BatchResult:
+    """``result`` with each structure's forces and stress averaged over its group."""
+    forces = result.forces.clone()
+    stress = result.stress.clone()
+    lo = 0
+    for i, (k, n) in enumerate(zip(state.index.tolist(), state.natoms.tolist())):
+        forces[lo:lo + n] = ops[k].symmetrize_forces(result.forces[lo:lo + n])
+        stress[i] = ops[k].symmetrize_stress(result.stress[i])
+        lo += n
+    return BatchResult(result.energy, forces, stress, result.min_distance)
+
+
 def iter_relax(images: Sequence, model: EnergyModel,
                params: FireParams = FireParams()) -> Iterator[tuple[int, RelaxResult]]:
     """Relax ASE Atoms ``images`` (positions and cell) with batched FIRE, yielding
     ``(index, result)`` as each structure finishes.
 
-    Structures enter the batch in order while their atoms fit ``params.batch_atom_budget``
-    (one at a time if a single structure exceeds it) and leave it when they finish.
+    Structures enter the batch in order while their atoms and neighbour pairs fit
+    ``params.batch_atom_budget`` and ``params.batch_edge_budget`` (one at a time if a
+    single structure exceeds them) and leave it when they finish.
     """
     dtype = torch.float64
     pending: deque[int] = deque()
@@ -321,12 +370,23 @@ def iter_relax(images: Sequence, model: EnergyModel,
             pending.append(i)
         else:
             yield i, RelaxResult(atoms.copy(), float("nan"), f"{FAILED}: {reason}", 0, float("nan"))
+    edges = {i: _edge_count(images[i], model.cutoff) for i in pending}
+    ops = _symmetry(images, pending, params) if params.symmetrize else {}
+    if ops:
+        images = list(images)
+        for k, o in ops.items():
+            images[k] = images[k].copy()
+            images[k].positions = symmetrize_positions(images[k], o)
     state: FireState | None = None
     while pending or (state is not None and len(state)):
-        budget = params.batch_atom_budget - (int(state.natoms.sum()) if state is not None else 0)
+        in_flight = state.index.tolist() if state is not None else []
+        atom_room = params.batch_atom_budget - sum(len(images[k]) for k in in_flight)
+        edge_room = params.batch_edge_budget - sum(edges[k] for k in in_flight)
         admit = []
-        while pending and (len(images[pending[0]]) <= budget or (not admit and state is None)):
-            budget -= len(images[pending[0]])
+        while pending and ((len(images[pending[0]]) <= atom_room and edges[pending[0]] <= edge_room)
+                           or (not admit and not in_flight)):
+            atom_room -= len(images[pending[0]])
+            edge_room -= edges[pending[0]]
             admit.append(pending.popleft())
         if admit:
             new = init_state([images[i] for i in admit], admit, params, dtype)
@@ -347,6 +407,8 @@ def iter_relax(images: Sequence, model: EnergyModel,
         if len(state) == 0:
             state = None
             continue
+        if ops:
+            result = _symmetrized(state, result, ops)
         positions, cells = state.geometry()
         assert result is not None
         atom_force, cell_force = filter_gradients(state, result)

@@ -64,6 +64,7 @@ class EnergyModel(ABC):
     source: str
     dtype: torch.dtype
     device: torch.device
+    cutoff: float  # Å: pairs further apart do not interact (sizes batches by edge count)
 
     @abstractmethod
     def __call__(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
