@@ -49,7 +49,11 @@ def cli(*args: str) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+    """This environment with this tree first on PYTHONPATH and the interpreter's folder
+    off PATH: the driver must work from a venv that is used by its path, not activated."""
+    bin_dir = os.path.dirname(sys.executable)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+    return {**os.environ, "PATH": os.pathsep.join(path), "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
@@ -251,17 +255,29 @@ def test_kill_during_each_stage_then_resume_gives_the_uninterrupted_database(
 
 
 def _corrupt(path: Path) -> None:
-    """Overwrite bytes in the middle of ``path`` (same size, same mtime order)."""
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 64] = b"\xa5" * 64
-    path.write_bytes(bytes(data))
+    """Overwrite 16 bytes of the stored ``cell`` data of ``path`` (same file size)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset = f["cell"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xa5" * 16)
+
+
+def _modify(path: Path) -> None:
+    """Change one stored value through HDF5 (the file stays readable; its SHA-256 not)."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f["loss"][0] = f["loss"][0] + 1.0
 
 
 def test_corrupted_files_are_named_recomputed_and_give_the_same_database(reference, tmp_path):
     camp = tmp_path / "camp"
-    shutil.copytree(reference, camp, ignore=shutil.ignore_patterns("runinfo", "*.log"))
+    shutil.copytree(reference, camp, ignore=shutil.ignore_patterns("runinfo"))
     bad = {"shards/shard-0001.h5": _corrupt, "refine/refine-0000.h5": _corrupt,
+           "rounds/rounds-0001.h5": _modify,
            "relax/relax-0001.h5": lambda p: p.write_bytes(p.read_bytes()[:4096])}
     for name, damage in bad.items():
         damage(camp / name)
