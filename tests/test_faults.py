@@ -11,6 +11,7 @@ each point in a fresh campaign). Corrupted files are detected, named and recompu
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -356,7 +357,7 @@ def test_stale_reason_names_the_file_and_the_cause(refined):
     cfg = Campaign(refined).config.refine
     dest, src = refine_output(refined, 0), shard_path(refined / "shards", 0)
     assert stale_reason(dest, src, cfg) is None and is_current(dest, src, cfg)
-    other = type(cfg)(**{**cfg.__dict__, "max_steps": cfg.max_steps + 1})
+    other = dataclasses.replace(cfg, max_steps=cfg.max_steps + 1)
     assert stale_reason(dest, src, other) == f"{dest}: made with another stage config"
     dest.write_bytes(dest.read_bytes()[:2000])
     assert stale_reason(dest, src, cfg).startswith(f"{dest}: unreadable or corrupted HDF5")

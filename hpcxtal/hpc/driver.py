@@ -85,7 +85,8 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
                 raise StageFailed(f"{err.__class__.__name__}: {err}; Parsl logs are in "
                                   f"{campaign.root / 'runinfo'}") from err
             results.append(result)
-            where = result["stage"] + ("" if result["shard"] is None else f" shard {result['shard']}")
+            shard = result["shard"]
+            where = result["stage"] + ("" if shard is None else f" shard {shard}")
             for line in result["warnings"]:
                 log.warning("%s: %s", where, line)
             done = ", ".join(f"{k} {v}" for k, v in result.items()

@@ -62,7 +62,8 @@ def make_executor(site: SiteConfig, kind: str):
         cores_per_worker=ex.task_cores(), available_accelerators=ex.gpus_per_node or (),
         heartbeat_period=10, heartbeat_threshold=60,
         # this interpreter's copy, found without PATH (a venv used by its path, not activated)
-        interchange_launch_cmd=[sys.executable, "-m", "parsl.executors.high_throughput.interchange"],
+        interchange_launch_cmd=[sys.executable, "-m",
+                                "parsl.executors.high_throughput.interchange"],
         **kwargs)
 
 
