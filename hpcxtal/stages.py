@@ -67,6 +67,15 @@ def _outputs_complete(paths: list[Path]) -> bool:
     return bool(paths) and all(verify_file(p) is None for p in paths)
 
 
+def _log_recomputed(paths: list[Path], why: Callable[[Path], str | None] = verify_file) -> None:
+    """Warn, naming the file and the cause, about each existing output in ``paths`` that
+    is about to be recomputed because ``why`` finds it corrupted or stale."""
+    for path in paths:
+        problem = why(path) if path.exists() else None
+        if problem is not None:
+            log.warning("%s; recomputing it", problem)
+
+
 def sample_campaign(campaign: Campaign, force: bool = False) -> StageReport:
     """The campaign's ``sample`` stage: ``pool.h5`` from the generator, when the config
     has a ``sample`` section (else nothing: the ``import`` stage makes the pool)."""
@@ -79,6 +88,8 @@ def sample_campaign(campaign: Campaign, force: bool = False) -> StageReport:
         return StageReport([dest], skipped=True)
     from hpcxtal.generate.sample import resolve_model
 
+    if not force:
+        _log_recomputed([dest])
     campaign.start("sample", [resolve_model(cfg.model)], cfg)
     report = sample_to_pool(dest, cfg, campaign.config.seed, campaign_id=campaign.campaign_id)
     campaign.finish("sample", report.outputs, **report.counts)
@@ -95,6 +106,8 @@ def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
     if not force and _outputs_complete([dest]):
         return StageReport([dest], skipped=True)
     cfg = campaign.config.import_
+    if not force:
+        _log_recomputed([dest])
     campaign.start("import", [resolve_input(s) for s in cfg.inputs], cfg)
     report = import_pool(cfg.inputs, dest, cfg, campaign_id=campaign.campaign_id)
     campaign.finish("import", report.outputs, **report.counts)
@@ -111,6 +124,8 @@ def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
         raise FileNotFoundError(f"{campaign.pool_path}: the pool is missing or does not verify; "
                                 f"run 'hpcxtal import {campaign.root}' (or 'hpcxtal sample "
                                 f"{campaign.root}') first")
+    if not force:
+        _log_recomputed(dests)
     campaign.start("shard", [campaign.pool_path], cfg)
     for stale in campaign.shard_dir.glob("shard-*.h5"):
         stale.unlink()
@@ -142,6 +157,11 @@ def rounds_campaign(campaign: Campaign, shard: int | None = None, force: bool = 
     if missing:
         raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
                                 f"{campaign.root}' first")
+    if not force:
+        cfg = rounds_config(campaign.config.refine, campaign.config.rounds)
+        for i in range(n):
+            _log_recomputed([outputs[i]], lambda p: stale_reason(
+                p, refine_output(campaign.root, i), cfg))
     counts = run_rounds(campaign.root, n, lambda i: refine_output(campaign.root, i),
                         campaign.config.refine, campaign.config.rounds, comm)
     return StageReport(outputs, counts)
@@ -163,14 +183,27 @@ def topology_campaign(campaign: Campaign, shard: int | None, force: bool = False
                                                       campaign_id=campaign.campaign_id))
 
 
-def is_current(dest: Path, src: Path, cfg: object) -> bool:
-    """Whether ``dest`` verifies and was made from the present ``src`` with ``cfg``:
-    a recomputed input or a changed config makes a per-shard output stale."""
-    if verify_file(dest) is not None or verify_file(src) is not None:
-        return False
+def stale_reason(dest: Path, src: Path, cfg: object) -> str | None:
+    """None if ``dest`` verifies and was made from the present ``src`` with ``cfg``,
+    else why not, naming ``dest``: a recomputed input or a changed config makes a
+    per-shard output stale, a truncated or modified one does not verify."""
+    problem = verify_file(dest)
+    if problem is not None:
+        return problem
+    problem = verify_file(src)
+    if problem is not None:
+        return f"{dest}: its input does not verify ({problem})"
     made = file_summary(dest)["attrs"]
-    return (made.get("source_sha256") == file_summary(src)["attrs"].get("sha256")
-            and made.get("stage_config") == json.dumps(to_mapping(cfg)))
+    if made.get("source_sha256") != file_summary(src)["attrs"].get("sha256"):
+        return f"{dest}: made from another version of {src}"
+    if made.get("stage_config") != json.dumps(to_mapping(cfg)):
+        return f"{dest}: made with another stage config"
+    return None
+
+
+def is_current(dest: Path, src: Path, cfg: object) -> bool:
+    """Whether ``dest`` is current (see :func:`stale_reason`)."""
+    return stale_reason(dest, src, cfg) is None
 
 
 def _per_shard(campaign: Campaign, shard: int | None, force: bool,
@@ -186,12 +219,15 @@ def _per_shard(campaign: Campaign, shard: int | None, force: bool,
     for i in range(n) if shard is None else [shard]:
         src, dest = source(campaign, i), output(campaign.root, i)
         outputs.append(dest)
-        if not force and is_current(dest, src, cfg):
+        why = None if force else stale_reason(dest, src, cfg)
+        if not force and why is None:
             continue
         problem = verify_file(src)
         if problem is not None:
             raise FileNotFoundError(f"input of shard {i} is missing or corrupted ({problem}); "
                                     "run the stage before this one for that shard")
+        if why is not None and dest.exists():
+            log.warning("%s; recomputing it", why)
         skipped = False
         for key, value in run(src, dest).items():
             counts[key] = counts.get(key, 0) + value
@@ -369,6 +405,9 @@ def merge_campaign(campaign: Campaign, force: bool = False,
     if not force and merge_done(campaign):
         return StageReport([dest], skipped=True)
     sources = _merge_inputs(campaign)
+    if not force:
+        _log_recomputed([dest], lambda p: verify_file(p) or f"{p}: merged from other relax "
+                                                           f"outputs, pool or config")
     cfg = campaign.config
     campaign.start("merge", sources + [campaign.pool_path], cfg.merge)
     counts = merge_files(sources, dest, cfg.merge, cfg.topology, campaign.pool_path,

@@ -22,14 +22,33 @@ class StageFailed(RuntimeError):
     """A stage app raised; the message names the stage, the shard and the cause."""
 
 
+class _Warnings(logging.Handler):
+    """Collects the warnings hpcxtal logs while a stage runs in a worker, whose own log
+    the user does not see, so that the driver can log them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def run_stage(campaign_dir: str, stage: str, shard: int | None, force: bool = False,
               inputs: tuple = ()) -> dict[str, Any]:
     """Run one stage (one shard of it) in whatever process Parsl gives it; ``inputs``
-    are the futures it waits for (Parsl resolves them before calling)."""
+    are the futures it waits for (Parsl resolves them before calling). The result
+    carries the counts and the warnings the stage logged (e.g. a corrupted file redone)."""
     from hpcxtal.stages import stage_spec
 
-    report = stage_spec(stage).run(Campaign(campaign_dir), shard, force)
-    return {"stage": stage, "shard": shard, "skipped": report.skipped, **report.counts}
+    warnings, logger = _Warnings(), logging.getLogger("hpcxtal")
+    logger.addHandler(warnings)
+    try:
+        report = stage_spec(stage).run(Campaign(campaign_dir), shard, force)
+    finally:
+        logger.removeHandler(warnings)
+    return {"stage": stage, "shard": shard, "skipped": report.skipped,
+            "warnings": warnings.lines, **report.counts}
 
 
 def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
@@ -66,9 +85,11 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
                 raise StageFailed(f"{err.__class__.__name__}: {err}; Parsl logs are in "
                                   f"{campaign.root / 'runinfo'}") from err
             results.append(result)
+            shard = result["shard"]
+            where = result["stage"] + ("" if shard is None else f" shard {shard}")
+            for line in result["warnings"]:
+                log.warning("%s: %s", where, line)
             done = ", ".join(f"{k} {v}" for k, v in result.items()
-                             if k not in ("stage", "shard", "skipped"))
-            log.info("%s%s: %s", result["stage"],
-                     "" if result["shard"] is None else f" shard {result['shard']}",
-                     "complete already" if result["skipped"] else done)
+                             if k not in ("stage", "shard", "skipped", "warnings"))
+            log.info("%s: %s", where, "complete already" if result["skipped"] else done)
     return results

@@ -60,7 +60,11 @@ def make_executor(site: SiteConfig, kind: str):
     return HighThroughputExecutor(
         label=kind, provider=_provider(site, ex), max_workers_per_node=workers,
         cores_per_worker=ex.task_cores(), available_accelerators=ex.gpus_per_node or (),
-        heartbeat_period=10, heartbeat_threshold=60, **kwargs)
+        heartbeat_period=10, heartbeat_threshold=60,
+        # this interpreter's copy, found without PATH (a venv used by its path, not activated)
+        interchange_launch_cmd=[sys.executable, "-m",
+                                "parsl.executors.high_throughput.interchange"],
+        **kwargs)
 
 
 def make_parsl_config(site: SiteConfig, run_dir: Path, retries: int = 1):

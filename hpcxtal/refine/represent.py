@@ -238,14 +238,21 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
     return R_all, final_loss, valid, steps, status
 
 
+def use_threads(cfg: RefineConfig) -> None:
+    """Give torch ``cfg.threads`` CPU threads (if set) before any refinement kernel runs:
+    float results depend on the thread count, so it must not depend on what the process
+    ran before (a resumed round runs in a fresh process, an uninterrupted one does not)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 def refine_table(table, cfg: RefineConfig, progress: Callable[[int, int], None] | None = None
                  ) -> RefineResult:
     """Refine every row of a table (any order; batches are built in layout order).
 
     ``progress(rows_done, valid_so_far)`` is called after each batch.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg)
     device, dtype = cfg.torch_device(), cfg.torch_dtype()
     env = Environment(cfg.target, dtype=dtype, device=device)
     order = table.layout_order()

@@ -11,7 +11,9 @@ became valid with their round number. Then every shard's final rows are written 
 rank 0 does the partitioning; without, one process does everything. A row's result
 does not depend on the part it lands in (its restarts are seeded by its id and the
 round), so any number of ranks gives the same rows as one process; finished rounds
-are kept, so an interrupted run resumes at the first unfinished round.
+are kept, so an interrupted run resumes at the first unfinished round. Each part
+records the checksums it started from (round-1 files, earlier parts) and the config:
+a part made from a recomputed round-1 file, or with another config, is redone.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from hpcxtal.config import to_mapping
 from hpcxtal.refine.latent import LatentConfig, latent_refine
-from hpcxtal.refine.represent import RefineConfig, refine_table
+from hpcxtal.refine.represent import RefineConfig, refine_table, use_threads
 from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
 from hpcxtal.store.shard import row_cost
 from hpcxtal.store.table import Table, str_array
@@ -99,9 +101,29 @@ def state_after(round1: Path, shard: int, parts_by_round: list[list[Path]]) -> T
     return table
 
 
+def _round_inputs(round1: list[Path], parts_by_round: list[list[Path]]) -> str:
+    """What a round starts from: the checksums of every shard's round-1 file and of the
+    earlier rounds' parts (recorded in each part; a part made from others is stale)."""
+    files = [*round1, *(p for parts in parts_by_round for p in parts)]
+    return json.dumps([str(file_summary(p)["attrs"].get("sha256", "")) for p in files])
+
+
+def _part_problem(path: Path, inputs: str, config: str) -> str | None:
+    """None if the part file ``path`` verifies and was made from ``inputs`` with
+    ``config``, else why not (naming the file)."""
+    problem = verify_file(path)
+    if problem is not None:
+        return problem
+    made = file_summary(path)["attrs"]
+    if made.get("inputs_sha256") != inputs or made.get("stage_config") != config:
+        return f"{path}: made from other round inputs or another refine/rounds config"
+    return None
+
+
 def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: int, dest: Path,
-                 n_parts: int) -> None:
+                 n_parts: int, inputs: str) -> None:
     if len(table):
+        use_threads(cfg)
         if rounds.later == "latent":
             from hpcxtal.descriptor.target import Environment
 
@@ -114,7 +136,7 @@ def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: 
                              steps=table["steps"] + result.steps.astype(np.int32),
                              refine_status=str_array(result.status))
         table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
-    write_table(dest, table, kind="round", round=round_, n_parts=n_parts,
+    write_table(dest, table, kind="round", round=round_, n_parts=n_parts, inputs_sha256=inputs,
                 stage_config=json.dumps(rounds_config(cfg, rounds)))
 
 
@@ -127,11 +149,18 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
     root = Path(campaign_root)
     parts_by_round: list[list[Path]] = []
     counts: dict[str, int] = {}
+    config = json.dumps(rounds_config(cfg, rounds))
     for r in range(2, rounds.n_rounds + 1):
         parts = [part_path(root, r, p, size) for p in range(size)]
-        if all(verify_file(p) is None for p in parts):
+        inputs = _round_inputs([round1(i) for i in range(n_shards)], parts_by_round)
+        problems = [_part_problem(p, inputs, config) for p in parts]
+        if not any(problems):
             parts_by_round.append(parts)
             continue
+        if rank == 0:
+            for path, problem in zip(parts, problems):
+                if problem is not None and path.exists():
+                    log.warning("%s; recomputing round %d", problem, r)
         # Every rank gathers the invalid rows of its own shards (after earlier rounds).
         mine = [_with_home(state_after(round1(i), i, parts_by_round), i)
                 for i in range(rank, n_shards, size)]
@@ -154,7 +183,7 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
         else:
             work = None
         part = comm.scatter(work, root=0) if comm is not None else work[0]
-        _refine_part(part, cfg, rounds, r, parts[rank], size)
+        _refine_part(part, cfg, rounds, r, parts[rank], size, inputs)
         if comm is not None:
             comm.Barrier()
         missing = [str(p) for p in parts if verify_file(p) is not None]
