@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
     p.add_argument("--shard", type=int, help="campaign: refine only this shard")
-    p.add_argument("--steps", type=int, help="step cap per row (file mode; default 1500)")
+    p.add_argument("--steps", type=int, help="step cap per row (file mode; default 1000)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (file mode)")

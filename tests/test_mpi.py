@@ -19,7 +19,9 @@ MPIEXEC = shutil.which("mpiexec") or str(Path(sys.executable).parent / "mpiexec"
 def _campaign(path: Path, csv: Path) -> Path:
     main(["init", str(path), "--input", str(csv), "--shards", "3", "-q"])
     cfg = path / "campaign.yaml"
-    text = cfg.read_text().replace("  max_steps: 1500", "  max_steps: 80")
+    text = cfg.read_text()
+    assert "  max_steps: 1000" in text  # the refinement's default step cap
+    text = text.replace("  max_steps: 1000", "  max_steps: 80")
     cfg.write_text(text.replace("rounds:\n  n_rounds: 1", "rounds:\n  n_rounds: 3"))
     main(["import", str(path), "-q"])
     main(["shard", str(path), "-q"])

@@ -4,9 +4,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hpcxtal.descriptor.batch import build_batch
+import torch
+
+from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
+from hpcxtal.descriptor.batch import build_batch, rows_from_R
 from hpcxtal.descriptor.target import Environment
-from hpcxtal.refine.represent import FAILED, RefineConfig, plan_batches, refine_batch, refine_table
+from hpcxtal.refine.represent import (FAILED, RefineConfig, _restart_noise, plan_batches,
+                                      refine_batch, refine_table)
+from hpcxtal.store.table import Table
 from hpcxtal.store.formats import read_csv
 
 CFG = RefineConfig(max_steps=60, restarts=2)
@@ -65,3 +70,34 @@ def test_batches_respect_the_atom_budget():
     atoms = np.array([10, 20, 30, 500, 5, 5])
     batches = plan_batches(atoms, 60)
     assert [list(b) for b in batches] == [[0, 1, 2], [3], [4, 5]]
+
+
+def test_a_row_valid_at_some_check_ends_valid(sacada):
+    """SACADA rows perturbed (lengths and angles 5 %, free coordinates 0.03) that are still
+    valid at the input end valid, although the loss pulls some of them off validity."""
+    table, _ = sacada
+    batch = build_batch(table)
+    u = torch.from_numpy(np.random.default_rng(7).uniform(-1.0, 1.0, batch.R0.shape))
+    R = torch.where(batch.kind == COORD, batch.R0 + 0.03 * u, batch.R0)
+    R = torch.where((batch.kind == LENGTH) | (batch.kind == ANGLE), R * (1 + 0.05 * u), R)
+    cols = dict(table.columns)
+    cols["cell"], cols["xyz"] = rows_from_R(batch, R)
+    moved = Table(cols, None, dict(table.attrs))
+    env = Environment("graphite")
+    start_valid = env.validity(batch, R).numpy()
+    assert 0 < start_valid.sum() < len(table)
+    kept = moved.take(np.flatnonzero(start_valid))
+    result = refine_table(kept, CFG)
+    assert result.valid.all()
+
+
+def test_restart_noise_grows_with_the_restart_number():
+    cfg = RefineConfig(restarts=4, seed=3)
+    ids, width = np.array([5, 5, 9]), 6
+    first = _restart_noise(ids, np.array([1, 4, 1]), width, cfg)
+    again = _restart_noise(ids, np.array([1, 4, 1]), width, cfg)
+    np.testing.assert_array_equal(first, again)  # a function of (seed, id, restart) only
+    unit = np.random.default_rng([3, 5, 4]).standard_normal(width)
+    np.testing.assert_allclose(first[1], unit)  # the last restart gets the full sigma
+    np.testing.assert_allclose(first[0], 0.25 * np.random.default_rng([3, 5, 1]).standard_normal(width))
+    assert not np.allclose(first[0], first[2])  # rows differ by id

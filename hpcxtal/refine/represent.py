@@ -33,7 +33,7 @@ class RefineConfig:
     """Representation refinement settings (lengths in Å, angles in degrees)."""
 
     target: str = "graphite"
-    max_steps: int = 1500
+    max_steps: int = 1000
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, patience=10))
     lr_length_A: float = 1.0  # step multiplier for lattice lengths (Å per unit lr)
     lr_angle_deg: float = 20.0  # for angles (degrees per unit lr)
@@ -42,8 +42,9 @@ class RefineConfig:
     check_every: int = 10  # steps between validity checks (and restart decisions)
     skin_A: float = 0.5  # neighbour-list skin: a list is rebuilt once a pair may cross it
     restarts: int = 15  # perturbed restarts of a sample that stalls invalid (basin hopping)
-    restart_coord_sigma: float = 0.08  # fractional-coordinate noise of a restart
-    restart_length_sigma: float = 0.05  # relative lattice-length noise of a restart
+    restart_coord_sigma: float = 0.08  # fractional-coordinate noise of the last restart
+    restart_length_sigma: float = 0.05  # relative lattice-length noise of the last restart
+    # (restart k of `restarts` gets k / restarts of these, around the lowest-loss state)
     seed: int = 0
     length_bounds_A: tuple[float, float] = (1.5, 50.0)
     angle_bounds_deg: tuple[float, float] = (30.0, 150.0)
@@ -132,12 +133,16 @@ def _outside_skin(batch: Batch, R: torch.Tensor, built, cutoff: float, skin: flo
     return bool((bound > skin).any()) or not bool(torch.isfinite(bound).all())
 
 
-def _restart_noise(ids: np.ndarray, restarts: np.ndarray, width: int, seed: int) -> np.ndarray:
-    """Standard normal noise for each hopping row, a function of (seed, row id, restart
+def _restart_noise(ids: np.ndarray, restarts: np.ndarray, width: int, cfg: RefineConfig
+                   ) -> np.ndarray:
+    """Noise of each hopping row's restart: standard normal times ``restart /
+    cfg.restarts``, so the first hops stay near the row's best state (often a site or
+    two from valid) and only later ones roam. A function of (seed, row id, restart
     number) only: a row's refinement does not depend on which batch, shard or rank it
     shares, so serial, sharded and MPI runs give the same rows."""
-    return np.stack([np.random.default_rng([seed, int(i), int(r)]).standard_normal(width)
-                     for i, r in zip(ids, restarts)])
+    noise = np.stack([np.random.default_rng([cfg.seed, int(i), int(r)]).standard_normal(width)
+                      for i, r in zip(ids, restarts)])
+    return noise * (np.asarray(restarts) / cfg.restarts)[:, None]
 
 
 def _restart(R: torch.Tensor, kind: torch.Tensor, state, hop: torch.Tensor, noise: torch.Tensor,
@@ -161,11 +166,16 @@ def _restart(R: torch.Tensor, kind: torch.Tensor, state, hop: torch.Tensor, nois
 def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineConfig,
                  on_step: Callable[[int], None] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts). A row
-    ends in its last state if that is valid, else in its lowest-loss state. Returns final R (B, D), loss (B,), valid (B,), steps (B,) and
-    a status per row. Samples leave the working set when converged, valid and flat,
-    stalled (invalid without progress after ``cfg.restarts`` perturbed restarts) or
-    failed."""
+    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts).
+
+    Every ``cfg.check_every`` steps (from step 0, so a valid input counts) each sample's
+    validity is checked: a valid sample whose loss fell by less than ``flat_tolerance``
+    stops; an invalid one that stopped improving hops (a perturbed restart from its
+    lowest-loss state, the noise growing with the restart number) or, once it has had a
+    valid state or used its ``cfg.restarts``, stalls. A row ends in its last state if
+    valid, else in its lowest-loss valid state seen at a check, else in its lowest-loss
+    state. Returns final R (B, D), loss (B,), valid (B,), steps (B,) and a status per row.
+    """
     n = len(batch)
     R_all = batch.R0.detach().clone()
     steps = torch.zeros(n, dtype=torch.long, device=batch.device)
@@ -174,10 +184,10 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
     wb, R = batch, R_all.clone()
     state = adam_init(R)
     scale = _step_scale(wb, cfg)
-    last_check = torch.full((n,), float("inf"), dtype=R.dtype, device=R.device)
+    inf = torch.full((n,), float("inf"), dtype=R.dtype, device=R.device)
+    last_check, best_loss, valid_loss = inf.clone(), inf.clone(), inf.clone()
+    best_R, valid_R = R_all.clone(), R_all.clone()
     restarts = np.zeros(n, dtype=np.int64)
-    best_loss = torch.full((n,), float("inf"), dtype=R.dtype, device=R.device)
-    best_R = R_all.clone()
     pairs = built = None
     for step in range(cfg.max_steps):
         if pairs is None or _outside_skin(wb, R, built, env.cutoff, cfg.skin_A):
@@ -190,49 +200,53 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
         bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(1) | ~torch.isfinite(R).all(1)
         better = loss < best_loss[work]
         best_loss[work] = torch.where(better, loss, best_loss[work])
-        best_R[work] = torch.where(better[:, None], R.detach(), best_R[work])
+        best_R[work] = torch.where(better[:, None], R, best_R[work])
         stop = bad | (loss < cfg.loss_tolerance)
-        active = ~stop
-        R = _apply_bounds(adam_step(R, grad, loss, state, cfg.optim, active, scale), wb.kind, cfg)
-        steps[work] += active.long()
-        done_step = step + 1
         for k in torch.nonzero(bad).flatten().tolist():
             status[int(work[k])] = FAILED
         for k in torch.nonzero(stop & ~bad).flatten().tolist():
             status[int(work[k])] = CONVERGED
-        if done_step % cfg.check_every == 0:
-            valid = env.validity(wb, R)
-            prev = last_check[work]
-            no_gain = loss > prev * (1 - cfg.flat_tolerance)
-            flat = valid & no_gain
-            stuck = active & ~valid & (no_gain | (state.scale <= cfg.optim.min_scale * (1 + 1e-9)))
+        hop = torch.zeros_like(stop)
+        if step % cfg.check_every == 0:
+            valid = env.validity(wb, R) & ~bad
+            better = valid & (loss < valid_loss[work])
+            valid_loss[work] = torch.where(better, loss, valid_loss[work])
+            valid_R[work] = torch.where(better[:, None], R, valid_R[work])
+            no_gain = loss > last_check[work] * (1 - cfg.flat_tolerance)
+            flat = ~stop & valid & no_gain
+            stuck = ~stop & ~valid & (no_gain | (state.scale <= cfg.optim.min_scale * (1 + 1e-9)))
             work_np = work.cpu().numpy()
-            hop = stuck & torch.as_tensor(restarts[work_np] < cfg.restarts, device=stuck.device)
-            if bool(hop.any()):
-                rows = work_np[hop.cpu().numpy()]
-                restarts[rows] += 1
-                noise = _restart_noise(ids[rows], restarts[rows], R.shape[1], cfg.seed)
-                R, state = _restart(R, wb.kind, state, hop, torch.from_numpy(noise), cfg)
-                pairs = None
-            stalled = stuck & ~hop
-            for k in torch.nonzero(flat & active).flatten().tolist():
+            may_hop = (restarts[work_np] < cfg.restarts) & ~np.isfinite(valid_loss[work].cpu().numpy())
+            hop = stuck & torch.as_tensor(may_hop, device=stuck.device)
+            for k in torch.nonzero(flat).flatten().tolist():
                 status[int(work[k])] = VALID_FLAT
-            for k in torch.nonzero(stalled).flatten().tolist():
+            for k in torch.nonzero(stuck & ~hop).flatten().tolist():
                 status[int(work[k])] = STALLED
-            stop = stop | flat | stalled
+            stop = stop | flat | (stuck & ~hop)
             last_check[work] = torch.where(hop, torch.full_like(loss, float("inf")), loss)
+        active = ~stop & ~hop
+        R = _apply_bounds(adam_step(R, grad, loss, state, cfg.optim, active, scale), wb.kind, cfg)
+        steps[work] += active.long()
+        if bool(hop.any()):
+            rows = work.cpu().numpy()[hop.cpu().numpy()]
+            restarts[rows] += 1
+            noise = _restart_noise(ids[rows], restarts[rows], R.shape[1], cfg)
+            R, state = _restart(torch.where(hop[:, None], best_R[work], R), wb.kind, state, hop,
+                                torch.from_numpy(noise), cfg)
+            pairs = None
         R_all[work] = R.detach()
         if on_step is not None:
-            on_step(done_step)
+            on_step(step + 1)
         if bool(stop.all()):
             break
         if bool(stop.any()):  # drop finished samples from the working set
             keep = torch.nonzero(~stop).flatten()
             work, wb, R = work[keep], wb.take(keep), R[keep]
             state, scale, pairs = state.take(keep), scale[keep], None
-    with torch.no_grad():  # a row ends in its last state if valid, else its best one
+    with torch.no_grad():  # last state if valid, else the best valid one, else the lowest loss
         valid = env.validity(batch, R_all)
-        R_all = torch.where(valid[:, None], R_all, best_R)
+        fallback = torch.where(torch.isfinite(valid_loss)[:, None], valid_R, best_R)
+        R_all = torch.where(valid[:, None], R_all, fallback)
         valid = env.validity(batch, R_all)
         final_loss = env.loss(batch, R_all)
     return R_all, final_loss, valid, steps, status
