@@ -34,9 +34,10 @@ def resolve_model(name: str | Path) -> Path:
 
 
 class Generator:
-    """A frozen trained (C)VAE with its GMM transform and condition sampler."""
+    """A frozen trained (C)VAE with its GMM transform and condition sampler; the network
+    runs in ``dtype`` (float64 makes a row's decoding independent of its batch)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32):
         path = resolve_model(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no generator model file; train one with "
@@ -51,7 +52,8 @@ class Generator:
         self.info = {k: blob[k] for k in ("seed", "training_file", "training_sha256",
                                           "n_training_rows", "n_parameters", "train_seconds")}
         self.model = RowVAE(ModelConfig(**self.config["model"]))
-        self.model.load_state_dict({k: v.float() for k, v in blob["weights"].items()})
+        self.model.load_state_dict({k: v.to(dtype) for k, v in blob["weights"].items()})
+        self.model.to(dtype)
         self.model.eval().requires_grad_(False)
         self.gmm = ColumnGMM.from_state({k: v.numpy() for k, v in blob["gmm"].items()})
         self.conditions = ConditionSampler.from_state(
@@ -74,7 +76,7 @@ class Generator:
         if self.model.cfg.conditional:
             if spg is None or wps is None:
                 raise ValueError("the conditional model needs spg and wps")
-            cond = self.model.embed_condition(condition_onehot(spg, wps))
+            cond = self.model.embed_condition(condition_onehot(spg, wps).to(z.dtype))
         out = self.model.decode(z, cond)
         out["logits"] = out["logits"].masked_fill(~self.active, -1e9)
         return out

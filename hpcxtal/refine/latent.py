@@ -67,7 +67,9 @@ def latent_refine(table: Table, env: Environment, cfg: LatentConfig, seed: int, 
     latent vector (rows keep their space group and Wyckoff sites)."""
     from hpcxtal.generate.sample import Generator
 
-    gen = Generator(cfg.generator)
+    # float64: a row's result must not depend on the rows it is batched with (float32
+    # matrix products round differently with the batch size; MPI parts must equal serial)
+    gen = Generator(cfg.generator, dtype=torch.float64)
     if not gen.model.cfg.conditional:
         raise ValueError(f"{gen.path}: latent refinement needs a conditional generator")
     cell = np.array(table["cell"], dtype=float)
@@ -82,7 +84,6 @@ def latent_refine(table: Table, env: Environment, cfg: LatentConfig, seed: int, 
         wps = torch.as_tensor(np.asarray(part["wps"], dtype=np.int64))
         z = torch.from_numpy(np.stack([np.random.default_rng([seed, int(i), round_, 1])
                                        .standard_normal(gen.latent_dim) for i in ids[rows]]))
-        z = z.to(torch.float32)
         state = adam_init(z)
         active = torch.ones(len(rows), dtype=torch.bool)
         for _ in range(cfg.steps):
