@@ -205,6 +205,7 @@ def run_model(label: str, model: str, args: argparse.Namespace) -> dict:
 
 
 def pct(k: int, n: int) -> str:
+    """``k (percent of n)``."""
     return f"{k} ({100 * k / n:.1f} %)"
 
 
