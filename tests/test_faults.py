@@ -37,10 +37,11 @@ N_SHARDS = 2
 
 
 def campaign_text(model: Path) -> str:
-    """12 sampled rows, 2 shards, 3 short refinement rounds, a tiny MACE model."""
+    """12 sampled rows, 2 shards, 4 short refinement rounds (rounds 3 and 4 are the
+    window of the mid-rounds kill), a tiny MACE model."""
     return (f"name: faults\nsite: local\nsample:\n  n: 12\nshard:\n  n_shards: {N_SHARDS}\n"
-            f"refine:\n  max_steps: 30\n  restarts: 1\nrounds:\n  n_rounds: 3\n  latent:\n"
-            f"    steps: 10\nrelax:\n  backend: mace\n  model: {model}\n  max_steps: 3\n"
+            f"refine:\n  max_steps: 30\n  restarts: 1\nrounds:\n  n_rounds: 4\n  latent:\n"
+            f"    steps: 20\nrelax:\n  backend: mace\n  model: {model}\n  max_steps: 3\n"
             f"  steps_per_atom: 0\n")
 
 
@@ -159,9 +160,10 @@ KILL_POINTS = (
     KillPoint("sample", lambda c: _manifest_status(c, "sample") == "running", 1.0,
               lambda c: not (c / "pool.h5").exists(),
               lambda c: f"pool.h5 {'present' if (c / 'pool.h5').exists() else 'absent'}"),
-    KillPoint("refine mid-rounds", lambda c: _exist(c, "rounds/round-2/part-*") > 0, 0.6,
+    KillPoint("refine mid-rounds", lambda c: _exist(c, "rounds/round-2/part-*") > 0, 0.3,
               lambda c: _exist(c, "rounds/rounds-*") < N_SHARDS,
               lambda c: f"round-3 parts {_exist(c, 'rounds/round-3/part-*')}, "
+                        f"round-4 parts {_exist(c, 'rounds/round-4/part-*')}, "
                         f"rounds outputs {_exist(c, 'rounds/rounds-*')}/{N_SHARDS}"),
     KillPoint("relax", lambda c: _exist(c, "topology/topology-*") == N_SHARDS, 1.5,
               lambda c: _exist(c, "relax/relax-*") < N_SHARDS,
