@@ -231,12 +231,15 @@ def main() -> None:
     p.add_argument("--max-e-rel", type=float, default=2.0,
                    help="drop configurations this far above graphite (eV/atom)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--restart", action="store_true",
+                   help="continue an interrupted run from the latest checkpoint in --work "
+                        "(mace trains that checkpoint's epoch again, then up to --epochs)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    recipe = {k: v for k, v in vars(args).items() if k not in ("work", "out", "threads")}
+    recipe = {k: v for k, v in vars(args).items() if k not in ("work", "out", "threads", "restart")}
     recipe["mace_args"] = MACE_ARGS
     files = {s: work / f"{s}.xyz" for s in ("train", "valid", "test")}
     stamp = work / "labels.json"
@@ -266,7 +269,8 @@ def main() -> None:
         "--name=mace_carbon", f"--seed={args.seed}", f"--max_num_epochs={args.epochs}",
         f"--work_dir={work}", f"--train_file={files['train']}", f"--valid_file={files['valid']}",
         f"--test_file={files['test']}", "--energy_key=REF_energy", "--forces_key=REF_forces",
-        "--stress_key=REF_stress", "--save_cpu", "--num_workers=0"]
+        "--stress_key=REF_stress", "--save_cpu", "--num_workers=0"] + (
+        ["--restart_latest"] if args.restart else [])
     from mace.cli.run_train import run
     from mace.tools import build_default_arg_parser
 
@@ -287,10 +291,12 @@ def main() -> None:
 
     sidecar = {
         "model": out.name, "sha256": sha256(out), "mace_torch": __import__("mace").__version__,
-        "torch": torch.__version__, "parameters": int(sum(p.numel() for p in model.parameters())),
+        "torch": str(torch.__version__), "parameters": int(sum(p.numel() for p in model.parameters())),
         "labels": "CHGNet 0.3.0 (bundled weights), float32, energy/forces/stress",
         "command": "PYTHONPATH=. python scripts/train_mace_model.py --work build/mace-carbon",
         "recipe": recipe, "candidates_sha256": sha256(args.candidates),
+        "best_epoch": max(int(f.stem.rsplit("-", 1)[1])  # the checkpoint run_train kept
+                          for f in (work / "checkpoints").glob("mace_carbon_run-*_epoch-*.pt")),
         "data": {s: sizes(v) for s, v in sets.items()},
         "test_errors_vs_chgnet": {k: round(v, 3) for k, v in errors.items()},
         "train_wall_s": round(train_s), "load_average": [round(x, 2) for x in os.getloadavg()],
