@@ -65,10 +65,11 @@ def speed(model, images, calls: int) -> dict:
     return {"per_size": out, "atom_steps_per_s": total}
 
 
-def references(model, FireParams, relax) -> dict:
+def references(model) -> dict:
     """Relaxed graphite and diamond: lattice constants (Å) and energy difference (eV/atom)."""
     from ase.build import bulk
 
+    from hpcxtal.relax.fire import FireParams, relax
     from hpcxtal.relax.reference import graphite
 
     params = FireParams(fmax_eV_per_A=0.01, max_steps=500)
@@ -79,11 +80,32 @@ def references(model, FireParams, relax) -> dict:
             "dE_diamond_graphite_eV_per_atom": d.energy / len(d.atoms) - g.energy / len(g.atoms)}
 
 
+def ranking(model, images, chosen: list[int], params, mace: np.ndarray) -> dict:
+    """Relax ``images[chosen]`` together; rho of the relaxed energies with ``vasp_energy``."""
+    from hpcxtal.relax.fire import CONVERGED, relax
+
+    vasp = np.array([images[i].info["vasp_energy"] for i in chosen])
+    t0 = time.perf_counter()
+    res = relax([images[i] for i in chosen], model, params)
+    wall = time.perf_counter() - t0
+    e = np.array([r.energy / len(r.atoms) for r in res])
+    conv = np.array([r.status == CONVERGED for r in res])
+    return {
+        "structures": len(chosen), "atoms": sum(len(images[i]) for i in chosen),
+        "skipped_ids_larger": [a.info["id"] for k, a in enumerate(images) if k not in chosen],
+        "status": {s: sum(r.status == s for r in res) for s in sorted({r.status for r in res})},
+        "wall_s": wall, "atom_steps": sum(len(r.atoms) * r.steps for r in res),
+        "rho_all": rho(e, vasp), "rho_converged": rho(e[conv], vasp[conv]),
+        "rho_stored_mace_mp0_same": rho(mace[chosen], vasp),
+        "ids": [images[i].info["id"] for i in chosen], "energy_per_atom": e.tolist(),
+        "converged": conv.tolist(), "steps": [r.steps for r in res]}
+
+
 def main() -> None:
     import ase.io
 
     from hpcxtal.data import sacada_structures
-    from hpcxtal.relax.fire import CONVERGED, FireParams, relax
+    from hpcxtal.relax.fire import FireParams
     from hpcxtal.relax.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +141,7 @@ def main() -> None:
     report["speed"] = speed(model, [next(a for a in images if len(a) == n) for n in SPEED_SIZES],
                             args.speed_calls)
     print("speed:", report["speed"], flush=True)
-    report["references"] = references(model, FireParams, relax)
+    report["references"] = references(model)
     print("references:", report["references"], flush=True)
 
     mace = np.array([a.info.get("mace_energy", np.nan) for a in images], dtype=float)
@@ -132,24 +154,11 @@ def main() -> None:
         print("single points rho:", report["single_points"]["rho"], flush=True)
 
     chosen = [i for i, a in enumerate(images) if len(a) <= args.relax_max_atoms]
-    params = FireParams(fmax_eV_per_A=args.fmax, max_steps=args.max_steps, steps_per_atom=0.0)
-    t0 = time.perf_counter()
-    res = relax([images[i] for i in chosen], model, params)
-    wall = time.perf_counter() - t0
-    e = np.array([r.energy / len(r.atoms) for r in res])
-    conv = np.array([r.status == CONVERGED for r in res])
-    atom_steps = sum(len(r.atoms) * r.steps for r in res)
-    report["relaxed"] = {
-        "structures": len(chosen), "atoms": sum(len(images[i]) for i in chosen),
-        "skipped_ids_larger": [a.info["id"] for a in images if len(a) > args.relax_max_atoms],
-        "status": {s: sum(r.status == s for r in res) for s in sorted({r.status for r in res})},
-        "wall_s": wall, "atom_steps": atom_steps,
-        "rho_all": rho(e, vasp[chosen]), "rho_converged": rho(e[conv], vasp[chosen][conv]),
-        "rho_stored_mace_mp0_same": rho(mace[chosen], vasp[chosen]),
-        "ids": [images[i].info["id"] for i in chosen], "energy_per_atom": e.tolist(),
-        "converged": conv.tolist(), "steps": [r.steps for r in res]}
-    print("relaxed:", {k: v for k, v in report["relaxed"].items()
-                       if k not in ("ids", "energy_per_atom", "converged", "steps")}, flush=True)
+    if chosen:  # --relax-max-atoms 0: speed and references only
+        params = FireParams(fmax_eV_per_A=args.fmax, max_steps=args.max_steps, steps_per_atom=0.0)
+        report["relaxed"] = ranking(model, images, chosen, params, mace)
+        print("relaxed:", {k: v for k, v in report["relaxed"].items()
+                           if k not in ("ids", "energy_per_atom", "converged", "steps")}, flush=True)
     report["load_after"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
