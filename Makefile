@@ -8,7 +8,7 @@ export HPCXTAL_SLURM_DIR ?= /tmp/hpcxtal-slurm
 # Parsl starts its interchange and workers from PATH: put this environment first.
 RUN := PATH=$(CURDIR)/$(BIN):$$PATH
 
-.PHONY: setup slurm test campaign clean-campaign default-model
+.PHONY: setup slurm test campaign clean-campaign default-model mace-model
 
 setup: $(VENV)/.installed
 
@@ -42,3 +42,7 @@ clean-campaign:
 # Rebuild the generator shipped in hpcxtal/data/ (augmentation + CVAE + VAE baseline).
 default-model: setup
 	HPCXTAL=$(BIN)/hpcxtal scripts/train_default_model.sh
+
+# Rebuild the carbon MACE model shipped in hpcxtal/data/ (CHGNet labels + mace training).
+mace-model: setup
+	$(BIN)/python scripts/train_mace_model.py --work build/mace-carbon

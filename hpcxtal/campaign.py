@@ -95,10 +95,11 @@ RELAX_BACKENDS = ("chgnet", "mace")
 class RelaxConfig:
     """Energy model and batched FIRE settings of the relax stage.
 
-    ``backend``: ``chgnet`` (the offline default, bundled weights; ``model`` may name a
-    bundled version) until the project ships its own MACE model, or ``mace`` (``model``:
-    a model file path or a foundation name such as ``mace-mp-0-small``, looked up in
-    ``model_dir`` and mace's cache directory, never downloaded). A structure of n atoms
+    ``backend``: ``mace`` (the default; ``model``: a model file path, ``hpcxtal-carbon``
+    (the default, the small carbon model shipped as package data) or a foundation name
+    such as ``mace-mp-0-small``, looked up in ``model_dir`` and mace's cache directory,
+    never downloaded) or ``chgnet`` (bundled weights; ``model`` may name a bundled
+    version). A structure of n atoms
     may take ``max_steps + steps_per_atom * n`` FIRE steps; batches hold at most
     ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs; ``symmetrize``
     keeps each structure's space group (found within ``symprec_A``) while it relaxes;
@@ -106,7 +107,7 @@ class RelaxConfig:
     same way.
     """
 
-    backend: str = "chgnet"
+    backend: str = "mace"
     model: str | None = None
     model_dir: str | None = None
     dtype: str = "float64"
@@ -123,9 +124,6 @@ class RelaxConfig:
     def __post_init__(self) -> None:
         if self.backend not in RELAX_BACKENDS:
             raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
-        if self.backend == "mace" and not self.model:
-            raise ValueError("backend mace needs model: a model file path or a foundation "
-                             "name such as mace-mp-0-small")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
         if self.fmax_eV_per_A <= 0:

@@ -187,10 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
                        description="Relax every row (positions and cell) with batched FIRE and "
-                                   "a machine-learned potential (CHGNet with its bundled weights "
-                                   "by default, or a MACE model file), and add the columns "
-                                   "energy (eV/atom), e_rel (eV/atom above graphite relaxed the "
-                                   "same way), status (converged / not_converged / failed: "
+                                   "a machine-learned potential (by default hpcxtal's own small "
+                                   "carbon MACE model, shipped with the package; or another "
+                                   "MACE model file, or CHGNet with its bundled weights), and "
+                                   "add the columns energy (eV/atom), e_rel (eV/atom above "
+                                   "graphite relaxed the same way), status (converged / not_converged / failed: "
                                    "reason / skipped: reason) and relax_steps. On a campaign "
                                    "DIR, relaxes the CN-valid topology representatives of "
                                    "DIR/topology/topology-I.h5 into DIR/relax/relax-I.h5 (one "
@@ -200,10 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="relaxed table to write (file mode)")
     p.add_argument("--shard", type=int, metavar="I", help="campaign: relax only shard I")
     p.add_argument("--backend", choices=["chgnet", "mace"],
-                   help="energy model (file mode; default chgnet, campaign: from its config)")
+                   help="energy model (file mode; default mace, campaign: from its config)")
     p.add_argument("--model", metavar="PATH|NAME",
-                   help="mace: model file or foundation name (mace-mp-0-small ...); "
-                        "chgnet: bundled version (default 0.3.0)")
+                   help="mace: model file, hpcxtal-carbon (default) or foundation name "
+                        "(mace-mp-0-small ...); chgnet: bundled version (default 0.3.0)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
                    "(default float64)")
     p.add_argument("--fmax", type=float, metavar="EV_PER_A",

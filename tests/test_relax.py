@@ -45,6 +45,12 @@ def chgnet():
     return load_model("chgnet")
 
 
+@pytest.fixture(scope="module")
+def shipped():
+    """The carbon MACE model shipped as package data (the default energy model)."""
+    return load_model()
+
+
 def diamond(a=3.567, strain=0.0, rattle=0.0, seed=0, repeat=(1, 1, 1)):
     from ase.build import bulk
 
@@ -176,6 +182,42 @@ def test_missing_chgnet_weights_give_a_clear_error(tmp_path, monkeypatch):
         load_model("chgnet")
 
 
+def test_shipped_model_loads_offline_with_its_provenance(monkeypatch):
+    import hashlib
+    import socket
+    import urllib.request
+
+    import yaml
+
+    from hpcxtal.relax.models import BUILTIN_MACE_MODELS
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to use the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model = load_model()  # the default: backend mace, model hpcxtal-carbon
+    path = BUILTIN_MACE_MODELS["hpcxtal-carbon"]
+    assert model.backend == "mace" and model.source == str(path.resolve())
+    assert load_model("mace", "hpcxtal-carbon").source == model.source
+    assert [int(z) for z in model.model.atomic_numbers] == [6]
+    sidecar = yaml.safe_load(path.with_suffix(".yaml").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar["data"]["test"]["configurations"] > 0
+
+
+def test_shipped_model_ranks_graphite_below_diamond(shipped):
+    from hpcxtal.relax.reference import graphite
+
+    params = FireParams(fmax_eV_per_A=0.02, max_steps=300)
+    g, d = relax([graphite(), diamond()], shipped, params)
+    assert g.status == d.status == "converged"
+    e_g, e_d = g.energy / len(g.atoms), d.energy / len(d.atoms)
+    assert 0.02 < e_d - e_g < 0.4  # CHGNet (its teacher): about 0.1 eV/atom
+    a, _, c = g.atoms.cell.cellpar()[:3]
+    assert 2.40 < a < 2.52 and 6.2 < c < 8.2  # CHGNet: a 2.47 Å, c 7.72 Å (weak interlayer)
+
+
 def test_unknown_backend():
     with pytest.raises(ModelSetupError, match="unknown energy backend"):
         load_model("nequip")
@@ -183,21 +225,23 @@ def test_unknown_backend():
 
 # --- batched FIRE ---------------------------------------------------------------------
 
-def test_relaxation_lowers_energy_and_forces_on_diamond_and_graphite(chgnet):
+@pytest.mark.parametrize("which", ["chgnet", "shipped"])
+def test_relaxation_lowers_energy_and_forces_on_diamond_and_graphite(which, request):
+    model = request.getfixturevalue(which)
     images = [diamond(strain=0.04, rattle=0.05, seed=1), graphite_distorted(seed=2)]
-    start = evaluate(chgnet, images).energy
+    start = evaluate(model, images).energy
     params = FireParams(fmax_eV_per_A=0.05, max_steps=200)
-    results = relax(images, chgnet, params)
+    results = relax(images, model, params)
     for r, e0, atoms in zip(results, start, images):
         assert r.status == "converged", r.status
         assert r.energy < e0.item() - 1e-3
-        final = evaluate(chgnet, [r.atoms])
+        final = evaluate(model, [r.atoms])
         assert final.energy.item() == pytest.approx(r.energy, abs=1e-8)
         assert final.forces.norm(dim=1).max().item() < params.fmax_eV_per_A
         # the cell is relaxed too: stress x volume per atom below fmax-like tolerance
         assert (final.stress.abs().max() * r.atoms.cell.volume).item() < params.fmax_eV_per_A * len(r.atoms) * 2
     a_diamond = results[0].atoms.cell.cellpar()[0] * np.sqrt(2)
-    assert 3.50 < a_diamond < 3.65  # CHGNet diamond lattice constant near 3.57 Å
+    assert 3.50 < a_diamond < 3.65  # CHGNet (and its student): diamond near 3.57 Å
 
 
 def test_batched_fire_follows_ase_fire_with_frechet_filter(chgnet):

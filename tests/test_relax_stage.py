@@ -110,12 +110,23 @@ def test_relax_config_is_validated(tmp_path):
     path.write_text("name: x\nrelax:\n  backend: nequip\n")
     with pytest.raises(ConfigError, match="backend 'nequip'"):
         CampaignConfig.from_file(path)
-    path.write_text("name: x\nrelax:\n  backend: mace\n")
-    with pytest.raises(ConfigError, match="needs model"):
-        CampaignConfig.from_file(path)
+    path.write_text("name: x\nrelax:\n  dtype: float32\n")
+    relax_cfg = CampaignConfig.from_file(path).relax
+    assert (relax_cfg.backend, relax_cfg.model) == ("mace", None)  # the shipped carbon model
     path.write_text("name: x\nrelax:\n  fmax: 0.1\n")
     with pytest.raises(ConfigError, match="unknown key 'fmax'"):
         CampaignConfig.from_file(path)
+
+
+def test_cli_relax_defaults_to_the_shipped_mace_model(small_pool, tmp_path):
+    from hpcxtal.relax.models import BUILTIN_MACE_MODELS
+
+    dest = tmp_path / "out.h5"
+    assert main(["relax", str(small_pool), "-o", str(dest), "--max-steps", "2"]) == 0
+    table, _ = read_table(dest)
+    assert table.attrs["model_backend"] == "mace"
+    assert table.attrs["model_file"] == str(BUILTIN_MACE_MODELS["hpcxtal-carbon"].resolve())
+    assert np.isfinite(table["e_rel"]).all()
 
 
 def test_cli_missing_model_is_one_line_error(small_pool, tmp_path, capsys):

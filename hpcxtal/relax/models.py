@@ -6,9 +6,10 @@ returns every structure's energy and stress and every atom's force. Neighbour li
 are built per structure (they are cheap); the network runs once for the whole batch.
 
 Weights are never downloaded: CHGNet uses the checkpoint its wheel carries, MACE a
-model file given by path or a foundation name found in mace's cache directory (or a
-directory named in the config). A missing file raises :class:`ModelSetupError` naming
-the file and where to put it.
+model file given by path, the carbon model hpcxtal ships (``hpcxtal-carbon``, the
+default) or a foundation name found in mace's cache directory (or a directory named in
+the config). A missing file raises :class:`ModelSetupError` naming the file and where
+to put it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from hpcxtal.data import DATA_DIR
 from hpcxtal.relax.errors import ModelSetupError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ log = logging.getLogger(__name__)
 BACKENDS = ("chgnet", "mace")
 #: Dtypes a model may run in.
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: MACE models shipped with hpcxtal (``scripts/train_mace_model.py``; provenance in the
+#: ``.yaml`` beside each file).
+BUILTIN_MACE_MODELS = {"hpcxtal-carbon": DATA_DIR / "mace_carbon.model"}
+#: The MACE model used when a config names none.
+DEFAULT_MACE_MODEL = "hpcxtal-carbon"
 #: MACE-MP foundation names and the file names mace's downloader caches them under.
 MACE_FOUNDATION_FILES = {
     "mace-mp-0-small": "2023-12-10-mace-128-L0_energy_epoch-249.model",
@@ -266,18 +273,26 @@ class MACEModel(EnergyModel):
 
 
 def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) -> Path:
-    """The file of a MACE model given as a path or a foundation name.
+    """The file of a MACE model given as a path, a built-in name or a foundation name.
 
-    Foundation names (``mace-mp-0-small`` ...) are looked up in ``model_dir`` (if given)
-    and in mace's cache directory; nothing is downloaded.
+    Built-in names (``hpcxtal-carbon``) are package data; foundation names
+    (``mace-mp-0-small`` ...) are looked up in ``model_dir`` (if given) and in mace's
+    cache directory; nothing is downloaded.
     """
+    if name in BUILTIN_MACE_MODELS:
+        path = BUILTIN_MACE_MODELS[name]
+        if not path.is_file():
+            raise ModelSetupError(f"built-in MACE model {name!r}: {path} is missing from this "
+                                  "installation; reinstall hpcxtal or rebuild it with "
+                                  "scripts/train_mace_model.py")
+        return path
     if name not in MACE_FOUNDATION_FILES:
         path = Path(name).expanduser()
         if not path.is_file():
-            known = ", ".join(MACE_FOUNDATION_FILES)
+            known = ", ".join([*BUILTIN_MACE_MODELS, *MACE_FOUNDATION_FILES])
             raise ModelSetupError(f"MACE model file {path} not found; copy the model file "
                                   f"there or set relax.model (--model) to its path or to a "
-                                  f"foundation name ({known})")
+                                  f"built-in or foundation name ({known})")
         return path
     from mace.tools.utils import get_cache_dir
 
@@ -296,23 +311,22 @@ def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) ->
         + " or set relax.model to the file's path")
 
 
-def load_model(backend: str = "chgnet", model: str | None = None, dtype: str = "float64",
+def load_model(backend: str = "mace", model: str | None = None, dtype: str = "float64",
                device: str = "cpu", model_dir: str | None = None) -> EnergyModel:
     """Build the energy model a config names.
 
-    ``backend`` is ``chgnet`` (``model``: bundled version, default 0.3.0) or ``mace``
-    (``model``: a file path or a foundation name resolved offline from ``model_dir`` or
-    mace's cache). Raises :class:`ModelSetupError` on anything missing.
+    ``backend`` is ``mace`` (``model``: a file path, a built-in name, default
+    ``hpcxtal-carbon``, or a foundation name resolved offline from ``model_dir`` or
+    mace's cache) or ``chgnet`` (``model``: bundled version, default 0.3.0). Raises
+    :class:`ModelSetupError` on anything missing.
     """
     if dtype not in DTYPES:
         raise ModelSetupError(f"dtype {dtype!r}: use one of {sorted(DTYPES)}")
     if backend == "chgnet":
         return CHGNetModel(model or "0.3.0", dtype=dtype, device=device)
     if backend == "mace":
-        if not model:
-            raise ModelSetupError("the mace backend needs relax.model: a model file path or a "
-                                  f"foundation name ({', '.join(MACE_FOUNDATION_FILES)})")
-        return MACEModel(resolve_mace_model(model, model_dir), dtype=dtype, device=device)
+        path = resolve_mace_model(model or DEFAULT_MACE_MODEL, model_dir)
+        return MACEModel(path, dtype=dtype, device=device)
     raise ModelSetupError(f"unknown energy backend {backend!r}; backends are {BACKENDS}")
 
 
