@@ -44,20 +44,14 @@ def rho(energies, vasp) -> tuple[float, int]:
     return float(spearmanr(e[ok], v[ok]).statistic), int(ok.sum())
 
 
-def one_call(model, atoms):
-    """One model call on a single structure."""
-    return model(torch.tensor(atoms.positions), torch.tensor(atoms.numbers),
-                 torch.tensor(atoms.cell.array)[None], torch.zeros(len(atoms), dtype=torch.long))
-
-
 def speed(model, images, calls: int) -> dict:
     """Atom-steps per second and seconds per call, per structure size."""
     out = {}
     for atoms in images:
-        one_call(model, atoms)  # warm-up
+        model.evaluate([atoms])  # warm-up
         t0 = time.perf_counter()
         for _ in range(calls):
-            one_call(model, atoms)
+            model.evaluate([atoms])
         dt = (time.perf_counter() - t0) / calls
         out[len(atoms)] = {"s_per_step": dt, "atom_steps_per_s": len(atoms) / dt,
                            "sacada_id": atoms.info["id"]}
@@ -148,7 +142,7 @@ def main() -> None:
     report["rho_stored_mace_mp0"] = rho(mace, vasp)
     if args.single_points:
         t0 = time.perf_counter()
-        sp = [float(one_call(model, a).energy[0]) / len(a) for a in images]
+        sp = [float(model.evaluate([a]).energy[0]) / len(a) for a in images]
         report["single_points"] = {"rho": rho(sp, vasp), "s": time.perf_counter() - t0,
                                    "energy_per_atom": sp}
         print("single points rho:", report["single_points"]["rho"], flush=True)

@@ -62,11 +62,7 @@ def single_points(images, model, budget: int = 400):
     energies, batch = [], []
 
     def flush():
-        pos = torch.tensor(np.concatenate([a.positions for a in batch]))
-        num = torch.tensor(np.concatenate([a.numbers for a in batch]))
-        cells = torch.tensor(np.array([np.asarray(a.cell) for a in batch]))
-        idx = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(a) for a in batch]))
-        e = model(pos, num, cells, idx).energy
+        e = model.evaluate(batch).energy
         energies.extend((e / torch.tensor([len(a) for a in batch], dtype=e.dtype)).tolist())
         batch.clear()
 

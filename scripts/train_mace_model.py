@@ -151,11 +151,7 @@ def label(configs: list[tuple[str, object]], budget: int = 600) -> list:
 
     def flush() -> None:
         nonlocal done
-        pos = torch.tensor(np.concatenate([a.positions for _, a in batch]))
-        num = torch.tensor(np.concatenate([a.numbers for _, a in batch]))
-        cells = torch.tensor(np.array([a.cell.array for _, a in batch]))
-        idx = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor([len(a) for _, a in batch]))
-        r = model(pos, num, cells, idx)
+        r = model.evaluate([a for _, a in batch])
         lo = 0
         for k, (name, a) in enumerate(batch):
             a = a.copy()
@@ -202,8 +198,7 @@ def test_errors(model_path: Path, test: list) -> dict[str, float]:
     model = load_model("mace", str(model_path))
     de, df, ds = [], [], []
     for a in test:
-        r = model(torch.tensor(a.positions), torch.tensor(a.numbers),
-                  torch.tensor(a.cell.array)[None], torch.zeros(len(a), dtype=torch.long))
+        r = model.evaluate([a])
         de.append(abs(float(r.energy[0]) - a.info["REF_energy"]) / len(a))
         df.append(np.abs(r.forces.numpy() - a.arrays["REF_forces"]).ravel())
         ds.append(np.abs(r.stress[0].numpy() - voigt_6_to_full_3x3_stress(a.info["REF_stress"])).ravel())

@@ -72,14 +72,6 @@ def graphite_distorted(seed=0):
     return atoms
 
 
-def evaluate(model, images):
-    pos = torch.tensor(np.concatenate([a.positions for a in images]))
-    num = torch.tensor(np.concatenate([a.numbers for a in images]))
-    cells = torch.tensor(np.array([np.asarray(a.cell) for a in images]))
-    batch = torch.repeat_interleave(torch.arange(len(images)), torch.tensor([len(a) for a in images]))
-    return model(pos, num, cells, batch)
-
-
 # --- energy models -------------------------------------------------------------------
 
 def test_chgnet_batch_matches_chgnet_own_prediction(chgnet):
@@ -87,7 +79,7 @@ def test_chgnet_batch_matches_chgnet_own_prediction(chgnet):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     images = [diamond(rattle=0.05, seed=1), diamond(a=3.7, rattle=0.05, seed=2, repeat=(1, 1, 2))]
-    out = evaluate(chgnet, images)
+    out = chgnet.evaluate(images)
     assert out.energy.dtype == torch.float64
     ref = CHGNet.load(verbose=False)
     lo = 0
@@ -105,13 +97,13 @@ def test_forces_and_stress_are_energy_derivatives(which, request):
     """Finite differences of the batched energy agree with forces and stress (float64)."""
     model = request.getfixturevalue(which)
     atoms = diamond(a=3.6, strain=0.02, rattle=0.05, seed=3)
-    out = evaluate(model, [atoms])
+    out = model.evaluate([atoms])
     h = 1e-4
     for k, d in [(0, 0), (1, 2)]:
         plus, minus = atoms.copy(), atoms.copy()
         plus.positions[k, d] += h
         minus.positions[k, d] -= h
-        fd = -(evaluate(model, [plus]).energy - evaluate(model, [minus]).energy).item() / (2 * h)
+        fd = -(model.evaluate([plus]).energy - model.evaluate([minus]).energy).item() / (2 * h)
         assert fd == pytest.approx(out.forces[k, d].item(), abs=1e-4)
     eps = np.zeros((3, 3))
     eps[0, 1] = eps[1, 0] = h
@@ -119,17 +111,17 @@ def test_forces_and_stress_are_energy_derivatives(which, request):
     for sign in (1, -1):
         a = atoms.copy()
         a.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + sign * eps), scale_atoms=True)
-        e.append(evaluate(model, [a]).energy.item())
+        e.append(model.evaluate([a]).energy.item())
     fd = (e[0] - e[1]) / (2 * 2 * h) / atoms.cell.volume
     assert fd == pytest.approx(out.stress[0, 0, 1].item(), abs=1e-5)
 
 
 def test_mace_batch_equals_single(mace_model):
     images = [diamond(rattle=0.05, seed=1), graphite_distorted(), diamond(repeat=(2, 1, 1))]
-    batched = evaluate(mace_model, images)
+    batched = mace_model.evaluate(images)
     lo = 0
     for i, atoms in enumerate(images):
-        single = evaluate(mace_model, [atoms])
+        single = mace_model.evaluate([atoms])
         assert batched.energy[i].item() == pytest.approx(single.energy.item(), abs=1e-10)
         np.testing.assert_allclose(batched.forces[lo:lo + len(atoms)], single.forces, atol=1e-10)
         np.testing.assert_allclose(batched.stress[i], single.stress[0], atol=1e-10)
@@ -138,8 +130,8 @@ def test_mace_batch_equals_single(mace_model):
 
 def test_float32_runs_close_to_float64(mace_file):
     images = [diamond(rattle=0.05, seed=1)]
-    e64 = evaluate(load_model("mace", str(mace_file), dtype="float64"), images).energy
-    e32 = evaluate(load_model("mace", str(mace_file), dtype="float32"), images).energy
+    e64 = load_model("mace", str(mace_file), dtype="float64").evaluate(images).energy
+    e32 = load_model("mace", str(mace_file), dtype="float32").evaluate(images).energy
     assert e32.dtype == torch.float32
     assert e32.item() == pytest.approx(e64.item(), abs=1e-4)
 
@@ -229,13 +221,13 @@ def test_unknown_backend():
 def test_relaxation_lowers_energy_and_forces_on_diamond_and_graphite(which, request):
     model = request.getfixturevalue(which)
     images = [diamond(strain=0.04, rattle=0.05, seed=1), graphite_distorted(seed=2)]
-    start = evaluate(model, images).energy
+    start = model.evaluate(images).energy
     params = FireParams(fmax_eV_per_A=0.05, max_steps=200)
     results = relax(images, model, params)
     for r, e0, atoms in zip(results, start, images):
         assert r.status == "converged", r.status
         assert r.energy < e0.item() - 1e-3
-        final = evaluate(model, [r.atoms])
+        final = model.evaluate([r.atoms])
         assert final.energy.item() == pytest.approx(r.energy, abs=1e-8)
         assert final.forces.norm(dim=1).max().item() < params.fmax_eV_per_A
         # the cell is relaxed too: stress x volume per atom below fmax-like tolerance

@@ -51,9 +51,8 @@ class Generator:
         self.config = json.loads(blob["config"])
         self.info = {k: blob[k] for k in ("seed", "training_file", "training_sha256",
                                           "n_training_rows", "n_parameters", "train_seconds")}
-        self.model = RowVAE(ModelConfig(**self.config["model"]))
-        self.model.load_state_dict({k: v.to(dtype) for k, v in blob["weights"].items()})
-        self.model.to(dtype)
+        self.model = RowVAE(ModelConfig(**self.config["model"])).to(dtype)
+        self.model.load_state_dict(blob["weights"])  # copied into the model's dtype
         self.model.eval().requires_grad_(False)
         self.gmm = ColumnGMM.from_state({k: v.numpy() for k, v in blob["gmm"].items()})
         self.conditions = ConditionSampler.from_state(

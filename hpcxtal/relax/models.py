@@ -21,6 +21,7 @@ import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -77,6 +78,14 @@ class EnergyModel(ABC):
     def __call__(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
                  batch: torch.Tensor) -> BatchResult:
         """Energies, forces and stresses of every structure in the batch."""
+
+    def evaluate(self, images: Sequence) -> BatchResult:
+        """One batched call on ASE Atoms ``images`` (positions, numbers, cells joined)."""
+        counts = torch.tensor([len(a) for a in images])
+        return self(torch.tensor(np.concatenate([a.positions for a in images])),
+                    torch.tensor(np.concatenate([a.numbers for a in images])),
+                    torch.tensor(np.array([np.asarray(a.cell) for a in images])),
+                    torch.repeat_interleave(torch.arange(len(images)), counts))
 
     def describe(self) -> dict[str, str]:
         """Backend, model file and dtype, for logs and file attributes."""
@@ -343,9 +352,7 @@ class ModelCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        a = self.atoms
-        r = self.model(torch.tensor(a.positions), torch.tensor(a.numbers),
-                       torch.tensor(np.asarray(a.cell))[None], torch.zeros(len(a), dtype=torch.long))
+        r = self.model.evaluate([self.atoms])
         energy = float(r.energy[0])
         self.results = {"energy": energy, "free_energy": energy,
                         "forces": r.forces.cpu().double().numpy(),
