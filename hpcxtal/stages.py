@@ -226,8 +226,7 @@ def _per_shard(campaign: Campaign, shard: int | None, force: bool,
         if problem is not None:
             raise FileNotFoundError(f"input of shard {i} is missing or corrupted ({problem}); "
                                     "run the stage before this one for that shard")
-        if why is not None and dest.exists():
-            log.warning("%s; recomputing it", why)
+        _log_recomputed([dest], lambda _: why)
         skipped = False
         for key, value in run(src, dest).items():
             counts[key] = counts.get(key, 0) + value
