@@ -265,6 +265,17 @@ def test_mixed_batch_equals_one_by_one(mace_model):
         np.testing.assert_allclose(b.atoms.positions, single.atoms.positions, atol=1e-9)
 
 
+def test_float32_model_relaxes_like_float64(mace_file, mace_model):
+    """A float32 model (``relax.dtype: float32``) drives the float64 FIRE state."""
+    images = [diamond(strain=0.02, rattle=0.05, seed=1), graphite_distorted(seed=2)]
+    params = FireParams(fmax_eV_per_A=0.05, max_steps=200)
+    single = relax(images, load_model("mace", str(mace_file), dtype="float32"), params)
+    double = relax(images, mace_model, params)
+    for atoms, s, d in zip(images, single, double):
+        assert s.status == d.status == "converged"
+        assert s.energy / len(atoms) == pytest.approx(d.energy / len(atoms), abs=1e-4)
+
+
 def test_step_cap_gives_not_converged(mace_model):
     params = FireParams(fmax_eV_per_A=1e-6, max_steps=3, steps_per_atom=0.5)
     (r,) = relax([diamond(rattle=0.1, seed=2)], mace_model, params)

@@ -308,6 +308,7 @@ def _evaluate(model: EnergyModel, state: FireState,
                                f"but not on its structures alone ({err}); lower "
                                "batch_atom_budget") from err
         return None, reasons
+    result = result.to(state.x.dtype)
     return result, _problems(state, result, params)
 
 

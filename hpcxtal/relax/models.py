@@ -63,6 +63,11 @@ class BatchResult:
     stress: torch.Tensor  # (N, 3, 3)
     min_distance: torch.Tensor  # (N,)
 
+    def to(self, dtype: torch.dtype) -> "BatchResult":
+        """The same result in ``dtype`` (FIRE integrates in float64 whatever the model's)."""
+        return BatchResult(self.energy.to(dtype), self.forces.to(dtype), self.stress.to(dtype),
+                           self.min_distance.to(dtype))
+
 
 class EnergyModel(ABC):
     """A batched energy model: positions (n, 3) Å, atomic numbers (n,), cells (N, 3, 3)
