@@ -288,7 +288,7 @@ class FailingModel:
 
     def __init__(self, model, natoms: int, after: int):
         self.model, self.natoms, self.after, self.calls = model, natoms, after, 0
-        self.cutoff = model.cutoff
+        self.cutoff, self.device = model.cutoff, model.device
 
     def __call__(self, positions, numbers, cells, batch) -> BatchResult:
         out = self.model(positions, numbers, cells, batch)
@@ -324,7 +324,7 @@ def test_failures_do_not_affect_the_rest(mace_model):
 
 def test_model_error_in_one_structure_fails_only_it(mace_model):
     class Picky:
-        cutoff = mace_model.cutoff
+        cutoff, device = mace_model.cutoff, mace_model.device
 
         def __call__(self, positions, numbers, cells, batch):
             if (torch.bincount(batch, minlength=len(cells)) == 4).any():
@@ -345,7 +345,7 @@ def test_edge_budget_splits_batches_like_the_atom_budget(mace_model):
     assert edges[1] > edges[0] > 0
 
     class Counting:
-        cutoff, sizes = mace_model.cutoff, []
+        cutoff, device, sizes = mace_model.cutoff, mace_model.device, []
 
         def __call__(self, positions, numbers, cells, batch):
             self.sizes.append(len(cells))
@@ -355,9 +355,22 @@ def test_edge_budget_splits_batches_like_the_atom_budget(mace_model):
     params = FireParams(max_steps=3, steps_per_atom=0, batch_edge_budget=edges[1])
     split = relax(images, counting, params)  # both do not fit: one structure at a time
     assert max(counting.sizes) == 1
-    together = relax(images, mace_model, FireParams(max_steps=3, steps_per_atom=0))
+    counting.sizes.clear()
+    together = relax(images, counting, FireParams(max_steps=3, steps_per_atom=0))
+    assert max(counting.sizes) == 2  # the CPU default holds both
     for a, b in zip(split, together):
         assert a.energy == pytest.approx(b.energy, abs=1e-9)
+
+
+def test_default_edge_budget_follows_the_device():
+    from hpcxtal.relax.fire import CPU_EDGE_BUDGET, GPU_EDGE_BUDGET
+
+    params = FireParams()
+    assert params.edge_budget(torch.device("cpu")) == CPU_EDGE_BUDGET
+    assert params.edge_budget(torch.device("cuda", 1)) == GPU_EDGE_BUDGET > CPU_EDGE_BUDGET
+    assert FireParams(batch_edge_budget=123).edge_budget(torch.device("cuda")) == 123
+    with pytest.raises(ValueError, match="at least 1"):
+        FireParams(batch_edge_budget=0)
 
 
 def symmetric_graphite():

@@ -49,8 +49,9 @@ class FireParams:
 
     A structure of ``n`` atoms may take ``max_steps + steps_per_atom * n`` steps. A batch
     holds at most ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs
-    (a single larger structure runs alone). ``symmetrize`` keeps each structure's space
-    group (found with tolerance ``symprec_A``).
+    (a single larger structure runs alone); ``batch_edge_budget`` None means the default
+    for the model's device (:func:`default_edge_budget`). ``symmetrize`` keeps each
+    structure's space group (found with tolerance ``symprec_A``).
     """
 
     fmax_eV_per_A: float = 0.05
@@ -68,7 +69,7 @@ class FireParams:
     min_volume_per_atom_A3: float = 1.0
     max_volume_per_atom_A3: float = 500.0
     batch_atom_budget: int = 2000
-    batch_edge_budget: int = 150_000
+    batch_edge_budget: int | None = None
     symmetrize: bool = False
     symprec_A: float = 1e-3
 
@@ -77,15 +78,35 @@ class FireParams:
             raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
         if self.max_steps < 0 or self.steps_per_atom < 0:
             raise ValueError("max_steps and steps_per_atom must not be negative")
-        if self.batch_atom_budget < 1 or self.batch_edge_budget < 1:
+        if self.batch_atom_budget < 1 or (self.batch_edge_budget is not None
+                                           and self.batch_edge_budget < 1):
             raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1, got "
                              f"{self.batch_atom_budget} and {self.batch_edge_budget}")
         if self.symprec_A <= 0:
             raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
 
+    def edge_budget(self, device: torch.device) -> int:
+        """Neighbour pairs a batch may hold on ``device``."""
+        if self.batch_edge_budget is None:
+            return default_edge_budget(device)
+        return self.batch_edge_budget
+
     def step_cap(self, natoms: int) -> int:
         """Most FIRE steps a structure of ``natoms`` atoms may take."""
         return int(self.max_steps + self.steps_per_atom * natoms)
+
+
+#: Default edge budgets. On a CPU a MACE call costs least per atom while its per-edge
+#: tensors stay in cache (about 2-7k edges here, BENCHMARKS.md "Batch size on a CPU");
+#: bigger batches are memory-bound and slower per atom. A GPU wants large batches.
+CPU_EDGE_BUDGET = 6_000
+GPU_EDGE_BUDGET = 150_000
+
+
+def default_edge_budget(device: torch.device) -> int:
+    """Neighbour pairs per batch when the config names none: small on a CPU, large on
+    a GPU."""
+    return CPU_EDGE_BUDGET if torch.device(device).type == "cpu" else GPU_EDGE_BUDGET
 
 
 @dataclass
@@ -360,8 +381,8 @@ def iter_relax(images: Sequence, model: EnergyModel,
     ``(index, result)`` as each structure finishes.
 
     Structures enter the batch in order while their atoms and neighbour pairs fit
-    ``params.batch_atom_budget`` and ``params.batch_edge_budget`` (one at a time if a
-    single structure exceeds them) and leave it when they finish.
+    ``params.batch_atom_budget`` and the edge budget (``params.edge_budget``; one at a
+    time if a single structure exceeds them) and leave it when they finish.
     """
     dtype = torch.float64
     pending: deque[int] = deque()
@@ -372,6 +393,7 @@ def iter_relax(images: Sequence, model: EnergyModel,
         else:
             yield i, RelaxResult(atoms.copy(), float("nan"), f"{FAILED}: {reason}", 0, float("nan"))
     edges = {i: _edge_count(images[i], model.cutoff) for i in pending}
+    edge_budget = params.edge_budget(model.device)
     ops = _symmetry(images, pending, params) if params.symmetrize else {}
     if ops:
         images = list(images)
@@ -382,7 +404,7 @@ def iter_relax(images: Sequence, model: EnergyModel,
     while pending or (state is not None and len(state)):
         in_flight = state.index.tolist() if state is not None else []
         atom_room = params.batch_atom_budget - sum(len(images[k]) for k in in_flight)
-        edge_room = params.batch_edge_budget - sum(edges[k] for k in in_flight)
+        edge_room = edge_budget - sum(edges[k] for k in in_flight)
         admit = []
         while pending and ((len(images[pending[0]]) <= atom_room and edges[pending[0]] <= edge_room)
                            or (not admit and not in_flight)):
