@@ -123,6 +123,7 @@ def main() -> None:
             print(f"run {run}: ASE loop {t_ase[-1]:.1f} s", flush=True)
         report.update(batched_s=t_batched, median_batched_s=statistics.median(t_batched),
                       steps_batched=[r.steps for r in ours],
+                      energies_batched_eV_per_atom=[r.energy / len(r.atoms) for r in ours],
                       converged_batched=sum(r.status == CONVERGED for r in ours))
         if t_ase:
             both = [(r.energy / len(r.atoms), e) for r, (e, conv, _) in zip(ours, ref)
@@ -132,7 +133,7 @@ def main() -> None:
                 ase_loop_s=t_ase, median_ase_s=statistics.median(t_ase),
                 speedup=statistics.median(t_ase) / statistics.median(t_batched),
                 converged_ase=sum(c for _, c, _ in ref), converged_both=len(both),
-                steps_ase=[s for _, _, s in ref],
+                steps_ase=[s for _, _, s in ref], energies_ase_eV_per_atom=[e for e, _, _ in ref],
                 max_diff_meV_per_atom=max(diff) if diff else None,
                 within_2meV=sum(d <= 2.0 for d in diff),
             )
