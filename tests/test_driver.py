@@ -62,3 +62,31 @@ def test_unknown_stage_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", str(camp), "--stage", "polish"])
     assert "unknown stage 'polish'" in capsys.readouterr().err
+
+
+def test_parsl_workers_are_pinned_to_their_cores(tmp_path, monkeypatch):
+    """On the embedded default site each CPU worker gets one core and one OpenMP thread
+    (real HighThroughputExecutor workers report what they were given)."""
+    import os
+    from pathlib import Path
+
+    import parsl
+    from parsl import python_app
+
+    from hpcxtal.hpc.parsl_config import make_parsl_config
+    from hpcxtal.hpc.site import load_site
+
+    @python_app(executors=["cpu"])
+    def given():
+        import os
+
+        return len(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS")
+
+    site = load_site("local")
+    if len(os.sched_getaffinity(0)) < site.executor("cpu").cores_per_node:
+        pytest.skip("fewer cores here than site_configs/local.yaml names")
+    # the workers unpickle ``given`` by reference to this module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    with parsl.load(make_parsl_config(site, tmp_path / "runinfo")):
+        assert given().result(timeout=120) == (1, "1")

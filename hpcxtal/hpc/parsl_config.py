@@ -1,7 +1,10 @@
 """A Parsl configuration built from a site config: one executor per kind of node.
 
 ``gpu`` runs refinement (one worker per GPU, pinned with ``available_accelerators``),
-``cpu`` runs the per-shard CPU stages and the merge. Providers and launchers follow
+``cpu`` runs the per-shard CPU stages and the merge. Every worker is pinned to its own
+block of cores (``cpu_affinity="block"``: Parsl sets the affinity and ``OMP_NUM_THREADS``),
+so torch in a worker uses that worker's cores and no more: two-thread workers sharing two
+cores are slower than one-thread workers (BENCHMARKS.md, "Relaxation"). Providers and launchers follow
 the site's scheduler and launcher; the workflow code never names a partition.
 """
 from __future__ import annotations
@@ -60,6 +63,7 @@ def make_executor(site: SiteConfig, kind: str):
     return HighThroughputExecutor(
         label=kind, provider=_provider(site, ex), max_workers_per_node=workers,
         cores_per_worker=ex.task_cores(), available_accelerators=ex.gpus_per_node or (),
+        cpu_affinity="block",
         heartbeat_period=10, heartbeat_threshold=60,
         # this interpreter's copy, found without PATH (a venv used by its path, not activated)
         interchange_launch_cmd=[sys.executable, "-m",

@@ -30,7 +30,7 @@ class ExecutorSite:
     walltime: str = "01:00:00"  # [D-]HH:MM:SS
     nodes_per_block: int = 1
     max_blocks: int = 1  # jobs (Parsl blocks) in flight at once
-    cores_per_node: int = 1
+    cores_per_node: int = 1  # at most the cores a job gets: Parsl pins workers to them
     gpus_per_node: int = 0
     cores_per_task: int | None = None  # per array task; default: a GPU's share, or the node
     mem_per_node_gb: float | None = None
