@@ -3,9 +3,9 @@
 ``gpu`` runs refinement (one worker per GPU, pinned with ``available_accelerators``),
 ``cpu`` runs the per-shard CPU stages and the merge. Every worker is pinned to its own
 block of cores (``cpu_affinity="block"``: Parsl sets the affinity and ``OMP_NUM_THREADS``),
-so torch in a worker uses that worker's cores and no more: two-thread workers sharing two
-cores are slower than one-thread workers (BENCHMARKS.md, "Relaxation"). Providers and launchers follow
-the site's scheduler and launcher; the workflow code never names a partition.
+so torch in a worker uses that worker's cores and no more (on a CPU, threads beyond a
+worker's cores only slow it down: BENCHMARKS.md, "Relaxation"). Providers and launchers
+follow the site's scheduler and launcher; the workflow code never names a partition.
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ class FireParams:
 
 
 #: Default edge budgets. On a CPU a MACE call costs least per atom while its per-edge
-#: tensors stay in cache (about 2-7k edges here, BENCHMARKS.md "Batch size on a CPU");
+#: tensors stay in cache (about 3-9k edges here, BENCHMARKS.md "Batch size on a CPU");
 #: bigger batches are memory-bound and slower per atom. A GPU wants large batches.
 CPU_EDGE_BUDGET = 6_000
 GPU_EDGE_BUDGET = 150_000
