@@ -94,7 +94,8 @@ def main() -> None:
                    help="part 1 times both sides or one (e.g. to compare edge budgets)")
     p.add_argument("--part", default="0/1",
                    help="K/N: part 1 relaxes every N-th structure from the K-th, so that N "
-                        "processes started together share the subset (one per core)")
+                        "processes started together share the subset (one per core); part 2 "
+                        "runs only for 0/1")
     p.add_argument("--rank-relax", action="store_true", help="part 2 also after relaxation")
     p.add_argument("--skip-compare", action="store_true")
     p.add_argument("--json", help="write results here")
