@@ -13,13 +13,12 @@ over enough repeats to reach about 40,000 edge-evaluations; the whole sweep runs
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 import torch
+from benchlib import finish, machine
 
 TARGETS = (500, 1500, 3000, 4500, 6000, 9000, 20000, 40000, 80000)
 
@@ -50,6 +49,7 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
 
+    load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
     model = load_model(args.backend, args.model, args.dtype)
     images = [a for a in sacada_structures() if len(a) <= 100]
@@ -70,15 +70,11 @@ def main() -> None:
     rows = [{"edge_target": t, "structures": len(idx), "atoms": sum(len(images[j]) for j in idx),
              "edges": sum(edges[j] for j in idx), "ms_per_atom": timings[t],
              "median_ms_per_atom": statistics.median(timings[t])} for t, idx in batches.items()]
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch {torch.__version__}, {args.threads} torch thread(s)",
-              "model": model.describe(), "runs": args.runs, "rows": rows}
     for r in rows:
         print(f"{r['edges']:6d} edges {r['atoms']:5d} atoms {r['structures']:3d} structures: "
               f"{r['median_ms_per_atom']:.3f} ms/atom")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    finish({"machine": machine(args.threads), "model": model.describe(), "runs": args.runs,
+            "rows": rows, "load_before": load_before}, args.json)
 
 
 if __name__ == "__main__":

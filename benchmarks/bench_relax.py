@@ -16,15 +16,14 @@ is ranked the same way for reference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 import warnings
 
 import numpy as np
 import torch
+from benchlib import finish, machine
 from scipy.stats import spearmanr
 
 
@@ -34,6 +33,17 @@ def pick(images, max_atoms: int, limit: int):
     if limit >= len(small):
         return small
     return [small[int(k)] for k in np.linspace(0, len(small) - 1, limit).round()]
+
+
+def part(text: str) -> tuple[int, int]:
+    """``K/N`` (0 <= K < N) for ``--part``."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give K/N, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= K < N")
+    return k, n
 
 
 def ase_loop(images, model, params):
@@ -92,7 +102,7 @@ def main() -> None:
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--side", choices=["both", "batched", "ase"], default="both",
                    help="part 1 times both sides or one (e.g. to compare edge budgets)")
-    p.add_argument("--part", default="0/1",
+    p.add_argument("--part", type=part, default=(0, 1),
                    help="K/N: part 1 relaxes every N-th structure from the K-th, so that N "
                         "processes started together share the subset (one per core); part 2 "
                         "runs only for 0/1")
@@ -105,13 +115,11 @@ def main() -> None:
     model = load_model(args.backend, args.model, args.dtype)
     params = FireParams(fmax_eV_per_A=args.fmax, batch_edge_budget=args.edge_budget)
     images = sacada_structures()
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                         f"torch {torch.__version__}, {args.threads} torch thread(s)",
-              "model": model.describe(), "fmax": args.fmax,
+    report = {"machine": machine(args.threads), "model": model.describe(), "fmax": args.fmax,
               "batch_edge_budget": params.edge_budget(model.device), "load_before": os.getloadavg()}
 
     if not args.skip_compare:
-        k, n = (int(x) for x in args.part.split("/"))
+        k, n = args.part
         subset = pick(images, args.max_atoms, args.limit)[k::n]
         report["compare_sizes"] = [len(a) for a in subset]
         t_batched, t_ase = [], []
@@ -145,12 +153,12 @@ def main() -> None:
                 converged_both=len(both), max_diff_meV_per_atom=max(diff) if diff else None,
                 within_2meV=sum(d <= 2.0 for d in diff),
             )
-        vasp = np.array([a.info["vasp_energy"] for a in subset])
         if ours and len(subset) > 2:
+            vasp = np.array([a.info["vasp_energy"] for a in subset])
             report["spearman_subset_relaxed"] = float(spearmanr(
                 [r.energy / len(r.atoms) for r in ours], vasp).statistic)
 
-    if args.part != "0/1":  # part 2 would disturb the timing of the other parts
+    if args.part != (0, 1):  # part 2 would disturb the timing of the other parts
         return finish(report, args.json)
     vasp = np.array([a.info["vasp_energy"] for a in images])
     t0 = time.perf_counter()
@@ -169,15 +177,6 @@ def main() -> None:
         report["spearman_relaxed_150"] = (float(spearmanr(e[good], vasp[good]).statistic), int(good.sum()))
         report["relaxed_status"] = {s: sum(r.status == s for r in res) for s in {r.status for r in res}}
     finish(report, args.json)
-
-
-def finish(report: dict, path: str | None) -> None:
-    """Print the report (with the load average now) and write it to ``path`` if given."""
-    report["load_after"] = os.getloadavg()
-    print(json.dumps(report, indent=1))
-    if path:
-        with open(path, "w") as f:
-            json.dump(report, f, indent=1)
 
 
 if __name__ == "__main__":
