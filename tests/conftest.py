@@ -74,3 +74,24 @@ def slurm_cluster() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return conf
+
+
+def cif_text(sites: list[tuple[str, float]], a: float = 3.567) -> str:
+    """A cubic diamond-type CIF (Fd-3m, 8a) whose one position holds ``sites``:
+    (element, occupancy) pairs, so mixed and partial occupancy can be written."""
+    lines = [f"C{k} {el} 0 0 0 {occ}" for k, (el, occ) in enumerate(sites)]
+    return "\n".join([
+        "data_test", *(f"_cell_length_{x} {a}" for x in "abc"),
+        *(f"_cell_angle_{x} 90" for x in ("alpha", "beta", "gamma")),
+        "_symmetry_space_group_name_H-M 'F d -3 m'", "_symmetry_Int_Tables_number 227",
+        "loop_", "_atom_site_label", "_atom_site_type_symbol", "_atom_site_fract_x",
+        "_atom_site_fract_y", "_atom_site_fract_z", "_atom_site_occupancy", *lines, ""])
+
+
+@pytest.fixture
+def cif_file():
+    """Factory: ``cif_file(path, sites)`` writes :func:`cif_text` to ``path``."""
+    def write(path: Path, sites: list[tuple[str, float]]) -> Path:
+        path.write_text(cif_text(sites))
+        return path
+    return write

@@ -86,5 +86,42 @@ def test_structure_needing_more_sites_is_refused_with_reason(sacada):
 def test_from_structure_rejects_two_elements():
     atoms = to_atoms(decode(**GRAPHITE))
     atoms.numbers[0] = 5
-    with pytest.raises(DecodeError, match="more than one element"):
+    with pytest.raises(DecodeError, match="elements B, C"):
         from_structure(atoms)
+
+
+@pytest.mark.parametrize("spg,cell", [
+    (75, [0.0, 2.46, 5.0, 90, 90, 90]),  # mean 1.23 Å would pass
+    (75, [-1.0, 10.0, 5.0, 90, 90, 90]),  # mean 4.5 Å would pass
+    (221, [3.0, 3.0, 0.1, 90, 90, 90]),  # cubic mean 2.03 Å would pass
+])
+def test_decode_checks_raw_lengths_before_the_symmetry_mean(spg, cell):
+    with pytest.raises(DecodeError, match="raw cell lengths"):
+        decode(spg, np.array(cell), [0] + [-1] * 7, [[0.1, 0.2, 0.3]] + [[-1, -1, -1]] * 7)
+
+
+def test_from_structure_quarantines_what_a_row_cannot_hold(cif_file, tmp_path):
+    import ase.io
+    from ase import Atoms
+
+    def reason(atoms, **kw):
+        with pytest.raises(DecodeError) as err:
+            from_structure(atoms, **kw)
+        return str(err.value)
+
+    read = lambda path: ase.io.read(path, format="cif")  # noqa: E731
+    assert "elements Si" in reason(read(cif_file(tmp_path / "si.cif", [("Si", 1.0)])))
+    assert "mixed occupancy on site 0 (C 0.5, N 0.5)" in reason(
+        read(cif_file(tmp_path / "cn.cif", [("C", 0.5), ("N", 0.5)])))
+    assert "partial or mixed occupancy" in reason(read(cif_file(tmp_path / "half.cif", [("C", 0.5)])))
+    molecule = Atoms("C2", positions=[[0, 0, 0], [0, 0, 1.4]])
+    assert "no periodic 3D cell" in reason(molecule)
+    overlap = Atoms("C2", scaled_positions=[[0, 0, 0], [0, 0, 0.02]], cell=[3, 3, 3], pbc=True)
+    assert "overlap (0.060 Å apart" in reason(overlap)
+    assert "elements C" in reason(to_atoms(decode(**GRAPHITE)), species="Si")
+
+
+@pytest.mark.parametrize("tol", [-1.0, 0.0, 5.0, float("nan")])
+def test_from_structure_refuses_a_tolerance_that_crashes_spglib(tol):
+    with pytest.raises(ValueError, match="symmetry tolerance"):
+        from_structure(to_atoms(decode(**GRAPHITE)), tol=tol)

@@ -23,6 +23,10 @@ N_SITES = 8
 #: Lengths and angles a decoded cell must respect (Å, degrees).
 LENGTH_RANGE_A = (0.5, 100.0)
 ANGLE_RANGE_DEG = (10.0, 170.0)
+#: Atoms of a structure file closer than this (Å) overlap: the file is not a crystal.
+MIN_SEPARATION_A = 0.5
+#: Symmetry-finding tolerances (Å) that spglib and pyxtal handle sanely.
+SYMMETRY_TOLERANCE_RANGE_A = (1e-5, 1.0)
 
 
 class DecodeError(ValueError):
@@ -73,6 +77,17 @@ def is_empty_slot(wp: float, xyz: np.ndarray) -> bool:
     return round(float(wp)) < 0 or bool(np.any(np.asarray(xyz) < -0.5))
 
 
+def _check_cell_ranges(cell: np.ndarray, which: str) -> None:
+    """Raise DecodeError unless lengths and angles of ``cell`` lie in their ranges."""
+    lo, hi = LENGTH_RANGE_A
+    if not np.all((cell[:3] >= lo) & (cell[:3] <= hi)):
+        raise DecodeError(f"{which}cell lengths {np.round(cell[:3], 4).tolist()} outside {lo}-{hi} Å")
+    lo, hi = ANGLE_RANGE_DEG
+    if not np.all((cell[3:] >= lo) & (cell[3:] <= hi)):
+        raise DecodeError(f"{which}cell angles {np.round(cell[3:], 3).tolist()} outside "
+                          f"{lo}-{hi} degrees")
+
+
 def decode(
     spg: float,
     cell: np.ndarray,
@@ -95,13 +110,10 @@ def decode(
     cell = np.asarray(cell, dtype=float)
     if cell.shape != (6,) or not np.all(np.isfinite(cell)):
         raise DecodeError(f"cell {cell.tolist()} is not 6 finite numbers")
+    # Raw values first: a length of 0 or -1 must not be averaged into a plausible one.
+    _check_cell_ranges(cell, "raw ")
     cell = symmetrize_cell(n, cell)
-    lo, hi = LENGTH_RANGE_A
-    if not np.all((cell[:3] >= lo) & (cell[:3] <= hi)):
-        raise DecodeError(f"cell lengths {np.round(cell[:3], 4).tolist()} outside {lo}-{hi} Å")
-    lo, hi = ANGLE_RANGE_DEG
-    if not np.all((cell[3:] >= lo) & (cell[3:] <= hi)):
-        raise DecodeError(f"cell angles {np.round(cell[3:], 3).tolist()} outside {lo}-{hi} degrees")
+    _check_cell_ranges(cell, "")
     try:
         matrix = cell_matrix(cell)
     except ValueError as err:
@@ -184,17 +196,58 @@ def to_structure(row: Row, species: str = "C"):
     return Structure(Lattice(row.lattice()), [species] * len(frac), frac)
 
 
-def from_structure(structure, tol: float = 0.01) -> Row:
+def check_symmetry_tolerance(tol: float) -> float:
+    """``tol`` (Å) if spglib and pyxtal can use it, else ValueError (a negative one
+    crashes spglib)."""
+    lo, hi = SYMMETRY_TOLERANCE_RANGE_A
+    if not lo <= float(tol) <= hi:
+        raise ValueError(f"symmetry tolerance {tol} Å is outside {lo}-{hi} Å")
+    return float(tol)
+
+
+def check_structure(atoms, species: str = "C") -> None:
+    """Raise DecodeError unless ASE ``atoms`` is an ordered periodic crystal of
+    ``species`` alone with no overlapping atoms: what a row of this campaign can hold."""
+    if len(atoms) == 0:
+        raise DecodeError("no atoms")
+    cell = np.asarray(atoms.cell, dtype=float)
+    if not np.all(atoms.pbc) or not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < 1e-6:
+        raise DecodeError("no periodic 3D cell (a molecule or slab, not a crystal)")
+    occupancy = atoms.info.get("occupancy") or {}
+    for tag, occ in sorted(occupancy.items()):
+        if len(occ) > 1 or any(abs(float(v) - 1.0) > 1e-3 for v in occ.values()):
+            shares = ", ".join(f"{el} {float(v):g}" for el, v in occ.items())
+            raise DecodeError(f"partial or mixed occupancy on site {tag} ({shares}); a row "
+                              f"holds fully occupied {species} sites only")
+    elements = sorted(set(atoms.get_chemical_symbols()))
+    if elements != [species]:
+        raise DecodeError(f"elements {', '.join(elements)}: the campaign's species is "
+                          f"{species} alone")
+    if not np.all(np.isfinite(atoms.positions)):
+        raise DecodeError("non-finite atom positions")
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, MIN_SEPARATION_A)
+    if len(d):
+        k = int(np.argmin(d))
+        raise DecodeError(f"atoms {int(i[k])} and {int(j[k])} overlap ({float(d[k]):.3f} Å "
+                          f"apart, below {MIN_SEPARATION_A} Å)")
+
+
+def from_structure(structure, tol: float = 0.01, species: str = "C") -> Row:
     """Row of a periodic structure (ASE Atoms or pymatgen Structure) found by symmetry
-    analysis at ``tol`` Å; raises DecodeError if it needs more than 8 Wyckoff sites."""
+    analysis at ``tol`` Å; raises DecodeError if it is no crystal of ``species`` alone
+    (see :func:`check_structure`) or needs more than 8 Wyckoff sites."""
+    from pymatgen.io.ase import AseAtomsAdaptor
     from pyxtal import pyxtal
 
-    if hasattr(structure, "get_scaled_positions"):
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        structure = AseAtomsAdaptor.get_structure(structure)
-    if len(structure.composition.elements) != 1:
-        raise DecodeError(f"composition {structure.composition.formula} has more than one element")
+    check_symmetry_tolerance(tol)
+    if not hasattr(structure, "get_scaled_positions"):
+        if not structure.is_ordered:
+            raise DecodeError(f"partial or mixed occupancy ({structure.composition.formula})")
+        structure = AseAtomsAdaptor.get_atoms(structure)
+    check_structure(structure, species)
+    structure = AseAtomsAdaptor.get_structure(structure)
     xtal = pyxtal()
     try:
         xtal.from_seed(structure, tol=tol)
