@@ -109,3 +109,64 @@ def test_write_failure_keeps_previous_file(synthetic, tmp_path):
 def test_table_rejects_ragged_columns():
     with pytest.raises(ValueError, match="differ in length"):
         Table({"id": np.arange(3), "origin": str_array(["a", "b"])})
+
+
+def test_checksum_covers_the_kind_and_row_count(synthetic, tmp_path):
+    path = write_table(tmp_path / "t.h5", synthetic(5), kind="refine")
+    with h5py.File(path, "r+") as f:  # relabelled by hand: a refine table passed as a pool
+        f.attrs["kind"] = "pool"
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        read_table(path)
+
+
+def test_files_from_before_the_attribute_checksum_still_verify(synthetic, tmp_path):
+    from hpcxtal.data import SACADA_PATH
+    from hpcxtal.store.hdf5 import table_checksum
+
+    assert "sha256_scope" not in file_summary(SACADA_PATH)["attrs"]
+    assert verify_file(SACADA_PATH) is None
+    table = synthetic(5)
+    path = write_table(tmp_path / "t.h5", table, kind="pool")
+    with h5py.File(path, "r+") as f:  # as an older hpcxtal wrote it
+        del f.attrs["sha256_scope"]
+        f.attrs["sha256"] = table_checksum(table)
+    assert verify_file(path) is None
+
+
+def test_require_kind_names_the_file_and_what_is_needed(synthetic, tmp_path):
+    from hpcxtal.store.hdf5 import require_kind
+
+    path = write_table(tmp_path / "r.h5", synthetic(3), kind="refine")
+    require_kind(path, ("refine", "rounds"), "topology")
+    with pytest.raises(StoreError, match=r"r.h5: a 'refine' table, but merge needs 'relax'"):
+        require_kind(path, ("relax",), "merge")
+
+
+def test_temporary_names_carry_pid_and_host(tmp_path):
+    import socket
+
+    from hpcxtal.store.hdf5 import temp_name
+
+    assert temp_name(tmp_path / "x.h5").name == f".x.h5.tmp-{os.getpid()}@{socket.gethostname()}"
+
+
+def test_atomic_dir_swaps_a_whole_folder_and_never_deletes_foreign_files(tmp_path):
+    from hpcxtal.store.hdf5 import atomic_dir
+
+    out = tmp_path / "cifs"
+    with atomic_dir(out, (".cif",)) as tmp:
+        (tmp / "1.cif").write_text("one")
+    assert os.listdir(out) == ["1.cif"]
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out, (".cif",)) as tmp:
+            (tmp / "2.cif").write_text("two")
+            raise RuntimeError("disk full")
+    assert os.listdir(out) == ["1.cif"] and sorted(os.listdir(tmp_path)) == ["cifs"]
+    with atomic_dir(out, (".cif",)) as tmp:
+        (tmp / "2.cif").write_text("two")
+    assert os.listdir(out) == ["2.cif"] and sorted(os.listdir(tmp_path)) == ["cifs"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        with atomic_dir(out, (".cif",)):
+            pass
+    assert sorted(os.listdir(out)) == ["2.cif", "notes.txt"]

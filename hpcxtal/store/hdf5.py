@@ -9,9 +9,12 @@ Layout of a table file (``kind`` = pool, shard, refine, ...)::
     /quarantine/...                                        rows that could not be used,
                                                            with ``reason`` (same layout)
 
-Every file is written under a temporary name, fsynced and renamed into place, and
-records its row count and a SHA-256 over all its datasets; :func:`read_table` checks
-both (and HDF5's own per-chunk Fletcher-32 checksums) before returning data.
+Every file is written under a temporary name (``.NAME.tmp-PID@HOST``), fsynced and
+renamed into place, and records its row count and a SHA-256 over all its datasets and
+the root attributes that define it (``format``, ``schema_version``, ``kind``,
+``n_rows``; files written before that cover their datasets only, marked by the absence
+of ``sha256_scope``); :func:`read_table` checks both (and HDF5's own per-chunk
+Fletcher-32 checksums) before returning data.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import contextlib
 import datetime as _dt
 import hashlib
 import os
+import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -36,7 +41,10 @@ STRUCTURE_FIELDS = ("natoms", "lattice", "frac", "numbers")
 CHUNK_BYTES = 1 << 20
 #: Root attributes that describe the file itself; they never carry over from a table.
 RESERVED_ATTRS = frozenset({"format", "schema_version", "kind", "hpcxtal_version", "created_by",
-                            "created_at", "units", "n_rows", "sha256"})
+                            "created_at", "units", "n_rows", "sha256", "sha256_scope"})
+#: Root attributes the checksum covers besides the datasets (files with ``sha256_scope``).
+CHECKSUM_ATTRS = ("format", "kind", "n_rows", "schema_version")
+CHECKSUM_SCOPE = "datasets+" + ",".join(CHECKSUM_ATTRS)
 
 
 class StoreError(OSError):
@@ -57,26 +65,77 @@ def _open(path: Path, mode: str) -> h5py.File:
     return h5py.File(path, mode, locking=_locking)
 
 
+def temp_name(path: Path) -> Path:
+    """The temporary name a writer in this process uses for ``path``:
+    ``.NAME.tmp-PID@HOST`` beside it (see :mod:`hpcxtal.store.tempfiles`)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into
     place, on failure remove it. Readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, replaceable: tuple[str, ...]) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``path``; on success fsync its files and
+    swap it into place, on failure remove it. An existing ``path`` is replaced only if
+    it holds nothing but files ending in ``replaceable`` (an earlier output), so a
+    folder of other files is never deleted."""
+    path = Path(path)
+    if path.exists():
+        foreign = ([path.name] if not path.is_dir() else
+                   [p.name for p in path.iterdir() if not (p.is_file() and p.name.endswith(replaceable))])
+        if foreign:
+            raise FileExistsError(f"{path}: exists and holds {', '.join(sorted(foreign)[:3])}, "
+                                  f"not an earlier output ({', '.join(replaceable)} files only); "
+                                  f"choose another output folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    old = path.with_name(f".{path.name}.old-{os.getpid()}@{socket.gethostname()}")
+    try:
+        tmp.mkdir()
+        yield tmp
+        for item in tmp.iterdir():
+            with open(item, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
 
 def _hash_dataset(h: "hashlib._Hash", name: str, data: np.ndarray) -> None:
@@ -95,14 +154,20 @@ def _group_arrays(table: Table) -> dict[str, np.ndarray]:
     return arrays
 
 
-def table_checksum(table: Table, quarantine: Table | None = None) -> str:
-    """SHA-256 over every dataset of the file, in name order."""
+def table_checksum(table: Table, quarantine: Table | None = None,
+                   attrs: dict[str, object] | None = None) -> str:
+    """SHA-256 over every dataset of the file, in name order, then over the root
+    attributes of :data:`CHECKSUM_ATTRS` when ``attrs`` is given (a file's kind and
+    row count are part of what it is; without ``attrs``: the checksum of older files)."""
     h = hashlib.sha256()
     arrays = _group_arrays(table)
     if quarantine is not None:
         arrays.update({f"quarantine/{k}": v for k, v in _group_arrays(quarantine).items()})
     for name in sorted(arrays):
         _hash_dataset(h, name, arrays[name])
+    if attrs is not None:
+        for key in CHECKSUM_ATTRS:
+            h.update(f"@{key}={attrs.get(key)}".encode())
     return h.hexdigest()
 
 
@@ -143,6 +208,8 @@ def write_table(path: str | os.PathLike, table: Table, kind: str,
     """
     path = Path(path)
     all_attrs = {**table.attrs, **attrs}
+    defining = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": kind,
+                "n_rows": len(table)}
     with atomic_path(path) as tmp:
         with _open(tmp, "w") as f:
             _write_group(f, table)
@@ -152,16 +219,14 @@ def write_table(path: str | os.PathLike, table: Table, kind: str,
                 if key not in RESERVED_ATTRS:
                     f.attrs[key] = value
             f.attrs.update({
-                "format": FORMAT,
-                "schema_version": SCHEMA_VERSION,
-                "kind": kind,
+                **defining,
                 "hpcxtal_version": __version__,
                 "created_by": " ".join(sys.argv) or "python",
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "units": UNITS,
-                "n_rows": len(table),
+                "sha256_scope": CHECKSUM_SCOPE,
             })
-            f.attrs["sha256"] = table_checksum(table, quarantine)
+            f.attrs["sha256"] = table_checksum(table, quarantine, defining)
     return path
 
 
@@ -220,11 +285,20 @@ def read_table(path: str | os.PathLike, verify: bool = True) -> tuple[Table, Tab
     table.attrs = {k: v for k, v in attrs.items() if k not in RESERVED_ATTRS}
     if verify:
         expected = attrs.get("sha256")
-        actual = table_checksum(table, quarantine)
+        actual = table_checksum(table, quarantine, attrs if "sha256_scope" in attrs else None)
         if expected != actual:
             raise StoreError(f"{path}: checksum mismatch (file says {expected}, "
                              f"data gives {actual}); the file is corrupted or was modified")
     return table, quarantine
+
+
+def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> None:
+    """Raise :class:`StoreError` unless ``path`` is a table of one of ``kinds``, naming
+    what it is and what ``use`` needs (a refine table is no pool, a pool no database)."""
+    kind = file_summary(path)["attrs"].get("kind")
+    if kind not in kinds:
+        raise StoreError(f"{path}: a {kind!r} table, but {use} needs "
+                         f"{' or '.join(repr(k) for k in kinds)}")
 
 
 def verify_file(path: str | os.PathLike) -> str | None:
