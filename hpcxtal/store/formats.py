@@ -6,6 +6,8 @@ with its origin (file and line or index) and the reason, so nothing is lost sile
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -13,8 +15,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hpcxtal.progress import progress
-from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode, from_structure, to_atoms
-from hpcxtal.store.table import Structures, Table, str_array
+from hpcxtal.crystal.row import (N_SITES, DecodeError, Row, check_symmetry_tolerance, decode,
+                                 from_structure, to_atoms)
+from hpcxtal.store.hdf5 import atomic_dir, atomic_path
+from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,21 @@ def quarantine_table(ids: Sequence[int], origins: Sequence[str], reasons: Sequen
                   "reason": str_array(reasons), "raw": str_array(raw)}, structures)
 
 
+def read_text(path: Path) -> str:
+    """The text of ``path``: UTF-8 (with or without a byte-order mark) or UTF-16 with
+    its byte-order mark (what spreadsheet programs save); anything else is a FormatError."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise FormatError(f"{path}: not UTF-8 or UTF-16 text (byte {err.start}); save it as "
+                          f"UTF-8") from None
+    if "\0" in text:
+        raise FormatError(f"{path}: binary data (NUL bytes), not a text CSV")
+    return text
+
+
 def read_csv(path: str | Path, first_id: int = 0,
              snap_tolerance: float | None = None) -> tuple[Table, Table]:
     """Rows of a published tabular CSV (angles in radians, -1 padding).
@@ -44,12 +63,14 @@ def read_csv(path: str | Path, first_id: int = 0,
     Ids are ``first_id + k`` for the k-th data line, decodable or not.
     """
     path = Path(path)
-    with open(path, newline="") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
         except StopIteration:
             raise FormatError(f"{path}: empty file") from None
+        except csv.Error as err:
+            raise FormatError(f"{path}: not a readable CSV ({err})") from None
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
             raise FormatError(f"{path}: not a tabular crystal CSV; missing columns {missing[:5]}"
@@ -57,7 +78,7 @@ def read_csv(path: str | Path, first_id: int = 0,
         pick = [header.index(c) for c in CSV_COLUMNS]
         rows, ids, origins = [], [], []
         q_ids, q_origins, q_reasons, q_raw = [], [], [], []
-        for k, line in enumerate(reader):
+        for k, line in enumerate(_csv_lines(reader, path)):
             row_id, origin = first_id + k, f"{path.name}:{k + 2}"
             try:
                 values = np.array([float(line[i]) for i in pick])
@@ -76,14 +97,27 @@ def read_csv(path: str | Path, first_id: int = 0,
     return table, quarantine_table(q_ids, q_origins, q_reasons, q_raw)
 
 
+def _csv_lines(reader, path: Path) -> Iterable[list[str]]:
+    """The lines of ``reader``; a line the csv module cannot split is a FormatError
+    naming it (it would otherwise end the file early)."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise FormatError(f"{path}:{reader.line_num}: not a readable CSV line ({err})") from None
+
+
 def write_csv(path: str | Path, table: Table) -> Path:
-    """The published CSV layout: angles in radians, exact -1 padding."""
+    """The published CSV layout: angles in radians, exact -1 padding (written
+    atomically: a full disk leaves the previous file or none, never a truncated one)."""
     path = Path(path)
     cell = table["cell"].copy()
     cell[:, 3:] = np.radians(cell[:, 3:])
     sites = np.concatenate([table["wps"][:, :, None].astype(float), table["xyz"]], axis=2)
     sites[table["wps"] < 0] = -1.0
-    with open(path, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for spg, c, s in zip(table["spg"], cell, sites):
@@ -115,69 +149,139 @@ def read_images(path: str | Path) -> list[tuple[str, object]]:
 
 
 def rows_from_images(images: Sequence[tuple[str, object]], first_id: int = 0,
-                     tol: float = 0.01) -> tuple[Table, Table]:
+                     tol: float = 0.01, species: str = "C") -> tuple[Table, Table]:
     """Decode structures into rows by symmetry analysis; keep every source structure.
 
-    Structures that need more than 8 Wyckoff sites (or fail the analysis) go to the
-    quarantine with their structure, so later stages can still use them.
+    Structures that are no crystal of ``species`` alone (molecules, partial or mixed
+    occupancy, other elements, overlapping atoms), need more than 8 Wyckoff sites or
+    fail the analysis go to the quarantine with their structure, so later stages can
+    still use them; one without a periodic cell keeps its geometry in ``raw``.
     """
+    check_symmetry_tolerance(tol)
     good, bad = [], []
     for k, (origin, atoms) in progress(enumerate(images), len(images), "symmetry analysis"):
         try:
-            good.append((first_id + k, origin, atoms, from_structure(atoms, tol=tol)))
+            good.append((first_id + k, origin, atoms, from_structure(atoms, tol=tol,
+                                                                     species=species)))
         except DecodeError as err:
             bad.append((first_id + k, origin, atoms, str(err)))
     table = Table.from_rows([g[3] for g in good], [g[0] for g in good], [g[1] for g in good])
     table.structures = Structures.from_atoms([g[2] for g in good])
+    kept = [_storable(b[2]) for b in bad]
     quarantine = quarantine_table([b[0] for b in bad], [b[1] for b in bad], [b[3] for b in bad],
-                                  [b[2].get_chemical_formula() for b in bad],
-                                  Structures.from_atoms([b[2] for b in bad]))
+                                  [b[2].get_chemical_formula() if ok else _geometry_text(b[2])
+                                   for b, ok in zip(bad, kept)],
+                                  Structures.from_atoms([b[2] if ok else _no_atoms()
+                                                         for b, ok in zip(bad, kept)]))
     return table, quarantine
 
 
+def _storable(atoms) -> bool:
+    """Whether ``atoms`` fits :class:`Structures` (a finite cell of nonzero volume)."""
+    cell = np.asarray(atoms.cell, dtype=float)
+    return bool(np.all(np.isfinite(cell)) and abs(np.linalg.det(cell)) > 1e-6
+                and np.all(np.isfinite(atoms.positions)))
+
+
+def _geometry_text(atoms) -> str:
+    """JSON of the symbols, Cartesian positions (Å), cell and pbc of ``atoms``."""
+    return json.dumps({"symbols": atoms.get_chemical_symbols(),
+                       "positions": np.asarray(atoms.positions).tolist(),
+                       "cell": np.asarray(atoms.cell).tolist(), "pbc": atoms.pbc.tolist()})
+
+
+def _no_atoms():
+    """An empty stand-in for a structure :class:`Structures` cannot hold."""
+    from ase import Atoms
+
+    return Atoms(cell=np.eye(3), pbc=True)
+
+
 def import_files(paths: Iterable[str | Path], snap_tolerance: float | None = None,
-                 tol: float = 0.01) -> tuple[Table, Table]:
-    """Import any mix of CSV and structure files; ids run on across files."""
+                 tol: float = 0.01, species: str = "C") -> tuple[Table, Table]:
+    """Import any mix of CSV, structure files and hpcxtal tables; every row passes
+    :func:`~hpcxtal.crystal.row.decode` (the one gate into a pool); ids run on across
+    files."""
     tables, quarantines, next_id = [], [], 0
     for path in map(Path, paths):
-        if not path.exists():
-            raise FormatError(f"{path}: no such file")
+        if not path.is_file():
+            raise FormatError(f"{path}: no such file" if not path.exists() else
+                              f"{path}: not a file (give files, or one campaign directory)")
         if path.suffix.lower() == ".csv":
             table, quarantine = read_csv(path, next_id, snap_tolerance)
         elif path.suffix.lower() == ".h5":
-            table, quarantine = _read_h5_table(path, next_id)
+            table, quarantine = _read_h5_table(path, next_id, snap_tolerance)
         else:
-            table, quarantine = rows_from_images(read_images(path), next_id, tol)
+            table, quarantine = rows_from_images(read_images(path), next_id, tol, species)
         n = len(table) + len(quarantine)
         log.info("%s: %d rows, %d quarantined", path, len(table), len(quarantine))
         next_id += n
         tables.append(table), quarantines.append(quarantine)
-    return _concat_mixed(tables), _concat_mixed(quarantines)
+    return _concat_mixed(tables), _concat_mixed(quarantines, pad_structures=True)
 
 
-def _read_h5_table(path: Path, first_id: int) -> tuple[Table, Table]:
-    """Rows of an hpcxtal table file, renumbered from ``first_id`` (rows first, then
-    its quarantine); origins keep the file name and the old id."""
+def _read_h5_table(path: Path, first_id: int,
+                   snap_tolerance: float | None = None) -> tuple[Table, Table]:
+    """Rows of an hpcxtal table file, each decoded again (a file is no proof of good
+    rows: space group 0, a NaN cell or Wyckoff index 77 go to the quarantine), then
+    renumbered from ``first_id`` (rows first, then its quarantine); origins keep the
+    file name and the old id."""
     from hpcxtal.store.hdf5 import read_table
 
     table, quarantine = read_table(path)
+    missing = [c for c in ROW_COLUMNS if c not in table]
+    if missing:
+        raise FormatError(f"{path}: not a table of crystal rows (no {', '.join(missing)} column)")
     if quarantine is None:
         quarantine = quarantine_table([], [], [], [])
+    for column, value in (("reason", f"quarantined in {path.name}"), ("raw", "")):
+        if column not in quarantine:
+            quarantine.columns[column] = str_array([value] * len(quarantine))
     ids = np.arange(first_id, first_id + len(table) + len(quarantine), dtype=np.uint64)
     for part, new in ((table, ids[:len(table)]), (quarantine, ids[len(table):])):
         part.columns["origin"] = str_array(f"{path.name}:id={old}" for old in part["id"])
         part.columns["id"] = new
+    good, reasons = [], []
+    spg, cell, wps, xyz = table["spg"].copy(), table["cell"].copy(), table["wps"], table["xyz"].copy()
+    for i in range(len(table)):
+        try:
+            row = decode(spg[i], cell[i], wps[i].astype(float), xyz[i], snap_tolerance)
+        except DecodeError as err:
+            reasons.append((i, str(err)))
+            continue
+        spg[i], cell[i], xyz[i] = row.spg, row.cell, row.xyz
+        wps[i] = row.wps
+        good.append(i)
+    table.columns.update(spg=spg, cell=cell, xyz=xyz)
+    if reasons:
+        bad = table.take([i for i, _ in reasons])
+        raw = [json.dumps({"spg": int(bad["spg"][k]), "cell": bad["cell"][k].tolist(),
+                           "wps": bad["wps"][k].tolist(), "xyz": bad["xyz"][k].tolist()})
+               for k in range(len(bad))]
+        rejected = quarantine_table(bad["id"], bad["origin"], [r for _, r in reasons], raw,
+                                    bad.structures)
+        quarantine = _concat_mixed([rejected, quarantine], pad_structures=True)
+        table = table.take(good)
     return table, quarantine
 
 
-def _concat_mixed(parts: list[Table]) -> Table:
+def _concat_mixed(parts: list[Table], pad_structures: bool = False) -> Table:
     """Concatenate tables that may differ in optional columns and structures, keeping
-    only what all non-empty parts have."""
+    only the columns all non-empty parts have; structures are kept where all parts
+    have them, or (``pad_structures``, for quarantines) where any has, the others
+    getting empty ones, so no quarantined geometry is dropped."""
     parts = [p for p in parts if len(p)] or parts[:1]
     names = [c for c in parts[0].columns if all(c in p for p in parts)]
-    keep_structures = all(p.structures is not None for p in parts)
-    return Table.concat([Table({c: p[c] for c in names}, p.structures if keep_structures else None)
-                         for p in parts])
+    have = [p.structures is not None for p in parts]
+    keep = all(have) or (pad_structures and any(have))
+    return Table.concat([Table({c: p[c] for c in names},
+                               (p.structures if p.structures is not None else _empty_structures(len(p)))
+                               if keep else None) for p in parts])
+
+
+def _empty_structures(n: int) -> Structures:
+    """``n`` structures of no atoms (rows that came without one)."""
+    return Structures(np.zeros(n), np.zeros((n, 3, 3)), np.zeros((0, 3)), np.zeros(0))
 
 
 def table_images(table: Table) -> list:
@@ -194,7 +298,8 @@ def table_images(table: Table) -> list:
 
 def export_table(table: Table, fmt: str, dest: str | Path) -> Path:
     """Write ``table`` as ``fmt``: csv (one file), cif (a folder, one file per row named
-    by id), extxyz (one file), ase (an ASE SQLite database)."""
+    by id), extxyz (one file), ase (an ASE SQLite database). Every format is written
+    atomically: under a temporary name, then renamed (the CIF folder as a whole)."""
     import ase.io
 
     dest = Path(dest)
@@ -204,20 +309,20 @@ def export_table(table: Table, fmt: str, dest: str | Path) -> Path:
         return write_csv(dest, table)
     images = table_images(table)
     if fmt == "cif":
-        dest.mkdir(parents=True, exist_ok=True)
-        for atoms in images:
-            ase.io.write(dest / f"{atoms.info['id']}.cif", atoms, format="cif")
+        with atomic_dir(dest, (".cif",)) as tmp:
+            for atoms in images:
+                ase.io.write(tmp / f"{atoms.info['id']}.cif", atoms, format="cif")
     elif fmt == "extxyz":
-        ase.io.write(dest, images, format="extxyz")
+        with atomic_path(dest) as tmp:
+            ase.io.write(tmp, images, format="extxyz")
     else:
         from ase.db import connect
 
-        if dest.exists():
-            dest.unlink()
-        with connect(dest, type="db") as db:
-            for atoms in images:
-                info = dict(atoms.info)
-                atoms.info = {}
-                db.write(atoms, hpcxtal_id=info["id"], origin=info["origin"],
-                         **({"spg": info["spg"]} if "spg" in info else {}))
+        with atomic_path(dest) as tmp:
+            with connect(tmp, type="db") as db:
+                for atoms in images:
+                    info = dict(atoms.info)
+                    atoms.info = {}
+                    db.write(atoms, hpcxtal_id=info["id"], origin=info["origin"],
+                             **({"spg": info["spg"]} if "spg" in info else {}))
     return dest
