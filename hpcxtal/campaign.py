@@ -19,6 +19,7 @@ progress is read from those files, so no two processes ever write one file.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -35,7 +36,7 @@ from hpcxtal.hpc.site import load_site
 from hpcxtal.refine.represent import RefineConfig
 from hpcxtal.refine.rounds import RoundsConfig
 from hpcxtal.store.database import MergeConfig
-from hpcxtal.store.hdf5 import atomic_path, set_file_locking
+from hpcxtal.store.hdf5 import atomic_path, set_file_locking, write_text_atomic
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
@@ -74,6 +75,9 @@ class ImportConfig:
                              ".h5) or 'sacada' for the bundled set")
         if self.snap_tolerance_A is not None and self.snap_tolerance_A <= 0:
             raise ValueError("snap_tolerance_A must be positive or null")
+        from hpcxtal.crystal.row import check_symmetry_tolerance
+
+        check_symmetry_tolerance(self.symmetry_tolerance_A)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,16 +235,30 @@ class Campaign:
 
     @classmethod
     def create(cls, root: str | Path, config: CampaignConfig) -> "Campaign":
-        """Write the config and an empty manifest into a new (or empty) directory."""
+        """Write the config and an empty manifest into a new (or empty) directory, after
+        :func:`~hpcxtal.preflight.check_new_campaign`; each file atomically, the config
+        (which makes the directory a campaign) last, and nothing left on failure."""
+        from hpcxtal.preflight import check_new_campaign
+
         root = Path(root)
         if (root / CONFIG_NAME).exists():
             raise ConfigError(f"{root}: already a campaign directory; remove it or pick another")
+        check_new_campaign(config, root)
+        made = [p for p in (root, *root.parents) if not p.exists()]
         root.mkdir(parents=True, exist_ok=True)
-        (root / CONFIG_NAME).write_text(config.to_yaml())
-        manifest = {"campaign_id": uuid.uuid4().hex, "name": config.name, "created": _now(),
-                    "stages": {s: {"status": "pending"} for s in STAGES}}
-        _write_json(root / MANIFEST_NAME, manifest)
-        return cls(root)
+        try:
+            manifest = {"campaign_id": uuid.uuid4().hex, "name": config.name, "created": _now(),
+                        "stages": {s: {"status": "pending"} for s in STAGES}}
+            _write_json(root / MANIFEST_NAME, manifest)
+            write_text_atomic(root / CONFIG_NAME, config.to_yaml())
+            return cls(root)
+        except BaseException:
+            for name in (CONFIG_NAME, MANIFEST_NAME):
+                (root / name).unlink(missing_ok=True)
+            for folder in made:  # innermost first; only what this call created
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
 
     @property
     def pool_path(self) -> Path:

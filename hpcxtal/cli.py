@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from hpcxtal import __version__
+from hpcxtal import cli_args as num
 
 log = logging.getLogger("hpcxtal")
 
@@ -42,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="append", metavar="SRC",
                    help="input for the import stage (repeatable; default: the bundled "
                         "SACADA set, 'sacada')")
-    p.add_argument("--sample", type=int, metavar="N",
+    p.add_argument("--sample", type=num.positive_int, metavar="N",
                    help="sample N candidates from the shipped generator instead of importing "
                         "(sets the config's 'sample' section)")
-    p.add_argument("--shards", type=int, help="number of shards for parallel stages")
-    p.add_argument("--seed", type=int, help="campaign random seed")
+    p.add_argument("--shards", type=num.positive_int, help="number of shards for parallel stages")
+    p.add_argument("--seed", type=num.seed, help="campaign random seed")
     _add_common(p)
 
     p = sub.add_parser("import", help="import crystals into a pool (HDF5)",
@@ -58,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", metavar="SRC",
                    help="input files ('sacada' = bundled set), or one campaign directory")
     p.add_argument("-o", "--output", type=Path, help="pool file to write")
-    p.add_argument("--snap-tolerance", type=float, metavar="A",
+    p.add_argument("--snap-tolerance", type=num.positive_float, metavar="A",
                    help="quarantine CSV rows whose sites sit more than A Å from their Wyckoff "
                         "position (default: snap any distance)")
-    p.add_argument("--symmetry-tolerance", type=float, default=0.01, metavar="A",
-                   help="symmetry-finding tolerance for structure files (default 0.01 Å)")
+    p.add_argument("--symmetry-tolerance", type=num.symmetry_tolerance, default=0.01, metavar="A",
+                   help="symmetry-finding tolerance for structure files (default 0.01 Å; "
+                        "1e-05-1 Å)")
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
@@ -79,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
                    help="preset: subgroup descriptions and generator choices per crystal "
                         "(default tiny; full: ~21k rows from SACADA, ~12 min on 2 cores)")
-    p.add_argument("--max-reps", type=int, metavar="N", help="subgroup descriptions per crystal")
-    p.add_argument("--choices", type=int, metavar="N", help="generator choices per description")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, help="processes (default: one per core)")
+    p.add_argument("--max-reps", type=num.positive_int, metavar="N",
+                   help="subgroup descriptions per crystal")
+    p.add_argument("--choices", type=num.positive_int, metavar="N",
+                   help="generator choices per description")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=num.positive_int, help="processes (default: one per core)")
     _add_common(p)
 
     p = sub.add_parser("train", help="train the generator (CVAE or unconditional VAE)",
@@ -92,18 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model file records config, seed and the data checksum.")
     p.add_argument("source", type=Path, help="training table (from 'hpcxtal prepare')")
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs (default 20; published 250)")
-    p.add_argument("--batch-size", type=int, default=2048, help="batch size (default 2048)")
-    p.add_argument("--hidden", type=int, default=256,
+    p.add_argument("--epochs", type=num.positive_int, default=20, help="epochs (default 20; published 250)")
+    p.add_argument("--batch-size", type=num.positive_int, default=2048, help="batch size (default 2048)")
+    p.add_argument("--hidden", type=num.positive_int, default=256,
                    help="hidden width, 2 layers (default 256; published 1024)")
-    p.add_argument("--latent", type=int, default=32, help="latent dimension (default 32)")
-    p.add_argument("--components", type=int, default=10, help="GMM components per column (default 10)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--latent", type=num.positive_int, default=32, help="latent dimension (default 32)")
+    p.add_argument("--components", type=num.positive_int, default=10, help="GMM components per column (default 10)")
+    p.add_argument("--lr", type=num.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--unconditional", action="store_true", help="train the unconditional VAE baseline")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=num.nonnegative_int, default=0,
+                   help="torch CPU threads (default: torch's)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--stop-after", type=int, metavar="N",
+    p.add_argument("--stop-after", type=num.positive_int, metavar="N",
                    help="stop after N epochs in this call (short walltimes); run again to continue")
     _add_common(p)
 
@@ -114,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reason. With a campaign DIR, uses its 'sample' section and "
                                    "writes DIR/pool.h5.")
     p.add_argument("dir", nargs="?", type=Path, help="campaign directory (instead of -o)")
-    p.add_argument("-n", type=int, help="number of candidates")
+    p.add_argument("-n", type=num.positive_int, help="number of candidates")
     p.add_argument("-o", "--output", type=Path, help="pool file to write")
     p.add_argument("--model", default="default",
                    help="model file, or 'default' for the model shipped with hpcxtal")
     p.add_argument("--conditions", default="mix", choices=["train", "learned", "mix"],
                    help="where conditions come from (default mix: half each)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
@@ -130,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "variables), one file each.")
     p.add_argument("source", type=Path, help="pool file, or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="directory for shard-NNNN.h5 files")
-    p.add_argument("-k", "--shards", type=int, help="number of shards (campaign: from its config)")
+    p.add_argument("-k", "--shards", type=num.positive_int, help="number of shards (campaign: from its config)")
     p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
     _add_common(p)
 
@@ -143,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "round and refine_status.")
     p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
-    p.add_argument("--shard", type=int, help="campaign: refine only this shard")
-    p.add_argument("--steps", type=int, help="step cap per row (file mode; default 1000)")
+    p.add_argument("--shard", type=num.nonnegative_int, help="campaign: refine only this shard")
+    p.add_argument("--steps", type=num.positive_int, help="step cap per row (file mode; default 1000)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (file mode)")
+    p.add_argument("--device", type=num.device,
+                   help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
+    p.add_argument("--threads", type=num.threads, help="torch CPU threads (file mode)")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     _add_common(p)
 
@@ -175,12 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/topology/topology-I.h5, skipping outputs that verify.")
     p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="table file to write (file mode)")
-    p.add_argument("--shard", type=int, metavar="I",
+    p.add_argument("--shard", type=num.nonnegative_int, metavar="I",
                    help="campaign: only shard I (one job-array task); default all shards")
-    p.add_argument("--cutoff", type=float, metavar="A",
+    p.add_argument("--cutoff", type=num.positive_float, metavar="A",
                    help="C-C bond cutoff in Å (file mode; default 1.872)")
-    p.add_argument("--depth", type=int, help="coordination-sequence depth (file mode; default 12)")
-    p.add_argument("-j", "--workers", type=int, metavar="N",
+    p.add_argument("--depth", type=num.positive_int,
+                   help="coordination-sequence depth (file mode; default 12)")
+    p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
                    help="worker processes (default: the config's, else all usable cores)")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     _add_common(p)
@@ -199,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that are current are not redone.")
     p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="relaxed table to write (file mode)")
-    p.add_argument("--shard", type=int, metavar="I", help="campaign: relax only shard I")
+    p.add_argument("--shard", type=num.nonnegative_int, metavar="I",
+                   help="campaign: relax only shard I")
     p.add_argument("--backend", choices=["chgnet", "mace"],
                    help="energy model (file mode; default mace, campaign: from its config)")
     p.add_argument("--model", metavar="PATH|NAME",
@@ -207,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(mace-mp-0-small ...); chgnet: bundled version (default 0.3.0)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
                    "(default float64)")
-    p.add_argument("--fmax", type=float, metavar="EV_PER_A",
+    p.add_argument("--fmax", type=num.positive_float, metavar="EV_PER_A",
                    help="force convergence threshold in eV/Å (default 0.05)")
-    p.add_argument("--max-steps", type=int, metavar="N",
+    p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
                    help="FIRE step cap before size scaling (default 300, + 2 per atom)")
     p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
     _add_common(p)
@@ -230,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "quarantine enters the accounting; every pool row must be merged)")
     p.add_argument("--training", metavar="SRC", help="training structures to compare with "
                    "('sacada', an .h5 table with structures, or 'none'; file mode)")
-    p.add_argument("-j", "--workers", type=int, metavar="N",
+    p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
                    help="processes for the training structures' topology keys (first run only)")
     p.add_argument("--force", action="store_true", help="redo a campaign database that is current")
     _add_common(p)
@@ -241,13 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and -o, export their relaxed structures instead.")
     p.add_argument("file", type=Path, help="database (.h5) from 'hpcxtal merge', or a campaign "
                    "directory")
-    p.add_argument("--top", type=int, default=20, metavar="N", help="at most N rows (default 20; "
+    p.add_argument("--top", type=num.nonnegative_int, default=20, metavar="N", help="at most N rows (default 20; "
                    "0 = all)")
-    p.add_argument("--max-e-rel", type=float, metavar="EV", help="at most EV eV/atom above graphite")
-    p.add_argument("--spg", type=int, help="space group of the relaxed structure")
+    p.add_argument("--max-e-rel", type=num.finite_float, metavar="EV", help="at most EV eV/atom above graphite")
+    p.add_argument("--spg", type=num.space_group, help="space group of the relaxed structure")
     p.add_argument("--dimension", type=int, choices=[0, 1, 2, 3], help="periodicity of the net")
-    p.add_argument("--min-atoms", type=int, metavar="N", help="at least N atoms in the relaxed cell")
-    p.add_argument("--max-atoms", type=int, metavar="N", help="at most N atoms in the relaxed cell")
+    p.add_argument("--min-atoms", type=num.nonnegative_int, metavar="N", help="at least N atoms in the relaxed cell")
+    p.add_argument("--max-atoms", type=num.nonnegative_int, metavar="N", help="at most N atoms in the relaxed cell")
     p.add_argument("--unique-only", action="store_true",
                    help="only unique converged structures (no duplicates, failures, skipped rows)")
     p.add_argument("-f", "--format", choices=["csv", "cif", "extxyz", "ase"],
@@ -264,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path, help="campaign directory or database (.h5)")
     p.add_argument("-o", "--output", type=Path,
                    help="folder for the report (default: DIR/report, or beside the database)")
-    p.add_argument("--top", type=int, default=25, metavar="N", help="structures listed (default 25)")
+    p.add_argument("--top", type=num.nonnegative_int, default=25, metavar="N", help="structures listed (default 25)")
     _add_common(p)
 
     p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
@@ -413,8 +422,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, max_reps=args.max_reps)
     if args.choices is not None:
         cfg = dataclasses.replace(cfg, n_choices=args.choices)
-    if args.workers is not None and args.workers < 1:
-        raise UsageError("--workers must be at least 1")
     prepare(resolve_input(args.source), args.output, cfg, args.workers)
     return 0
 
@@ -579,8 +586,6 @@ def cmd_topology(args: argparse.Namespace) -> int:
     from hpcxtal.stages import StageReport, topology_campaign
     from hpcxtal.topology.stage import topology_file
 
-    if args.workers is not None and args.workers < 1:
-        raise UsageError("--workers must be at least 1")
     campaign = find_campaign(args.source)
     if campaign is not None:
         if args.output or args.cutoff is not None or args.depth is not None:
@@ -659,8 +664,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from hpcxtal.stages import merge_campaign, merge_files
     from hpcxtal.store.database import MergeConfig
 
-    if args.workers is not None and args.workers < 1:
-        raise UsageError("--workers must be at least 1")
     campaign = find_campaign(args.sources[0]) if len(args.sources) == 1 and not args.output else None
     if campaign is not None:
         if args.pool or args.training:
@@ -803,6 +806,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "done" if spec.done(campaign, None) else ("pending" if recorded == "done" else recorded))
         counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
         print(f"  {spec.name:10s} {state:8s} {counts}")
+    _report_temp_files(campaign.root)
     jobs = submitted(campaign)
     if jobs and campaign.site.scheduler != "local":
         states = job_states(campaign.site, [j["job_id"] for j in jobs])
@@ -811,6 +815,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             shards = "" if job["shards"] is None else f" shards {job['shards']}"
             print(f"  {job['stage']:10s} job {job['job_id']:10s} {states[job['job_id']]}{shards}")
     return 0
+
+
+def _report_temp_files(root: Path) -> None:
+    """Print the temporary files of writers that never finished, and which of them
+    'hpcxtal resume' removes (those of gone processes on this host)."""
+    from hpcxtal.store.tempfiles import find_temp_files
+
+    temps = find_temp_files(root)
+    if temps:
+        gone = sum(t.writer_gone for t in temps)
+        print(f"leftover temporary files: {len(temps)} ({gone} of writers gone from this host: "
+              f"'hpcxtal resume {root}' removes them; the rest may be live writers)")
+        for temp in temps:
+            print(f"  {temp.path} (pid {temp.pid} on {temp.host or 'an unrecorded host'}"
+                  f"{', gone' if temp.writer_gone else ''})")
 
 
 def cmd_site(args: argparse.Namespace) -> int:
@@ -856,8 +875,11 @@ def _campaign_site_stages(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from hpcxtal.hpc.driver import run_campaign
+    from hpcxtal.store.tempfiles import remove_stale_temp_files
 
     campaign, site, names = _campaign_site_stages(args)
+    for path in remove_stale_temp_files(campaign.root):
+        log.warning("%s: temporary file of a writer that is gone; removed", path)
     log.info("campaign %s on site %r (%s): stages %s", campaign.root, site.name, site.scheduler,
              ", ".join(names))
     run_campaign(campaign, site, args.stages)
@@ -893,25 +915,20 @@ COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "train": cmd_train, "sampl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hpcxtal.config import ConfigError
-    from hpcxtal.crystal.row import DecodeError
-    from hpcxtal.hpc.driver import StageFailed
-    from hpcxtal.hpc.submit import SubmitError
-    from hpcxtal.relax.errors import ModelSetupError
-    from hpcxtal.store.formats import FormatError
-    from hpcxtal.store.hdf5 import StoreError
-
+    """Run one command. The one error boundary: every failure prints one line (what,
+    which file, what to do) and exits 2; with -v a bug also prints its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
+        num.refuse_overwriting_inputs(args)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        num.check_input_kinds(args)
         return COMMANDS[args.command](args)
     except UsageError as err:
         parser.error(str(err))
-    except (ConfigError, StoreError, FormatError, DecodeError, ModelSetupError, FileNotFoundError,
-            StageFailed, SubmitError) as err:
-        print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into head or less that closed early
         sys.stdout = open(os.devnull, "w")
         return 0
@@ -919,6 +936,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hpcxtal {args.command}: interrupted; completed files are kept, "
               "partial ones were removed", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the boundary: no traceback for users
+        text, bug = num.describe_failure(err)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"hpcxtal {args.command}: " + (f"internal error: {text} (a bug in hpcxtal; "
+              "'-v' shows the traceback to report)" if bug else f"error: {text}"), file=sys.stderr)
+        return 2
     return 0
 
 

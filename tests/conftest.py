@@ -95,3 +95,38 @@ def cif_file():
         path.write_text(cif_text(sites))
         return path
     return write
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``hpcxtal ARGS`` in this process: ``cli(*args)`` -> (exit status, stdout,
+    stderr); argparse's exits count as statuses."""
+    from hpcxtal.cli import main
+
+    def run(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as err:
+            code = err.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+def one_line_error(err: str) -> str:
+    """The single error line of a failed command's stderr (asserts there is one, with
+    no traceback)."""
+    lines = [line for line in err.strip().splitlines() if ": error:" in line]
+    assert "Traceback" not in err and len(lines) == 1, err
+    return lines[0]
+
+
+def small_pool_file(path: Path, n: int = 3, kind: str = "pool") -> Path:
+    """A verified table file of ``n`` SACADA rows (with one quarantined row)."""
+    from hpcxtal.data import SACADA_PATH
+    from hpcxtal.store.hdf5 import read_table, write_table
+
+    table, quarantine = read_table(SACADA_PATH)
+    return write_table(path, table.take(np.arange(n)), kind=kind,
+                       quarantine=quarantine.take(np.arange(1)))

@@ -9,6 +9,7 @@ and validity checked on the way so samples that are valid and flat stop early.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,7 +19,7 @@ import torch
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
 from hpcxtal.descriptor.batch import Batch, build_batch, positions, rows_from_R
 from hpcxtal.descriptor.neighbors import plane_reach
-from hpcxtal.descriptor.target import Environment
+from hpcxtal.descriptor.target import Environment, target_names
 from hpcxtal.refine.optim import OptimConfig, adam_init, adam_step
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,28 @@ class RefineConfig:
             raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
         if self.max_batch_atoms < 1:
             raise ValueError("max_batch_atoms must be positive")
+        targets = target_names()
+        if self.target not in targets:
+            raise ValueError(f"target {self.target!r} is not defined; targets are {list(targets)}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
     def torch_dtype(self) -> torch.dtype:
         return torch.float64 if self.dtype == "float64" else torch.float32
 
     def torch_device(self) -> torch.device:
+        """The device to refine on; ValueError if it is not on this machine."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        if device.type == "cuda" and (not torch.cuda.is_available()
+                                      or (device.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"device {self.device}: this machine has "
+                             f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} "
+                             "CUDA device(s); use cpu or auto")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {self.device}: no MPS device here; use cpu or auto")
+        return device
 
 
 @dataclass

@@ -37,7 +37,8 @@ def plan_shards(table: Table, k: int) -> list[np.ndarray]:
     if k < 1:
         raise ValueError(f"number of shards must be at least 1, got {k}")
     if k > len(table):
-        raise ValueError(f"cannot cut {len(table)} rows into {k} non-empty shards")
+        raise ValueError(f"cannot cut {len(table)} rows into {k} non-empty shards; use at most "
+                         f"{max(len(table), 1)} shards (-k, or shard.n_shards of a campaign)")
     order = table.layout_order()
     cost = np.cumsum(row_cost(table["spg"][order], table["wps"][order]))
     cuts = np.searchsorted(cost, cost[-1] * np.arange(1, k) / k, side="left") + 1
