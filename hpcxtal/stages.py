@@ -312,7 +312,7 @@ def merge_files(sources: list[Path], dest: Path, cfg: MergeConfig,
     import numpy as np
 
     from hpcxtal.store.database import build_database, read_relax_outputs
-    from hpcxtal.store.hdf5 import StoreError
+    from hpcxtal.store.lineage import check_pool_matches
     from hpcxtal.topology.annotate import SignatureParams
     from hpcxtal.topology.training import training_set
 
@@ -322,12 +322,7 @@ def merge_files(sources: list[Path], dest: Path, cfg: MergeConfig,
     if pool is not None:
         pool_table, pool_quarantine = read_table(pool)
         digest.append(file_summary(pool)["attrs"]["sha256"])
-        have = np.sort(np.concatenate([t["id"] for t, _ in inputs]))
-        if not np.array_equal(have, np.sort(pool_table["id"])):
-            lost = np.setdiff1d(pool_table["id"], have)[:10].tolist()
-            extra = np.setdiff1d(have, pool_table["id"])[:10].tolist()
-            raise StoreError(f"{pool}: the relax outputs do not hold exactly the pool's rows "
-                             f"(missing ids {lost}, ids not in the pool {extra})")
+        check_pool_matches(pool_table, pool, [t for t, _ in inputs])
     topology = topology or TopologyConfig()
     params = SignatureParams(cutoffs=topology.cutoffs(), depth=topology.depth,
                              max_ring=topology.max_ring)
