@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcxtal.store.database import read_database
-from hpcxtal.store.hdf5 import file_summary
+from hpcxtal.store.hdf5 import atomic_path, file_summary, write_text_atomic
 from hpcxtal.store.table import Table
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         paths[name] = out_dir / f"{name}.png"
-        fig.savefig(paths[name], dpi=100)
+        with atomic_path(paths[name]) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
 
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -249,7 +250,7 @@ def write_report(db_path: Path, out_dir: Path, n_sampled: int | None = None,
     books = accounting(table, quarantine, n_sampled)
     values = metrics(table, n_sampled)
     figures = _figures(table, out_dir, window)
-    (out_dir / "metrics.json").write_text(json.dumps(
+    write_text_atomic(out_dir / "metrics.json", json.dumps(
         {**values, "accounting": books.counts, "accounting_detail": books.detail,
          "accounting_closes": books.closes, "accounting_problems": books.problems},
         indent=2) + "\n")
@@ -291,6 +292,5 @@ low energy = within {window:g} eV/atom.</p>
 <h2>Top {top} unique structures</h2>{_table_html(TOP_HEADER, top_rows(table, top))}
 </body></html>
 """
-    path = out_dir / "report.html"
-    path.write_text(page)
+    path = write_text_atomic(out_dir / "report.html", page)
     return Report(path, figures, values, books)

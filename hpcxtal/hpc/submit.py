@@ -18,7 +18,7 @@ from pathlib import Path
 from hpcxtal.campaign import Campaign
 from hpcxtal.hpc.jobs import render_job
 from hpcxtal.hpc.site import SiteConfig
-from hpcxtal.store.hdf5 import atomic_path
+from hpcxtal.store.hdf5 import atomic_path, write_text_atomic
 
 
 class SubmitError(RuntimeError):
@@ -78,7 +78,7 @@ def submit_campaign(campaign: Campaign, site: SiteConfig, stages: list[str],
             if not todo:
                 continue
             shard_list = folder / f"{spec.name}-shards.txt"
-            shard_list.write_text("".join(f"{i}\n" for i in todo))
+            write_text_atomic(shard_list, "".join(f"{i}\n" for i in todo))
             text = render_job(site, spec.executor, spec.name, root, len(todo), shard_list.resolve(),
                               (folder / "logs").resolve())
         else:
@@ -88,7 +88,7 @@ def submit_campaign(campaign: Campaign, site: SiteConfig, stages: list[str],
             text = render_job(site, spec.executor, spec.name, root, None, None,
                               (folder / "logs").resolve())
         script = folder / f"{spec.name}.{'sbatch' if site.scheduler == 'slurm' else 'pbs'}"
-        script.write_text(text)
+        write_text_atomic(script, text)
         if dry_run:
             job_id = "(dry run)"
         else:
