@@ -925,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     try:
-        num.check_input_kinds(args)
+        num.check_stage_inputs(args)
         return COMMANDS[args.command](args)
     except UsageError as err:
         parser.error(str(err))

@@ -130,10 +130,13 @@ def refuse_overwriting_inputs(args: argparse.Namespace) -> None:
                                  "another file")
 
 
-def check_input_kinds(args: argparse.Namespace) -> None:
+def check_stage_inputs(args: argparse.Namespace) -> None:
     """Raise StoreError if a file-mode stage is given a table of a kind it does not take
-    (a relax output to refine, a refine table as merge's pool ...)."""
-    from hpcxtal.store.hdf5 import require_kind
+    (a relax output to refine, a refine table as merge's pool ...) or, for the stages
+    that compute on rows, rows that never passed decode (space group 0, a NaN cell,
+    Wyckoff index 77: a file written by hand, not imported)."""
+    from hpcxtal.crystal.row import stored_row_problems
+    from hpcxtal.store.hdf5 import StoreError, read_table, require_kind
 
     kinds = STAGE_INPUT_KINDS.get(args.command)
     if kinds is None or getattr(args, "output", None) is None:
@@ -144,6 +147,15 @@ def check_input_kinds(args: argparse.Namespace) -> None:
             require_kind(src, kinds, args.command)
     if args.command == "merge" and args.pool is not None:
         require_kind(args.pool, ("pool",), "merge --pool")
+    if args.command in ("shard", "refine", "topology", "relax") and Path(args.source).is_file():
+        table, _ = read_table(args.source)
+        problems = stored_row_problems(table["spg"], table["cell"], table["wps"], table["xyz"])
+        bad = [k for k, p in enumerate(problems) if p]
+        if bad:
+            more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""
+            raise StoreError(f"{args.source}: row id {int(table['id'][bad[0]])}: "
+                             f"{problems[bad[0]]}{more}; 'hpcxtal import {args.source} -o "
+                             "POOL.h5' quarantines such rows")
 
 
 #: What to do about an operating-system error, by errno.

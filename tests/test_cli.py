@@ -254,3 +254,18 @@ def test_status_reports_and_resume_removes_temp_files_of_gone_writers(cli, tmp_p
         assert cli("resume", camp, "--stage", "import")[0] == 0
     assert f"{gone}: temporary file of a writer that is gone; removed" in caplog.text
     assert not gone.exists() and remote.exists()
+
+
+def test_stages_refuse_rows_that_never_passed_decode(cli, synthetic, tmp_path):
+    from hpcxtal.store.hdf5 import write_table
+
+    table = synthetic(4)
+    table.columns["spg"][1] = 0
+    table.columns["cell"][2, 0] = float("nan")
+    table.columns["wps"][3, 0] = 77
+    raw = write_table(tmp_path / "raw.h5", table, kind="pool")
+    for command in ("refine", "topology", "relax"):
+        code, _, err = cli(command, raw, "-o", tmp_path / "out.h5")
+        line = one_line_error(err)
+        assert code == 2 and "row id 1: space group 0 is not in 1-230 (and 2 more rows)" in line
+        assert "'hpcxtal import" in line and not (tmp_path / "out.h5").exists()

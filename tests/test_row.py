@@ -125,3 +125,16 @@ def test_from_structure_quarantines_what_a_row_cannot_hold(cif_file, tmp_path):
 def test_from_structure_refuses_a_tolerance_that_crashes_spglib(tol):
     with pytest.raises(ValueError, match="symmetry tolerance"):
         from_structure(to_atoms(decode(**GRAPHITE)), tol=tol)
+
+
+def test_stored_row_problems_find_rows_that_bypassed_decode(synthetic):
+    from hpcxtal.crystal.row import stored_row_problems
+
+    t = synthetic(6)
+    spg, cell, wps, xyz = (t[c].copy() for c in ("spg", "cell", "wps", "xyz"))
+    spg[0], cell[1, 2], wps[2, 0], xyz[3, 0, 1] = 0, np.nan, 77, np.inf
+    wps[4] = -1
+    problems = stored_row_problems(spg, cell, wps, xyz)
+    assert "space group 0" in problems[0] and "not finite or outside" in problems[1]
+    assert "Wyckoff indices [77" in problems[2] and problems[3] == "non-finite coordinates"
+    assert problems[4] == "no occupied Wyckoff site" and problems[5] == ""

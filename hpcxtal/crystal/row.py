@@ -153,6 +153,42 @@ def decode(
     return Row(n, cell, out_wps, out_xyz, largest_move)
 
 
+def stored_row_problems(spg: np.ndarray, cell: np.ndarray, wps: np.ndarray,
+                        xyz: np.ndarray) -> list[str]:
+    """Per row of a stored table, why it is no decoded row ("" if it is one): a cheap,
+    vectorised check (space group, finite cell in range, Wyckoff indices of the group,
+    finite coordinates, an occupied site) for files that bypassed :func:`decode`."""
+    from hpcxtal.crystal.symmetry import wyckoff_cost_tables
+
+    _, _, known = wyckoff_cost_tables()
+    spg = np.asarray(spg, dtype=np.int64)
+    cell = np.asarray(cell, dtype=float).reshape(len(spg), 6)
+    wps = np.asarray(wps, dtype=np.int64).reshape(len(spg), N_SITES)
+    xyz = np.asarray(xyz, dtype=float).reshape(len(spg), N_SITES, 3)
+    group = np.clip(spg, 0, 230)
+    occupied = wps >= 0
+    lengths, angles = cell[:, :3], cell[:, 3:]
+    checks = [
+        ((spg < 1) | (spg > 230), "space group {spg} is not in 1-230"),
+        (~np.all(np.isfinite(cell), axis=1)
+         | ~np.all((lengths >= LENGTH_RANGE_A[0]) & (lengths <= LENGTH_RANGE_A[1]), axis=1)
+         | ~np.all((angles >= ANGLE_RANGE_DEG[0]) & (angles <= ANGLE_RANGE_DEG[1]), axis=1),
+         "cell {cell} is not finite or outside the ranges of a decoded row"),
+        (np.any(occupied & ~known[group[:, None], np.clip(wps, 0, known.shape[1] - 1)]
+                | (wps >= known.shape[1]), axis=1),
+         "Wyckoff indices {wps} are not all positions of space group {spg}"),
+        (np.any(occupied[:, :, None] & ~np.isfinite(xyz), axis=(1, 2)), "non-finite coordinates"),
+        (~occupied.any(axis=1), "no occupied Wyckoff site"),
+    ]
+    problems = [""] * len(spg)
+    for bad, text in checks:
+        for i in np.flatnonzero(bad):
+            if not problems[i]:
+                problems[i] = text.format(spg=int(spg[i]), cell=np.round(cell[i], 4).tolist(),
+                                          wps=wps[i][occupied[i]].tolist())
+    return problems
+
+
 def from_pyxtal(xtal) -> Row:
     """Row of a pyxtal crystal (one element), generator of each site taken as is."""
     if len(xtal.atom_sites) > N_SITES:
