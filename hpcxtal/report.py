@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.store.database import read_database
+from hpcxtal.merge.database import read_database
 from hpcxtal.store.hdf5 import file_summary
 from hpcxtal.store.table import Table
 

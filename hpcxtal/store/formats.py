@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -15,6 +16,22 @@ import numpy as np
 from hpcxtal.progress import progress
 from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode, from_structure, to_atoms
 from hpcxtal.store.table import Structures, Table, str_array
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig:
+    """Where the candidate pool comes from."""
+
+    inputs: list[str] = field(default_factory=lambda: ["sacada"])
+    snap_tolerance_A: float | None = None
+    symmetry_tolerance_A: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file (CSV, CIF, extxyz, ASE db, "
+                             ".h5) or 'sacada' for the bundled set")
+        if self.snap_tolerance_A is not None and self.snap_tolerance_A <= 0:
+            raise ValueError("snap_tolerance_A must be positive or null")
 
 log = logging.getLogger(__name__)
 
