@@ -108,27 +108,29 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rank_resources(comm):
-    """This process's resources under MPI: the communicator and, with GPUs, the rank's
-    node-local GPU. Devices are resources: they never make an output stale."""
-    from hpcxtal.hpc.mpi import rank_device
+def _rank_resources(campaign, comm):
+    """This process's resources under MPI: the communicator and, where the refine
+    device is ``auto`` and there are GPUs, the rank's node-local GPU. Devices are
+    resources: they never make an output stale."""
+    from hpcxtal.hpc import mpi
     from hpcxtal.stages import Resources
 
-    return Resources(comm=comm, device=rank_device(comm) if comm is not None else None)
+    auto = comm is not None and campaign.config.refine.device == "auto"
+    return Resources(comm=comm, device=mpi.rank_device(comm) if auto else None)
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    from hpcxtal.hpc.mpi import abort_on_error, world
+    from hpcxtal.hpc import mpi
     from hpcxtal.refine.represent import RefineConfig
     from hpcxtal.stages import stage_spec
 
     campaign = open_campaign(args.source) if args.output is None else None
     if campaign is not None and args.shard is None:
         # The whole stage: round 1 of this rank's shards, then the later rounds.
-        comm = world()
+        comm = mpi.world()
         rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-        resources = _rank_resources(comm)
-        with abort_on_error(comm):
+        resources = _rank_resources(campaign, comm)
+        with mpi.abort_on_error(comm):
             for i in range(rank, campaign.config.shard.n_shards, size):
                 stage_spec("refine").run(campaign, i, args.force, resources)
             if comm is not None:
@@ -149,13 +151,14 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_rounds(args: argparse.Namespace) -> int:
-    from hpcxtal.hpc.mpi import abort_on_error, world
+    from hpcxtal.hpc import mpi
     from hpcxtal.stages import stage_spec
 
     campaign = open_campaign(args.dir, required=True)
-    comm = world()
-    with abort_on_error(comm):
-        report = stage_spec("rounds").run(campaign, None, args.force, _rank_resources(comm))
+    comm = mpi.world()
+    with mpi.abort_on_error(comm):
+        report = stage_spec("rounds").run(campaign, None, args.force,
+                                          _rank_resources(campaign, comm))
     if report.skipped:
         log.info("rounds are complete and current; nothing to do (--force to redo)")
     return 0
