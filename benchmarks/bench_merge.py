@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.campaign import TopologyConfig
+from hpcxtal.topology.stage import TopologyConfig
 from hpcxtal.data import SACADA_PATH
-from hpcxtal.stages import merge_files
-from hpcxtal.store.database import MergeConfig, to_pymatgen
+from hpcxtal.merge.stage import merge_files
+from hpcxtal.merge.database import MergeConfig, to_pymatgen
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.table import Structures, Table, str_array
 from hpcxtal.topology.annotate import SignatureParams

@@ -56,7 +56,8 @@ def worker(root: Path, n_rounds: int, model: str, later: str) -> None:
     from hpcxtal.refine.latent import LatentConfig
     from hpcxtal.refine.represent import RefineConfig
     from hpcxtal.refine.rounds import RoundsConfig, run_rounds
-    from hpcxtal.refine.stage import refine_file, refine_output
+    from hpcxtal.refine.stage import refine_file
+    from hpcxtal.layout import stage_output
 
     torch.set_num_threads(1)
     comm = world()
@@ -71,7 +72,7 @@ def worker(root: Path, n_rounds: int, model: str, later: str) -> None:
 
         barrier()
         load, t0 = os.getloadavg(), time.perf_counter()
-        refine_file(root / "shards" / f"shard-{rank:04d}.h5", refine_output(root, rank), cfg)
+        refine_file(root / "shards" / f"shard-{rank:04d}.h5", stage_output("refine", root, rank), cfg)
         mine = time.perf_counter() - t0
         barrier()
         timing.append({"round": 1, "seconds": time.perf_counter() - t0, "load_at_start": load,
@@ -80,7 +81,7 @@ def worker(root: Path, n_rounds: int, model: str, later: str) -> None:
             rounds = RoundsConfig(n_rounds=r, later=later, latent=LatentConfig(generator=model))
             barrier()
             load, t0 = os.getloadavg(), time.perf_counter()
-            counts = run_rounds(root, size, lambda i: refine_output(root, i), cfg, rounds, comm)
+            counts = run_rounds(root, size, lambda i: stage_output("refine", root, i), cfg, rounds, comm)
             timing.append({"round": r, "seconds": time.perf_counter() - t0, "load_at_start": load,
                            "rows": counts.get(f"round_{r}_rows")})
     if rank == 0:
@@ -91,13 +92,12 @@ def worker(root: Path, n_rounds: int, model: str, later: str) -> None:
 
 def final_rows(root: Path, n_shards: int, rounds_done: bool):
     """All shards' rows after the last round (or after round 1), one table."""
-    from hpcxtal.refine.rounds import rounds_output
-    from hpcxtal.refine.stage import refine_output
+    from hpcxtal.layout import stage_output
     from hpcxtal.store.hdf5 import read_table
     from hpcxtal.store.table import Table
 
-    path = rounds_output if rounds_done else refine_output
-    table = Table.concat([read_table(path(root, i))[0] for i in range(n_shards)])
+    stage = "rounds" if rounds_done else "refine"
+    table = Table.concat([read_table(stage_output(stage, root, i))[0] for i in range(n_shards)])
     return table.take(np.argsort(table["id"], kind="stable"))
 
 
@@ -116,7 +116,7 @@ def unique_by_topology(ids: np.ndarray, sig: dict[str, np.ndarray], chosen: np.n
 def matcher_groups(structures: list) -> np.ndarray:
     """Group label of every structure by StructureMatcher (merge tolerances), compared
     within groups of equal primitive-cell size only."""
-    from hpcxtal.store.database import MergeConfig
+    from hpcxtal.merge.database import MergeConfig
 
     matcher = MergeConfig().matcher()
     label = np.full(len(structures), -1)
@@ -135,7 +135,7 @@ def matcher_groups(structures: list) -> np.ndarray:
 def analyse(root: Path, n_shards: int, n_sampled: int, multi_round: bool, workers: int,
             matcher: bool) -> dict:
     """Valid and unique after round 1 and after the last round."""
-    from hpcxtal.campaign import TopologyConfig
+    from hpcxtal.topology.stage import TopologyConfig
     from hpcxtal.crystal.row import to_atoms
     from hpcxtal.topology.annotate import SignatureParams, annotate_table
 

@@ -1,18 +1,11 @@
-"""A campaign directory: its config, its manifest of stages, and where files live.
+"""A campaign directory: its config (one section per stage) and its manifest.
 
 ::
 
     DIR/campaign.yaml      the campaign config (validated on every load)
     DIR/manifest.json      per stage: status, inputs, outputs, parameters, counts, times
-    DIR/pool.h5            the candidate pool (stage ``sample`` or ``import``)
-    DIR/shards/shard-NNNN.h5   the pool cut into cost-balanced shards (stage ``shard``)
-    DIR/refine/refine-NNNN.h5  refined shards (stage ``refine``)
-    DIR/rounds/rounds-NNNN.h5  refined shards after all rounds (stage ``rounds``)
-    DIR/topology/topology-NNNN.h5  each shard with topology columns (stage ``topology``)
-    DIR/relax/relax-NNNN.h5    each shard relaxed, with energies (stage ``relax``)
-    DIR/database.h5            every relaxed shard merged and ranked (stage ``merge``)
 
-Stages are functions of files; the manifest records what whole-campaign stages did,
+Every other file's place is given by :mod:`hpcxtal.layout`. Stages are functions of files; the manifest records what whole-campaign stages did,
 and a stage whose outputs exist and verify is done whatever the manifest says.
 Per-shard stages (many array tasks at once) write only their own output files: their
 progress is read from those files, so no two processes ever write one file.
@@ -20,7 +13,6 @@ progress is read from those files, so no two processes ever write one file.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -31,154 +23,20 @@ from typing import Any
 
 import yaml
 
-from hpcxtal.config import ConfigError, from_mapping, load_yaml, to_mapping
-from hpcxtal.hpc.site import load_site
+from hpcxtal.config import ConfigError, from_mapping, load_yaml, science, to_mapping
+from hpcxtal.generate.sample import SampleConfig
+from hpcxtal.layout import pool_path, shard_dir
+from hpcxtal.merge.database import MergeConfig
 from hpcxtal.refine.represent import RefineConfig
 from hpcxtal.refine.rounds import RoundsConfig
-from hpcxtal.store.database import MergeConfig
-from hpcxtal.store.hdf5 import atomic_path, set_file_locking, write_text_atomic
+from hpcxtal.relax.config import RelaxConfig
+from hpcxtal.store.formats import ImportConfig
+from hpcxtal.store.hdf5 import atomic_path, write_text_atomic
+from hpcxtal.store.shard import ShardConfig
+from hpcxtal.topology.stage import TopologyConfig
 
 CONFIG_NAME = "campaign.yaml"
 MANIFEST_NAME = "manifest.json"
-#: Stages in campaign order.
-STAGES = ("sample", "import", "shard", "refine", "rounds", "topology", "relax", "merge")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SampleConfig:
-    """Sample the candidate pool from a trained generator (instead of importing it)."""
-
-    n: int = 200
-    model: str = "default"  # 'default' = the generator shipped with hpcxtal, or a path
-    conditions: str = "mix"  # train | learned | mix (see hpcxtal.generate.conditions)
-
-    def __post_init__(self) -> None:
-        from hpcxtal.generate.conditions import MODES
-
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-        if self.conditions not in MODES:
-            raise ValueError(f"conditions must be one of {list(MODES)}, got {self.conditions!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImportConfig:
-    """Where the candidate pool comes from."""
-
-    inputs: list[str] = field(default_factory=lambda: ["sacada"])
-    snap_tolerance_A: float | None = None
-    symmetry_tolerance_A: float = 0.01
-
-    def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError("inputs: give at least one file (CSV, CIF, extxyz, ASE db, "
-                             ".h5) or 'sacada' for the bundled set")
-        if self.snap_tolerance_A is not None and self.snap_tolerance_A <= 0:
-            raise ValueError("snap_tolerance_A must be positive or null")
-        from hpcxtal.crystal.row import check_symmetry_tolerance
-
-        check_symmetry_tolerance(self.symmetry_tolerance_A)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShardConfig:
-    """How the pool is cut for parallel stages."""
-
-    n_shards: int = 2
-
-    def __post_init__(self) -> None:
-        if self.n_shards < 1:
-            raise ValueError(f"n_shards must be at least 1, got {self.n_shards}")
-
-
-#: Energy backends the relax stage knows (see hpcxtal.relax.models).
-RELAX_BACKENDS = ("chgnet", "mace")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RelaxConfig:
-    """Energy model and batched FIRE settings of the relax stage.
-
-    ``backend``: ``mace`` (the default; ``model``: a model file path, ``hpcxtal-carbon``
-    (the default, the small carbon model shipped as package data) or a foundation name
-    such as ``mace-mp-0-small``, looked up in ``model_dir`` and mace's cache directory,
-    never downloaded) or ``chgnet`` (bundled weights; ``model`` may name a bundled
-    version). A structure of n atoms
-    may take ``max_steps + steps_per_atom * n`` FIRE steps; batches hold at most
-    ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs (unset: 6,000
-    on a CPU, where small batches stay in cache, 150,000 on a GPU); ``symmetrize``
-    keeps each structure's space group (found within ``symprec_A``) while it relaxes;
-    "low energy" means within ``low_energy_window_eV`` per atom of graphite relaxed the
-    same way.
-    """
-
-    backend: str = "mace"
-    model: str | None = None
-    model_dir: str | None = None
-    dtype: str = "float64"
-    device: str = "cpu"
-    fmax_eV_per_A: float = 0.05
-    max_steps: int = 300
-    steps_per_atom: float = 2.0
-    batch_atom_budget: int = 2000
-    batch_edge_budget: int | None = None
-    symmetrize: bool = False
-    symprec_A: float = 1e-3
-    low_energy_window_eV: float = 0.55
-
-    def __post_init__(self) -> None:
-        if self.backend not in RELAX_BACKENDS:
-            raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
-        if self.dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
-        if self.fmax_eV_per_A <= 0:
-            raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
-        if self.max_steps < 0 or self.steps_per_atom < 0:
-            raise ValueError("max_steps and steps_per_atom must not be negative")
-        if self.batch_atom_budget < 1 or (self.batch_edge_budget is not None
-                                          and self.batch_edge_budget < 1):
-            raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1")
-        if self.symprec_A <= 0:
-            raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
-        if self.low_energy_window_eV < 0:
-            raise ValueError("low_energy_window_eV must not be negative")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TopologyConfig:
-    """Bond graph and signature settings for the topology stage."""
-
-    cutoff_A: float = 1.872
-    pair_cutoffs_A: dict[str, float] = field(default_factory=dict)
-    depth: int = 12
-    max_ring: int = 12
-    workers: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.cutoff_A < 10:
-            raise ValueError(f"cutoff_A must be in (0, 10) Å, got {self.cutoff_A}")
-        if self.depth < 10:
-            raise ValueError(f"depth must be at least 10, got {self.depth}")
-        if self.max_ring < 3:
-            raise ValueError(f"max_ring must be at least 3, got {self.max_ring}")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
-        self.cutoffs()
-
-    def cutoffs(self) -> dict[tuple[str, str], float]:
-        """Per element-pair cutoffs: C-C from ``cutoff_A``, then ``pair_cutoffs_A``
-        (keys like ``"C-N"``)."""
-        from ase.data import atomic_numbers
-
-        out = {("C", "C"): self.cutoff_A}
-        for name, value in self.pair_cutoffs_A.items():
-            pair = tuple(str(name).split("-"))
-            if len(pair) != 2 or any(p not in atomic_numbers for p in pair):
-                raise ValueError(f"pair_cutoffs_A: key {name!r} is not an element pair like 'C-N'")
-            if not isinstance(value, (int, float)) or not 0 < value < 10:
-                raise ValueError(f"pair_cutoffs_A[{name!r}] must be a number in (0, 10) Å")
-            out[pair] = float(value)
-        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,9 +87,6 @@ class Campaign:
             raise ConfigError(f"{self.root}: not a campaign directory (no {CONFIG_NAME}); "
                               f"create one with 'hpcxtal init {self.root}'")
         self.config = CampaignConfig.from_file(self.root / CONFIG_NAME)
-        # Opening a campaign applies its site's file policy to this process.
-        self.site = load_site(self.config.site, search=[self.root])
-        set_file_locking(self.site.hdf5_file_locking)
 
     @classmethod
     def create(cls, root: str | Path, config: CampaignConfig) -> "Campaign":
@@ -248,7 +103,7 @@ class Campaign:
         root.mkdir(parents=True, exist_ok=True)
         try:
             manifest = {"campaign_id": uuid.uuid4().hex, "name": config.name, "created": _now(),
-                        "stages": {s: {"status": "pending"} for s in STAGES}}
+                        "stages": {}}
             _write_json(root / MANIFEST_NAME, manifest)
             write_text_atomic(root / CONFIG_NAME, config.to_yaml())
             return cls(root)
@@ -262,11 +117,11 @@ class Campaign:
 
     @property
     def pool_path(self) -> Path:
-        return self.root / "pool.h5"
+        return pool_path(self.root)
 
     @property
     def shard_dir(self) -> Path:
-        return self.root / "shards"
+        return shard_dir(self.root)
 
     def manifest(self) -> dict[str, Any]:
         try:
@@ -280,8 +135,6 @@ class Campaign:
 
     def record(self, stage: str, **entry: Any) -> None:
         """Merge ``entry`` into the manifest record of ``stage`` (atomically)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
         manifest = self.manifest()
         manifest["stages"].setdefault(stage, {}).update(entry)
         _write_json(self.root / MANIFEST_NAME, manifest)
@@ -295,8 +148,7 @@ class Campaign:
 
     def start(self, stage: str, inputs: list[Path], parameters: Any) -> None:
         self.record(stage, status="running", started=_now(), inputs=[self._rel(p) for p in inputs],
-                    parameters=to_mapping(parameters) if dataclasses.is_dataclass(parameters)
-                    else parameters)
+                    parameters=science(parameters))
 
     def finish(self, stage: str, outputs: list[Path], **counts: int) -> None:
         self.record(stage, status="done", finished=_now(), outputs=[self._rel(p) for p in outputs],

@@ -7,6 +7,7 @@ fix for unknown keys, wrong types and bad values, before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -113,3 +114,29 @@ def load_yaml(path: str | Path) -> Any:
 def to_mapping(obj: Any) -> Any:
     """A config object as plain data (for YAML and HDF5 attributes)."""
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def resource(default: Any) -> Any:
+    """A config field that says how a stage runs (device, threads, workers, batch
+    budgets), not what it computes: it never enters a fingerprint, so changing it
+    does not make finished outputs stale."""
+    return dataclasses.field(default=default, metadata={"resource": True})
+
+
+def science(obj: Any) -> Any:
+    """``obj`` as plain data without its :func:`resource` fields (nested configs too):
+    the settings that can change a result."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: science(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("resource")}
+    if isinstance(obj, dict):
+        return {k: science(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [science(v) for v in obj]
+    return obj
+
+
+def fingerprint(obj: Any) -> str:
+    """The science settings of ``obj`` as canonical JSON (recorded in every output and
+    compared on resume)."""
+    return json.dumps(science(obj), sort_keys=True)

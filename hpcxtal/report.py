@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.store.database import read_database
+from hpcxtal.merge.database import read_database
 from hpcxtal.store.hdf5 import atomic_path, file_summary, write_text_atomic
 from hpcxtal.store.table import Table
 

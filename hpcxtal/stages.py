@@ -1,31 +1,37 @@
-"""Stage functions: files in, files out, no Parsl, MPI or argparse inside.
+"""The stage registry: every campaign stage declared once.
 
-Each stage has a function on explicit files and one on a campaign directory; the
-campaign version resolves paths from the campaign, skips outputs that already exist
-and verify, and records the stage in the manifest.
+A :class:`Stage` names the stage, the config section it computes with (its science
+settings, defined next to its kernel), its inputs and outputs in the campaign layout
+(:mod:`hpcxtal.layout`), the kernel that runs it on files, whether it runs once per
+shard and its default executor. The CLI's stage commands, the Parsl driver, job
+arrays, MPI ranks, ``status`` and ``resume`` all read :data:`PIPELINE`: adding a stage
+means adding one entry and its kernel. Whether an output is current is decided by
+:mod:`hpcxtal.store.provenance` alone; resources (device, threads, workers, batch
+budgets) never make an output stale.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from hpcxtal.campaign import (Campaign, ImportConfig, RelaxConfig, SampleConfig, ShardConfig,
-                              TopologyConfig)
-from hpcxtal.config import ConfigError, to_mapping
+from hpcxtal.campaign import Campaign, CampaignConfig
+from hpcxtal.config import ConfigError
 from hpcxtal.data import resolve_input
-from hpcxtal.refine.rounds import rounds_config, rounds_output, run_rounds
-from hpcxtal.refine.stage import refine_file, refine_output
-from hpcxtal.relax.table import relax_output
-from hpcxtal.store.database import MergeConfig, database_output
-from hpcxtal.store.formats import import_files
-from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
-from hpcxtal.store.shard import shard_path, write_shards
-from hpcxtal.topology.stage import topology_file, topology_output
+from hpcxtal.generate.sample import SampleConfig
+from hpcxtal.layout import database_output, shard_path, stage_output
+from hpcxtal.refine.rounds import rounds_config, run_rounds
+from hpcxtal.store.formats import ImportConfig, import_files
+from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.provenance import PROVENANCE
+from hpcxtal.store.shard import ShardConfig, write_shards
 
 log = logging.getLogger(__name__)
+
+#: A stage's kernel on files: (input, output, attributes to record) -> row counts.
+Kernel = Callable[[Path, Path, dict], dict[str, int]]
 
 
 @dataclass
@@ -35,6 +41,22 @@ class StageReport:
     outputs: list[Path]
     counts: dict[str, int] = field(default_factory=dict)
     skipped: bool = False
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How a stage runs in this process; never part of a fingerprint."""
+
+    workers: int | None = None  # processes for stages that fan out (topology, merge)
+    device: str | None = None  # torch device for this process (an MPI rank's GPU)
+    comm: Any = None  # mpi4py communicator of the rounds stage (None: one process)
+
+    def apply(self, cfg: Any) -> Any:
+        """``cfg`` with this process's device and workers where the section has them."""
+        names = {f.name for f in dataclasses.fields(cfg)}
+        changes = {k: v for k, v in (("device", self.device), ("workers", self.workers))
+                   if v is not None and k in names}
+        return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def import_pool(sources: list[str], dest: Path, cfg: ImportConfig,
@@ -63,402 +85,278 @@ def shard_pool(src: Path, dest_dir: Path, cfg: ShardConfig, **attrs: object) -> 
     return StageReport(paths, {"rows": len(table), "shards": len(paths)})
 
 
-def _outputs_complete(paths: list[Path]) -> bool:
-    return bool(paths) and all(verify_file(p) is None for p in paths)
+def _log_recomputed(dest: Path, why: str | None) -> None:
+    """Warn, naming the file and the cause, about an existing output about to be
+    recomputed because it is corrupted or stale."""
+    if why is not None and dest.exists():
+        log.warning("%s; recomputing it", why)
 
 
-def _log_recomputed(paths: list[Path], why: Callable[[Path], str | None] = verify_file) -> None:
-    """Warn, naming the file and the cause, about each existing output in ``paths`` that
-    is about to be recomputed because ``why`` finds it corrupted or stale."""
-    for path in paths:
-        problem = why(path) if path.exists() else None
-        if problem is not None:
-            log.warning("%s; recomputing it", problem)
+@dataclass(frozen=True)
+class Stage:
+    """One campaign stage: everything the drivers need to know about it.
+
+    Per-shard stages (and ``rounds``, whose outputs are per shard) pair output i with
+    ``inputs(campaign, i)``; whole-campaign stages pair each output with
+    ``inputs(campaign, None)``. ``science`` gives the settings that enter the
+    fingerprint (None: an output is complete once it verifies). Per-shard stages run
+    ``kernel(cfg)`` on each stale shard (built once per process, so a model loads once);
+    whole-campaign stages run ``run_whole``.
+    """
+
+    name: str
+    executor: str  # default executor: "gpu" or "cpu"
+    per_shard: bool
+    inputs: Callable[[Campaign, int | None], list[Path]]
+    outputs: Callable[[Campaign, int], list[Path]]  # shard i's outputs (whole stages: all)
+    science: Callable[[CampaignConfig], Any] | None = None
+    kernel: Callable[[Any], Kernel] | None = None
+    run_whole: Callable[[Campaign, bool, Resources], StageReport] | None = None
+    enabled: Callable[[CampaignConfig], bool] = lambda cfg: True
+    shard_outputs: bool = False  # outputs are per shard although the stage runs whole
+
+    def _shards(self, campaign: Campaign, shard: int | None) -> list[int | None]:
+        if not (self.per_shard or self.shard_outputs):
+            return [None]
+        n = campaign.config.shard.n_shards
+        if shard is None:
+            return list(range(n))
+        if not 0 <= shard < n:
+            raise ConfigError(f"shard {shard} does not exist; the campaign has shards 0-{n - 1}")
+        return [shard]
+
+    def stale(self, campaign: Campaign, shard: int | None) -> list[tuple[Path, str]]:
+        """Each output of ``shard`` (None: all) that is missing, corrupted or stale, with
+        the reason in words; empty when the stage (that shard) is complete."""
+        if not self.enabled(campaign.config):
+            return []
+        cfg = self.science(campaign.config) if self.science is not None else None
+        out = []
+        for i in self._shards(campaign, shard):
+            sources = self.inputs(campaign, i)
+            for dest in self.outputs(campaign, i if i is not None else 0):
+                why = (PROVENANCE.problem(dest) if cfg is None
+                       else PROVENANCE.stale_reason(dest, sources, cfg))
+                if why is not None:
+                    out.append((dest, why))
+        return out
+
+    def done(self, campaign: Campaign, shard: int | None = None) -> bool:
+        """Whether the stage (shard ``shard`` of it) is complete and current."""
+        return not self.stale(campaign, shard)
+
+    def run(self, campaign: Campaign, shard: int | None = None, force: bool = False,
+            resources: Resources | None = None) -> StageReport:
+        """Run the stage (one shard of it) on the campaign; complete, current outputs are
+        kept unless ``force``."""
+        resources = resources or Resources()
+        if self.run_whole is not None:
+            return self.run_whole(campaign, force, resources)
+        return self._run_shards(campaign, shard, force, resources)
+
+    def run_file(self, src: Path, dest: Path, cfg: Any,
+                 resources: Resources | None = None) -> dict[str, int]:
+        """A per-shard stage on explicit files: ``src`` into ``dest`` with the section
+        ``cfg``, its provenance recorded as in a campaign; returns row counts."""
+        kernel = self.kernel((resources or Resources()).apply(cfg))
+        return kernel(Path(src), Path(dest), PROVENANCE.stamp([Path(src)], cfg))
+
+    def _run_shards(self, campaign: Campaign, shard: int | None, force: bool,
+                    resources: Resources) -> StageReport:
+        """Run a per-shard stage on shard ``shard`` (None: all in turn). Writes no
+        manifest: array tasks run this concurrently, each on its own output file."""
+        cfg = self.science(campaign.config)
+        kernel = None
+        outputs, counts, skipped = [], {}, True
+        for i in self._shards(campaign, shard):
+            (src,), (dest,) = self.inputs(campaign, i), self.outputs(campaign, i)
+            outputs.append(dest)
+            why = f"{dest}: --force" if force else PROVENANCE.stale_reason(dest, [src], cfg)
+            if why is None:
+                continue
+            problem = PROVENANCE.problem(src)
+            if problem is not None:
+                raise FileNotFoundError(f"input of shard {i} is missing or corrupted "
+                                        f"({problem}); run the stage before this one for it")
+            if not force:
+                _log_recomputed(dest, why)
+            kernel = kernel or self.kernel(resources.apply(cfg))
+            skipped = False
+            stamp = PROVENANCE.stamp([src], cfg)
+            for key, value in kernel(src, dest, dict(stamp, campaign_id=campaign.campaign_id)).items():
+                counts[key] = counts.get(key, 0) + value
+        return StageReport(outputs, counts, skipped)
 
 
-def sample_campaign(campaign: Campaign, force: bool = False) -> StageReport:
-    """The campaign's ``sample`` stage: ``pool.h5`` from the generator, when the config
-    has a ``sample`` section (else nothing: the ``import`` stage makes the pool)."""
-    cfg = campaign.config.sample
-    dest = campaign.pool_path
-    if cfg is None:
-        campaign.record("sample", status="off", note="no 'sample' section: the pool is imported")
-        return StageReport([], skipped=True)
-    if not force and _outputs_complete([dest]):
-        return StageReport([dest], skipped=True)
-    from hpcxtal.generate.sample import resolve_model
+def _whole(name: str, make: Callable[[Campaign, Resources], StageReport],
+           inputs: Callable[[Campaign], list[Path]],
+           section: Callable[[CampaignConfig], Any]) -> Callable[[Campaign, bool, Resources], StageReport]:
+    """A whole-campaign stage's run: skip while complete, else warn about what is
+    redone and record the stage (inputs, ``section`` settings, counts) in the manifest
+    around ``make``."""
+    def run(campaign: Campaign, force: bool, resources: Resources) -> StageReport:
+        stage = stage_spec(name)
+        outputs = stage.outputs(campaign, 0)
+        if not stage.enabled(campaign.config):
+            campaign.record(name, status="off")
+            return StageReport([], skipped=True)
+        stale = stage.stale(campaign, None)
+        if not force and not stale:
+            return StageReport(outputs, skipped=True)
+        if not force:
+            for dest, why in stale:
+                _log_recomputed(dest, why)
+        campaign.start(name, inputs(campaign), section(campaign.config))
+        report = make(campaign, resources)
+        campaign.finish(name, report.outputs, **report.counts)
+        return report
+    return run
 
-    if not force:
-        _log_recomputed([dest])
-    campaign.start("sample", [resolve_model(cfg.model)], cfg)
-    report = sample_to_pool(dest, cfg, campaign.config.seed, campaign_id=campaign.campaign_id)
-    campaign.finish("sample", report.outputs, **report.counts)
-    return report
+
+def _sample(campaign: Campaign, resources: Resources) -> StageReport:
+    return sample_to_pool(campaign.pool_path, campaign.config.sample, campaign.config.seed,
+                          campaign_id=campaign.campaign_id)
 
 
-def import_campaign(campaign: Campaign, force: bool = False) -> StageReport:
-    """The campaign's ``import`` stage: its configured inputs into ``pool.h5`` (nothing
-    when the config has a ``sample`` section: then the ``sample`` stage makes the pool)."""
-    dest = campaign.pool_path
-    if campaign.config.sample is not None:
-        campaign.record("import", status="off", note="the 'sample' section makes the pool")
-        return StageReport([], skipped=True)
-    if not force and _outputs_complete([dest]):
-        return StageReport([dest], skipped=True)
+def _import(campaign: Campaign, resources: Resources) -> StageReport:
     cfg = campaign.config.import_
-    if not force:
-        _log_recomputed([dest])
-    campaign.start("import", [resolve_input(s) for s in cfg.inputs], cfg)
-    report = import_pool(cfg.inputs, dest, cfg, campaign_id=campaign.campaign_id)
-    campaign.finish("import", report.outputs, **report.counts)
-    return report
+    return import_pool(cfg.inputs, campaign.pool_path, cfg, campaign_id=campaign.campaign_id)
 
 
-def shard_campaign(campaign: Campaign, force: bool = False) -> StageReport:
-    """The campaign's ``shard`` stage: ``pool.h5`` into ``shards/shard-NNNN.h5``."""
-    cfg = campaign.config.shard
-    dests = _shard_files(campaign)
-    if not force and _outputs_complete(dests):
-        return StageReport(dests, skipped=True)
-    if verify_file(campaign.pool_path) is not None:
+def _shard(campaign: Campaign, resources: Resources) -> StageReport:
+    if PROVENANCE.problem(campaign.pool_path) is not None:
         raise FileNotFoundError(f"{campaign.pool_path}: the pool is missing or does not verify; "
                                 f"run 'hpcxtal import {campaign.root}' (or 'hpcxtal sample "
                                 f"{campaign.root}') first")
-    if not force:
-        _log_recomputed(dests)
-    campaign.start("shard", [campaign.pool_path], cfg)
-    for stale in campaign.shard_dir.glob("shard-*.h5"):
-        stale.unlink()
-    report = shard_pool(campaign.pool_path, campaign.shard_dir, cfg,
-                        campaign_id=campaign.campaign_id)
-    campaign.finish("shard", report.outputs, **report.counts)
-    return report
+    for old in campaign.shard_dir.glob("shard-*.h5"):
+        old.unlink()
+    return shard_pool(campaign.pool_path, campaign.shard_dir, campaign.config.shard,
+                      campaign_id=campaign.campaign_id,
+                      **PROVENANCE.stamp([campaign.pool_path], campaign.config.shard))
 
 
-
-def _shard_input(campaign: Campaign, shard: int) -> Path:
-    return shard_path(campaign.shard_dir, shard)
-
-
-def _rounds_input(campaign: Campaign, shard: int) -> Path:
-    return rounds_output(campaign.root, shard)
-
-
-def rounds_campaign(campaign: Campaign, shard: int | None = None, force: bool = False,
-                    comm=None) -> StageReport:
-    """The campaign's ``rounds`` stage (whole campaign; MPI ranks share it through
-    ``comm``): later refinement rounds over all shards' invalid rows, then one final
-    file per shard."""
+def _rounds(campaign: Campaign, force: bool, resources: Resources) -> StageReport:
+    """The ``rounds`` stage (whole campaign; MPI ranks share it through
+    ``resources.comm``): later rounds over all shards' invalid rows, then one final file
+    per shard."""
+    stage = stage_spec("rounds")
     n = campaign.config.shard.n_shards
-    outputs = [rounds_output(campaign.root, i) for i in range(n)]
-    if not force and stage_spec("rounds").done(campaign, None):
+    outputs = [stage_output("rounds", campaign.root, i) for i in range(n)]
+    stale = stage.stale(campaign, None)
+    if not force and not stale:
         return StageReport(outputs, skipped=True)
-    missing = [i for i in range(n) if verify_file(refine_output(campaign.root, i)) is not None]
+    missing = [i for i in range(n)
+               if PROVENANCE.problem(stage_output("refine", campaign.root, i)) is not None]
     if missing:
         raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
                                 f"{campaign.root}' first")
     if not force:
-        cfg = rounds_config(campaign.config.refine, campaign.config.rounds)
-        for i in range(n):
-            _log_recomputed([outputs[i]], lambda p: stale_reason(
-                p, refine_output(campaign.root, i), cfg))
-    counts = run_rounds(campaign.root, n, lambda i: refine_output(campaign.root, i),
-                        campaign.config.refine, campaign.config.rounds, comm)
+        for dest, why in stale:
+            _log_recomputed(dest, why)
+    refine = resources.apply(campaign.config.refine)
+    counts = run_rounds(campaign.root, n, lambda i: stage_output("refine", campaign.root, i),
+                        refine, campaign.config.rounds, resources.comm)
     return StageReport(outputs, counts)
 
 
-def refine_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
-    """The campaign's ``refine`` stage on one shard (or every shard in turn)."""
-    cfg = campaign.config.refine
-    return _per_shard(campaign, shard, force, _shard_input, refine_output, cfg,
-                      lambda src, dest: refine_file(src, dest, cfg, campaign_id=campaign.campaign_id))
+def _merge(campaign: Campaign, resources: Resources) -> StageReport:
+    from hpcxtal.merge.stage import merge_files
 
-
-def topology_campaign(campaign: Campaign, shard: int | None, force: bool = False,
-                      workers: int | None = None) -> StageReport:
-    """The campaign's ``topology`` stage on the refined shard ``shard`` (or all)."""
-    cfg = campaign.config.topology
-    return _per_shard(campaign, shard, force, _rounds_input, topology_output, cfg,
-                      lambda src, dest: topology_file(src, dest, cfg, workers,
-                                                      campaign_id=campaign.campaign_id))
-
-
-def stale_reason(dest: Path, src: Path, cfg: object) -> str | None:
-    """None if ``dest`` verifies and was made from the present ``src`` with ``cfg``,
-    else why not, naming ``dest``: a recomputed input or a changed config makes a
-    per-shard output stale, a truncated or modified one does not verify."""
-    problem = verify_file(dest)
-    if problem is not None:
-        return problem
-    problem = verify_file(src)
-    if problem is not None:
-        return f"{dest}: its input does not verify ({problem})"
-    made = file_summary(dest)["attrs"]
-    if made.get("source_sha256") != file_summary(src)["attrs"].get("sha256"):
-        return f"{dest}: made from another version of {src}"
-    if made.get("stage_config") != json.dumps(to_mapping(cfg)):
-        return f"{dest}: made with another stage config"
-    return None
-
-
-def is_current(dest: Path, src: Path, cfg: object) -> bool:
-    """Whether ``dest`` is current (see :func:`stale_reason`)."""
-    return stale_reason(dest, src, cfg) is None
-
-
-def _per_shard(campaign: Campaign, shard: int | None, force: bool,
-               source: Callable[[Campaign, int], Path], output: Callable[[Path, int], Path],
-               cfg: object, run: Callable[[Path, Path], dict[str, int]]) -> StageReport:
-    """Run a per-shard stage on shard ``shard`` (None: all in turn), ``source`` file
-    in, ``output`` file out; outputs that are current (see :func:`is_current`) are
-    kept unless ``force``. Writes no manifest: array tasks run this concurrently."""
-    n = campaign.config.shard.n_shards
-    if shard is not None and not 0 <= shard < n:
-        raise ConfigError(f"shard {shard} does not exist; the campaign has shards 0-{n - 1}")
-    outputs, counts, skipped = [], {}, True
-    for i in range(n) if shard is None else [shard]:
-        src, dest = source(campaign, i), output(campaign.root, i)
-        outputs.append(dest)
-        why = None if force else stale_reason(dest, src, cfg)
-        if not force and why is None:
-            continue
-        problem = verify_file(src)
-        if problem is not None:
-            raise FileNotFoundError(f"input of shard {i} is missing or corrupted ({problem}); "
-                                    "run the stage before this one for that shard")
-        _log_recomputed([dest], lambda _: why)
-        skipped = False
-        for key, value in run(src, dest).items():
-            counts[key] = counts.get(key, 0) + value
-    return StageReport(outputs, counts, skipped)
-
-
-class RelaxRunner:
-    """The relax stage's energy model, FIRE settings and graphite reference, set up
-    once (on first use) and reused for every file a process relaxes."""
-
-    def __init__(self, cfg: RelaxConfig):
-        self.cfg = cfg
-        self._setup: tuple | None = None
-
-    def setup(self) -> tuple:
-        """(model, FIRE parameters, graphite energy per atom), built on first call."""
-        if self._setup is None:
-            from hpcxtal.relax.fire import FireParams
-            from hpcxtal.relax.models import load_model
-            from hpcxtal.relax.reference import graphite_energy
-
-            cfg = self.cfg
-            model = load_model(cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.model_dir)
-            log.info("energy model: %s (%s)", model.source, cfg.dtype)
-            params = FireParams(fmax_eV_per_A=cfg.fmax_eV_per_A, max_steps=cfg.max_steps,
-                                steps_per_atom=cfg.steps_per_atom,
-                                batch_atom_budget=cfg.batch_atom_budget,
-                                batch_edge_budget=cfg.batch_edge_budget,
-                                symmetrize=cfg.symmetrize, symprec_A=cfg.symprec_A)
-            self._setup = (model, params, graphite_energy(model, params))
-        return self._setup
-
-    def run(self, src: Path, dest: Path, **attrs: object) -> dict[str, int]:
-        """Relax the rows of ``src`` that are worth it into ``dest``: every row of a plain
-        table, or the CN-valid topology representatives of a topology file (the rest
-        pass through with the reason in ``status``); quarantined rows pass through."""
-        from hpcxtal.relax.table import relax_table, relax_selection, status_counts
-
-        table, quarantine = read_table(src)
-        model, params, e_graphite = self.setup()
-        chosen, skipped = relax_selection(table)
-        out = relax_table(table, model, params, e_graphite, chosen, skipped)
-        counts = status_counts(out, self.cfg.low_energy_window_eV)
-        write_table(dest, out, kind="relax", quarantine=quarantine, source=str(src),
-                    source_sha256=file_summary(src)["attrs"]["sha256"],
-                    stage_config=json.dumps(to_mapping(self.cfg)),
-                    e_graphite_eV_per_atom=e_graphite,
-                    low_energy_window_eV=self.cfg.low_energy_window_eV,
-                    **model.describe(), **{f"n_{k}": v for k, v in counts.items() if k != "rows"}, **attrs)
-        log.info("%s: %d rows, %d relaxed: %d converged, %d not converged, %d failed, %d within "
-                 "%.2f eV/atom of graphite", dest, counts["rows"], counts["relaxed"],
-                 counts["converged"], counts["not_converged"], counts["failed"],
-                 counts["low_energy"], self.cfg.low_energy_window_eV)
-        return counts
-
-
-def relax_file(src: Path, dest: Path, cfg: RelaxConfig, **attrs: object) -> dict[str, int]:
-    """The relax stage on explicit files: ``src`` relaxed into ``dest``."""
-    return RelaxRunner(cfg).run(src, dest, **attrs)
-
-
-def _topology_input(campaign: Campaign, shard: int) -> Path:
-    return topology_output(campaign.root, shard)
-
-
-def relax_campaign(campaign: Campaign, shard: int | None, force: bool = False) -> StageReport:
-    """The campaign's ``relax`` stage on the topology output of shard ``shard`` (or all);
-    one energy model serves every shard the process relaxes."""
-    runner = RelaxRunner(campaign.config.relax)
-    return _per_shard(campaign, shard, force, _topology_input, relax_output,
-                      campaign.config.relax,
-                      lambda src, dest: runner.run(src, dest, campaign_id=campaign.campaign_id))
-
-
-def merge_files(sources: list[Path], dest: Path, cfg: MergeConfig,
-                topology: TopologyConfig | None = None, pool: Path | None = None,
-                workers: int | None = None, **attrs: object) -> dict[str, int]:
-    """The merge stage on explicit files: relax outputs ``sources`` into one ranked
-    database ``dest``. Every input is verified first; with ``pool`` (the pool the rows
-    came from) its quarantine is carried for the accounting, and every pool row must be
-    in exactly one input. ``topology`` gives the signature settings for the training
-    structures' keys (default: the topology stage's defaults)."""
-    import numpy as np
-
-    from hpcxtal.store.database import build_database, read_relax_outputs
-    from hpcxtal.store.lineage import check_pool_matches
-    from hpcxtal.topology.annotate import SignatureParams
-    from hpcxtal.topology.training import training_set
-
-    inputs = read_relax_outputs(sources)
-    pool_quarantine = None
-    digest = [file_summary(p)["attrs"]["sha256"] for p in sources]
-    if pool is not None:
-        pool_table, pool_quarantine = read_table(pool)
-        digest.append(file_summary(pool)["attrs"]["sha256"])
-        check_pool_matches(pool_table, pool, [t for t, _ in inputs])
-    topology = topology or TopologyConfig()
-    params = SignatureParams(cutoffs=topology.cutoffs(), depth=topology.depth,
-                             max_ring=topology.max_ring)
-    training = training_set(resolve_input(cfg.training), params, workers) if cfg.training else {}
-    first = inputs[0][0].attrs
-    window = (cfg.low_energy_window_eV if cfg.low_energy_window_eV is not None
-              else float(first.get("low_energy_window_eV", RelaxConfig().low_energy_window_eV)))
-    table, quarantine = build_database(inputs, cfg, training, window, pool_quarantine)
-    model = {k: v for k, v in first.items() if k.startswith("model_")}
-    n_sampled = (len(table) + len(quarantine) if pool is None
-                 else len(pool_table) + len(pool_quarantine or []))
-    counts = {"rows": len(table), "quarantined": len(quarantine),
-              "relaxed": int((table.structures.natoms > 0).sum()),
-              "unique": int(table["unique"].sum()), "low_energy": int(table["low_energy"].sum()),
-              "in_training": int(table["in_training"].sum())}
-    write_table(dest, table, kind="database", quarantine=quarantine,
-                sources=json.dumps([str(p) for p in sources]),
-                inputs_sha256=json.dumps(sorted(digest)),
-                merge_config=json.dumps(to_mapping(cfg)),
-                topology_config=json.dumps(to_mapping(topology)),
-                e_graphite_eV_per_atom=float(first.get("e_graphite_eV_per_atom", np.nan)),
-                low_energy_window_eV=window, n_sampled=n_sampled,
-                **model, **attrs)
-    log.info("%s: %d rows (%d relaxed, %d unique, %d within %.2f eV/atom of graphite, %d in "
-             "the training set), %d quarantined", dest, counts["rows"], counts["relaxed"],
-             counts["unique"], counts["low_energy"], window, counts["in_training"],
-             counts["quarantined"])
-    return counts
-
-
-def _merge_inputs(campaign: Campaign) -> list[Path]:
-    """The campaign's relax outputs, each checked current against its topology input."""
-    paths = []
-    for i in range(campaign.config.shard.n_shards):
-        path = relax_output(campaign.root, i)
-        if not is_current(path, _topology_input(campaign, i), campaign.config.relax):
-            problem = verify_file(path) or "made from another topology file or relax config"
+    cfg = campaign.config
+    sources = _relax_outputs(campaign)
+    for i, path in enumerate(sources):
+        stale = stage_spec("relax").stale(campaign, i)
+        if stale:
             raise FileNotFoundError(f"relax output of shard {i} is missing, corrupted or stale "
-                                    f"({problem}); run 'hpcxtal relax {campaign.root} --shard "
-                                    f"{i}' first")
-        paths.append(path)
-    return paths
-
-
-def _merge_fingerprint(campaign: Campaign) -> dict[str, str] | None:
-    """The attributes a current database records: its inputs' checksums and the
-    configs (None while some input is missing or corrupted)."""
-    paths = [relax_output(campaign.root, i) for i in range(campaign.config.shard.n_shards)]
-    paths.append(campaign.pool_path)
-    if any(verify_file(p) is not None for p in paths):
-        return None
-    cfg = campaign.config
-    return {"inputs_sha256": json.dumps(sorted(file_summary(p)["attrs"]["sha256"] for p in paths)),
-            "merge_config": json.dumps(to_mapping(cfg.merge)),
-            "topology_config": json.dumps(to_mapping(cfg.topology))}
-
-
-def merge_done(campaign: Campaign) -> bool:
-    """Whether ``DIR/database.h5`` verifies and was merged from the present relax
-    outputs and pool with the present config."""
+                                    f"({stale[0][1]}); run 'hpcxtal relax {campaign.root} "
+                                    f"--shard {i}' first")
     dest = database_output(campaign.root)
-    want = _merge_fingerprint(campaign)
-    if want is None or verify_file(dest) is not None:
-        return False
-    made = file_summary(dest)["attrs"]
-    return all(made.get(k) == v for k, v in want.items())
-
-
-def merge_campaign(campaign: Campaign, force: bool = False,
-                   workers: int | None = None) -> StageReport:
-    """The campaign's ``merge`` stage: every ``relax/relax-NNNN.h5`` (all must be
-    current) and the pool's quarantine into ``DIR/database.h5``."""
-    dest = database_output(campaign.root)
-    if not force and merge_done(campaign):
-        return StageReport([dest], skipped=True)
-    sources = _merge_inputs(campaign)
-    if not force:
-        _log_recomputed([dest], lambda p: verify_file(p) or f"{p}: merged from other relax "
-                                                           f"outputs, pool or config")
-    cfg = campaign.config
-    campaign.start("merge", sources + [campaign.pool_path], cfg.merge)
+    stamp = PROVENANCE.stamp(_merge_inputs(campaign), _merge_science(cfg))
     counts = merge_files(sources, dest, cfg.merge, cfg.topology, campaign.pool_path,
-                         workers or cfg.topology.workers, campaign_id=campaign.campaign_id)
-    campaign.finish("merge", [dest], **counts)
+                         resources.workers or cfg.topology.workers,
+                         campaign_id=campaign.campaign_id, **stamp)
     return StageReport([dest], counts)
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    """A campaign stage as the drivers see it: which executor runs it, whether it runs
-    once per shard, the function that runs it on a campaign, and the outputs that show
-    it complete (``shard`` is None for whole-campaign stages)."""
+def _relax_outputs(campaign: Campaign) -> list[Path]:
+    return [stage_output("relax", campaign.root, i) for i in range(campaign.config.shard.n_shards)]
 
-    name: str
-    executor: str  # "gpu" or "cpu"
-    per_shard: bool
-    run: Callable[[Campaign, int | None, bool], StageReport]
-    done: Callable[[Campaign, int | None], bool]  # complete (one shard of it, if per shard)
+
+def _merge_inputs(campaign: Campaign) -> list[Path]:
+    return [*_relax_outputs(campaign), campaign.pool_path]
+
+
+def _merge_science(cfg: CampaignConfig) -> dict:
+    """The merge stage computes with its own section and the topology signature settings
+    (training structures' keys)."""
+    return {"merge": cfg.merge, "topology": cfg.topology}
+
+
+def _relax_kernel(cfg: Any) -> Kernel:
+    from hpcxtal.relax.stage import RelaxRunner
+
+    runner = RelaxRunner(cfg)
+    return lambda src, dest, attrs: runner.run(src, dest, **attrs)
+
+
+def _refine_kernel(cfg: Any) -> Kernel:
+    from hpcxtal.refine.stage import refine_file
+
+    return lambda src, dest, attrs: refine_file(src, dest, cfg, **attrs)
+
+
+def _topology_kernel(cfg: Any) -> Kernel:
+    from hpcxtal.topology.stage import topology_file
+
+    return lambda src, dest, attrs: topology_file(src, dest, cfg, cfg.workers, **attrs)
 
 
 def _shard_files(campaign: Campaign) -> list[Path]:
     return [shard_path(campaign.shard_dir, i) for i in range(campaign.config.shard.n_shards)]
 
 
-def _per_shard_done(source: Callable[[Campaign, int], Path], output: Callable[[Path, int], Path],
-                    config: Callable[[Campaign], object]) -> Callable[[Campaign, int | None], bool]:
-    def done(campaign: Campaign, shard: int | None) -> bool:
-        shards = range(campaign.config.shard.n_shards) if shard is None else [shard]
-        return all(is_current(output(campaign.root, i), source(campaign, i), config(campaign))
-                   for i in shards)
-    return done
+def _previous(stage: str) -> Callable[[Campaign, int | None], list[Path]]:
+    """Inputs of a per-shard stage: shard i's output of ``stage``."""
+    return lambda c, i: [stage_output(stage, c.root, i)]
+
+
+def _own(stage: str) -> Callable[[Campaign, int], list[Path]]:
+    """Outputs of a per-shard stage: its own file for shard i."""
+    return lambda c, i: [stage_output(stage, c.root, i)]
 
 
 #: The campaign's stages in order; drivers (CLI, Parsl, job arrays, MPI) run these.
-PIPELINE: tuple[StageSpec, ...] = (
-    StageSpec("sample", "cpu", False, lambda c, shard, force: sample_campaign(c, force),
-              lambda c, shard: c.config.sample is None or _outputs_complete([c.pool_path])),
-    StageSpec("import", "cpu", False, lambda c, shard, force: import_campaign(c, force),
-              lambda c, shard: c.config.sample is not None or _outputs_complete([c.pool_path])),
-    StageSpec("shard", "cpu", False, lambda c, shard, force: shard_campaign(c, force),
-              lambda c, shard: _outputs_complete(_shard_files(c))),
-    StageSpec("refine", "gpu", True, refine_campaign,
-              _per_shard_done(_shard_input, refine_output, lambda c: c.config.refine)),
-    StageSpec("rounds", "gpu", False, rounds_campaign,
-              _per_shard_done(lambda c, i: refine_output(c.root, i), rounds_output,
-                              lambda c: rounds_config(c.config.refine, c.config.rounds))),
-    StageSpec("topology", "cpu", True, topology_campaign,
-              _per_shard_done(_rounds_input, topology_output, lambda c: c.config.topology)),
-    StageSpec("relax", "cpu", True, relax_campaign,
-              _per_shard_done(_topology_input, relax_output, lambda c: c.config.relax)),
-    StageSpec("merge", "cpu", False, lambda c, shard, force: merge_campaign(c, force),
-              lambda c, shard=None: merge_done(c)),
+PIPELINE: tuple[Stage, ...] = (
+    Stage("sample", "cpu", False,
+          inputs=lambda c, i: [], outputs=lambda c, i: [c.pool_path],
+          run_whole=_whole("sample", _sample, lambda c: [], lambda cfg: cfg.sample),
+          enabled=lambda cfg: cfg.sample is not None),
+    Stage("import", "cpu", False,
+          inputs=lambda c, i: [], outputs=lambda c, i: [c.pool_path],
+          run_whole=_whole("import", _import,
+                           lambda c: [resolve_input(s) for s in c.config.import_.inputs],
+                           lambda cfg: cfg.import_),
+          enabled=lambda cfg: cfg.sample is None),
+    Stage("shard", "cpu", False,
+          inputs=lambda c, i: [c.pool_path], outputs=lambda c, i: _shard_files(c),
+          run_whole=_whole("shard", _shard, lambda c: [c.pool_path], lambda cfg: cfg.shard),
+          science=lambda cfg: cfg.shard),
+    Stage("refine", "gpu", True, inputs=lambda c, i: [shard_path(c.shard_dir, i)],
+          outputs=_own("refine"), science=lambda cfg: cfg.refine, kernel=_refine_kernel),
+    Stage("rounds", "gpu", False, inputs=_previous("refine"), outputs=_own("rounds"),
+          science=lambda cfg: rounds_config(cfg.refine, cfg.rounds), run_whole=_rounds,
+          shard_outputs=True),
+    Stage("topology", "cpu", True, inputs=_previous("rounds"), outputs=_own("topology"),
+          science=lambda cfg: cfg.topology, kernel=_topology_kernel),
+    Stage("relax", "cpu", True, inputs=_previous("topology"), outputs=_own("relax"),
+          science=lambda cfg: cfg.relax, kernel=_relax_kernel),
+    Stage("merge", "cpu", False, inputs=lambda c, i: _merge_inputs(c),
+          outputs=lambda c, i: [database_output(c.root)], science=_merge_science,
+          run_whole=_whole("merge", _merge, _merge_inputs, _merge_science)),
 )
 
 
-def stage_spec(name: str) -> StageSpec:
+def stage_spec(name: str) -> Stage:
     """The pipeline entry called ``name``."""
     for spec in PIPELINE:
         if spec.name == name:

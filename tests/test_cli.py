@@ -201,7 +201,7 @@ def test_a_bug_is_one_line_and_its_traceback_shows_with_v(cli, tmp_path, monkeyp
     def broken(args):
         raise KeyError("oops")
 
-    monkeypatch.setitem(__import__("hpcxtal.cli").cli.COMMANDS, "info", broken)
+    monkeypatch.setattr("hpcxtal.cli.files.cmd_info", broken)
     code, _, err = cli("info", tmp_path / "x.h5")
     assert code == 2 and "internal error: KeyError: 'oops'" in err and "Traceback" not in err
     code, _, err = cli("info", tmp_path / "x.h5", "-v")

@@ -317,15 +317,14 @@ def test_rounds_redo_parts_made_with_another_config_or_from_other_round1_files(r
     import yaml
 
     from hpcxtal.cli import main
-    from hpcxtal.refine.rounds import part_path, rounds_output
-    from hpcxtal.refine.stage import refine_output
+    from hpcxtal.layout import part_path, stage_output
     from hpcxtal.store.hdf5 import file_summary, write_table
 
     def stamps():
         return [part_path(refined, r, 0, 1).stat().st_mtime_ns for r in (2, 3)]
 
     before = stamps()
-    rounds_output(refined, 0).unlink()
+    stage_output("rounds", refined, 0).unlink()
     assert main(["rounds", str(refined), "-q"]) == 0
     assert stamps() == before  # an unchanged campaign keeps its finished rounds
     # Another rounds config: the parts of every later round are stale.
@@ -337,43 +336,43 @@ def test_rounds_redo_parts_made_with_another_config_or_from_other_round1_files(r
     after = stamps()
     assert after[0] != before[0] and after[1] != before[1]
     assert "made from other round inputs or another refine/rounds config" in caplog.text
-    want = file_summary(rounds_output(refined, 1))["attrs"]["stage_config"]
+    want = file_summary(stage_output("rounds", refined, 1))["attrs"]["stage_config"]
     assert file_summary(part_path(refined, 3, 0, 1))["attrs"]["stage_config"] == want
     # A round-1 file made again with other rows: the later rounds start again too.
-    table, quarantine = read_table(refine_output(refined, 1))
+    table, quarantine = read_table(stage_output("refine", refined, 1))
     table.columns["loss"] = table["loss"] + 1.0
-    write_table(refine_output(refined, 1), table, kind="refine", quarantine=quarantine)
+    write_table(stage_output("refine", refined, 1), table, kind="refine", quarantine=quarantine)
     caplog.clear()
     with caplog.at_level("WARNING"):
         assert main(["rounds", str(refined), "-q"]) == 0
     assert stamps()[0] != after[0]
-    assert f"{rounds_output(refined, 1)}: made from another version of" in caplog.text
+    assert f"{stage_output('rounds', refined, 1)}: made from another version of" in caplog.text
 
 
 def test_stale_reason_names_the_file_and_the_cause(refined):
     from hpcxtal.campaign import Campaign
-    from hpcxtal.refine.stage import refine_output
-    from hpcxtal.stages import is_current, stale_reason
-    from hpcxtal.store.shard import shard_path
+    from hpcxtal.layout import shard_path, stage_output
+    from hpcxtal.store.provenance import Provenance
+
+    stale_reason = lambda dest, src, cfg: Provenance().stale_reason(dest, [src], cfg)  # noqa: E731
 
     cfg = Campaign(refined).config.refine
-    dest, src = refine_output(refined, 0), shard_path(refined / "shards", 0)
-    assert stale_reason(dest, src, cfg) is None and is_current(dest, src, cfg)
+    dest, src = stage_output("refine", refined, 0), shard_path(refined / "shards", 0)
+    assert stale_reason(dest, src, cfg) is None
     other = dataclasses.replace(cfg, max_steps=cfg.max_steps + 1)
     assert stale_reason(dest, src, other) == f"{dest}: made with another stage config"
     dest.write_bytes(dest.read_bytes()[:2000])
     assert stale_reason(dest, src, cfg).startswith(f"{dest}: unreadable or corrupted HDF5")
-    assert not is_current(dest, src, cfg)
 
 
 def test_a_round_redone_in_a_fresh_process_equals_the_uninterrupted_one(refined):
-    from hpcxtal.refine.rounds import part_path, rounds_output
+    from hpcxtal.layout import part_path, stage_output
 
     want, _ = read_table(part_path(refined, 3, 0, 1))
     assert len(want), "round 3 had no rows to refine"
     part_path(refined, 3, 0, 1).unlink()
     for i in range(N_SHARDS):
-        rounds_output(refined, i).unlink()
+        stage_output("rounds", refined, i).unlink()
     subprocess.run(cli("rounds", str(refined), "-q"), check=True, env=env())
     got, _ = read_table(part_path(refined, 3, 0, 1))
     for name in ("id", "cell", "xyz", "loss", "valid", "round"):

@@ -17,17 +17,16 @@ import pytest
 from hpcxtal.campaign import Campaign, CampaignConfig, ImportConfig, RelaxConfig, ShardConfig
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError
-from hpcxtal.relax.table import relax_output
+from hpcxtal.layout import database_output, shard_path, stage_output
 from hpcxtal.report import accounting, write_report
-from hpcxtal.stages import (PIPELINE, import_campaign, merge_campaign, merge_files,
-                            relax_campaign, relax_file, shard_campaign, stage_spec)
-from hpcxtal.store.database import (MergeConfig, build_database, database_output, query,
-                                    read_database)
+from hpcxtal.merge.stage import merge_files
+from hpcxtal.relax.stage import RelaxRunner
+from hpcxtal.stages import PIPELINE, stage_spec
+from hpcxtal.merge.database import MergeConfig, build_database, query, read_database
 from hpcxtal.store.formats import quarantine_table
 from hpcxtal.store.hdf5 import StoreError, file_summary, read_table, write_table
-from hpcxtal.store.shard import shard_path
 from hpcxtal.store.table import Structures, Table, str_array
-from hpcxtal.topology.stage import topology_file, topology_output
+from hpcxtal.topology.stage import topology_file
 
 from test_relax import tiny_mace
 
@@ -81,13 +80,13 @@ def campaign(pool, relax_cfg, cache, tmp_path_factory):
     cfg = CampaignConfig(name="m", import_=ImportConfig(inputs=[str(pool)]),
                          shard=ShardConfig(n_shards=2), relax=relax_cfg)
     camp = Campaign.create(tmp_path_factory.mktemp("camp") / "c", cfg)
-    import_campaign(camp)
-    shard_campaign(camp)
+    stage_spec("import").run(camp)
+    stage_spec("shard").run(camp)
     for i in range(2):
-        topology_file(shard_path(camp.shard_dir, i), topology_output(camp.root, i), cfg.topology,
+        topology_file(shard_path(camp.shard_dir, i), stage_output("topology", camp.root, i), cfg.topology,
                       workers=1)
-    relax_campaign(camp, None)
-    merge_campaign(camp)
+    stage_spec("relax").run(camp, None)
+    stage_spec("merge").run(camp)
     return camp
 
 
@@ -126,7 +125,7 @@ def test_database_columns_order_and_symmetry(campaign):
 
 
 def test_shard_merge_equals_single_file_merge(campaign, tmp_path):
-    parts = [read_table(relax_output(campaign.root, i)) for i in range(2)]
+    parts = [read_table(stage_output("relax", campaign.root, i)) for i in range(2)]
     single = Table.concat([parts[1][0], parts[0][0]])  # another order, one file
     write_table(tmp_path / "all.h5", single, kind="relax", **parts[0][0].attrs)
     assert main(["merge", str(tmp_path / "all.h5"), "-o", str(tmp_path / "db.h5"),
@@ -137,7 +136,7 @@ def test_shard_merge_equals_single_file_merge(campaign, tmp_path):
 def test_sharded_campaign_matches_single_process_pipeline(campaign, pool, relax_cfg, tmp_path):
     cfg = campaign.config
     topology_file(pool, tmp_path / "topo.h5", cfg.topology, workers=1)
-    relax_file(tmp_path / "topo.h5", tmp_path / "relax.h5", relax_cfg)
+    RelaxRunner(relax_cfg).run(tmp_path / "topo.h5", tmp_path / "relax.h5")
     merge_files([tmp_path / "relax.h5"], tmp_path / "db.h5", cfg.merge, cfg.topology,
                 pool=pool)
     one, q1 = read_database(tmp_path / "db.h5")
@@ -179,8 +178,8 @@ def test_merge_is_idempotent_and_skips_when_current(campaign, tmp_path):
     before = file_summary(dest)["attrs"]["sha256"]
     shutil.copy(dest, tmp_path / "before.h5")
     assert stage_spec("merge").done(campaign, None)
-    assert merge_campaign(campaign).skipped
-    report = merge_campaign(campaign, force=True)
+    assert stage_spec("merge").run(campaign).skipped
+    report = stage_spec("merge").run(campaign, force=True)
     assert not report.skipped
     assert file_summary(dest)["attrs"]["sha256"] == before
     _same_file_data(dest, tmp_path / "before.h5")
@@ -200,29 +199,29 @@ def _corrupt(path, dataset: str = "energy") -> None:
 
 def test_corrupted_relax_output_is_named(campaign, tmp_path, capsys):
     bad = tmp_path / "relax-0001.h5"
-    shutil.copy(relax_output(campaign.root, 1), bad)
+    shutil.copy(stage_output("relax", campaign.root, 1), bad)
     _corrupt(bad)
     with pytest.raises(StoreError, match="relax-0001.h5"):
-        merge_files([relax_output(campaign.root, 0), bad], tmp_path / "db.h5", MergeConfig())
-    assert main(["merge", str(relax_output(campaign.root, 0)), str(bad),
+        merge_files([stage_output("relax", campaign.root, 0), bad], tmp_path / "db.h5", MergeConfig())
+    assert main(["merge", str(stage_output("relax", campaign.root, 0)), str(bad),
                  "-o", str(tmp_path / "db.h5")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(bad) in err
     assert not (tmp_path / "db.h5").exists()
     # a shard given twice, and a pool row missing from the inputs
     with pytest.raises(StoreError, match="more than one row"):
-        merge_files([relax_output(campaign.root, 0)] * 2, tmp_path / "db.h5", MergeConfig())
+        merge_files([stage_output("relax", campaign.root, 0)] * 2, tmp_path / "db.h5", MergeConfig())
     with pytest.raises(StoreError, match="missing ids"):
-        merge_files([relax_output(campaign.root, 0)], tmp_path / "db.h5", MergeConfig(),
+        merge_files([stage_output("relax", campaign.root, 0)], tmp_path / "db.h5", MergeConfig(),
                     pool=campaign.pool_path)
 
 
 def test_campaign_merge_refuses_a_corrupted_shard(campaign, tmp_path):
     copy = Campaign(shutil.copytree(campaign.root, tmp_path / "c"))
-    _corrupt(relax_output(copy.root, 0), "e_rel")
+    _corrupt(stage_output("relax", copy.root, 0), "e_rel")
     assert not stage_spec("merge").done(copy, None)
     with pytest.raises(FileNotFoundError, match=r"shard 0 .*relax-0000.h5"):
-        merge_campaign(copy)
+        stage_spec("merge").run(copy)
 
 
 def _structure_table(images, keys, energies, status=None):
@@ -350,12 +349,12 @@ def test_merge_is_the_last_stage_and_config_is_validated(tmp_path):
 def test_rows_relaxed_in_two_shards_are_structure_duplicates(campaign, tmp_path):
     """The same structures relaxed in another shard under other ids (what the per-shard
     first de-duplication lets through) become duplicates of the first ids."""
-    table, _ = read_table(relax_output(campaign.root, 0))
+    table, _ = read_table(stage_output("relax", campaign.root, 0))
     other = table.take(np.arange(len(table)))
     other.columns["id"] = table["id"] + 100
     other.columns["duplicate_of"] = table["duplicate_of"] + 100
     write_table(tmp_path / "other.h5", other, kind="relax", **table.attrs)
-    merge_files([relax_output(campaign.root, 0), tmp_path / "other.h5"], tmp_path / "db.h5",
+    merge_files([stage_output("relax", campaign.root, 0), tmp_path / "other.h5"], tmp_path / "db.h5",
                 MergeConfig(training=None))
     db, _ = read_database(tmp_path / "db.h5")
     conv = (db["status"] == "converged") & (db["id"] >= 100)

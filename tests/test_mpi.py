@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hpcxtal.cli import main
-from hpcxtal.refine.rounds import part_path, rounds_output
+from hpcxtal.layout import part_path, stage_output
 from hpcxtal.store.hdf5 import read_table
 
 pytestmark = pytest.mark.mpi
@@ -31,7 +31,7 @@ def _campaign(path: Path, csv: Path) -> Path:
 def _valid(path: Path) -> list[tuple[int, int]]:
     out = []
     for i in range(3):
-        table, _ = read_table(rounds_output(path, i))
+        table, _ = read_table(stage_output("rounds", path, i))
         out += [(int(r), int(k)) for r, k, v in zip(table["id"], table["round"], table["valid"]) if v]
     return sorted(out)
 
@@ -67,7 +67,7 @@ def test_two_ranks_give_the_valid_set_of_one_process_and_resume(small_csv, tmp_p
     kept = part_path(ranks, 2, 0, 2).stat().st_mtime_ns
     part_path(ranks, 3, 1, 2).unlink()
     for i in range(3):
-        rounds_output(ranks, i).unlink()
+        stage_output("rounds", ranks, i).unlink()
     proc = _mpi(2, "rounds", str(ranks), "-q")
     assert proc.returncode == 0, proc.stderr
     assert part_path(ranks, 2, 0, 2).stat().st_mtime_ns == kept

@@ -6,17 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from hpcxtal.campaign import (Campaign, CampaignConfig, ImportConfig, RelaxConfig, ShardConfig,
-                              STAGES)
+from hpcxtal.campaign import Campaign, CampaignConfig, ImportConfig, RelaxConfig, ShardConfig
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError
-from hpcxtal.relax.table import relax_output, relax_selection
-from hpcxtal.stages import (import_campaign, relax_campaign, relax_file, shard_campaign,
-                            stage_spec)
+from hpcxtal.layout import shard_path, stage_output
+from hpcxtal.relax.stage import RelaxRunner
+from hpcxtal.relax.table import relax_selection
+from hpcxtal.stages import PIPELINE, stage_spec
 from hpcxtal.store.hdf5 import read_table, write_table
-from hpcxtal.store.shard import shard_path
 from hpcxtal.store.table import Table
-from hpcxtal.topology.stage import topology_file, topology_output
+from hpcxtal.topology.stage import topology_file
 
 from test_relax import tiny_mace
 
@@ -43,7 +42,7 @@ def relax_cfg(tmp_path_factory):
 
 def test_relax_file_adds_energy_columns_and_model_attributes(small_pool, relax_cfg, tmp_path):
     dest = tmp_path / "relaxed.h5"
-    report = relax_file(small_pool, dest, relax_cfg)
+    report = stage_spec("relax").run_file(small_pool, dest, relax_cfg)
     table, _ = read_table(dest)
     source, _ = read_table(small_pool)
     np.testing.assert_array_equal(table["id"], source["id"])
@@ -61,31 +60,32 @@ def test_relax_file_adds_energy_columns_and_model_attributes(small_pool, relax_c
 
 
 def test_campaign_relax_by_shard_and_noop_rerun(small_pool, relax_cfg, tmp_path):
-    assert STAGES.index("relax") == STAGES.index("topology") + 1
+    names = [s.name for s in PIPELINE]
+    assert names.index("relax") == names.index("topology") + 1
     cfg = CampaignConfig(name="t", import_=ImportConfig(inputs=[str(small_pool)]),
                          shard=ShardConfig(n_shards=2), relax=relax_cfg)
     campaign = Campaign.create(tmp_path / "camp", cfg)
     assert Campaign(campaign.root).config.relax == relax_cfg  # YAML round trip
-    import_campaign(campaign)
-    shard_campaign(campaign)
+    stage_spec("import").run(campaign)
+    stage_spec("shard").run(campaign)
     for i in range(2):  # topology straight on the shards (every row signed)
-        topology_file(shard_path(campaign.shard_dir, i), topology_output(campaign.root, i),
+        topology_file(shard_path(campaign.shard_dir, i), stage_output("topology", campaign.root, i),
                       cfg.topology, workers=1)
     relax = stage_spec("relax")
 
-    report = relax_campaign(campaign, shard=1)  # one array task
-    assert report.outputs == [relax_output(campaign.root, 1)]
-    assert not relax_output(campaign.root, 0).exists()
+    report = stage_spec("relax").run(campaign, shard=1)  # one array task
+    assert report.outputs == [stage_output("relax", campaign.root, 1)]
+    assert not stage_output("relax", campaign.root, 0).exists()
     assert relax.done(campaign, 1) and not relax.done(campaign, None)
-    first = relax_output(campaign.root, 1).stat().st_mtime_ns
+    first = stage_output("relax", campaign.root, 1).stat().st_mtime_ns
 
-    relax_campaign(campaign, None)  # the rest: shard 1 is complete and left alone
-    assert relax_output(campaign.root, 1).stat().st_mtime_ns == first
+    stage_spec("relax").run(campaign, None)  # the rest: shard 1 is complete and left alone
+    assert stage_output("relax", campaign.root, 1).stat().st_mtime_ns == first
     assert relax.done(campaign, None)
-    assert relax_campaign(campaign, shard=0).skipped
+    assert stage_spec("relax").run(campaign, shard=0).skipped
     assert main(["relax", str(campaign.root), "-q"]) == 0
-    assert relax_output(campaign.root, 1).stat().st_mtime_ns == first
-    tables = [read_table(relax_output(campaign.root, i))[0] for i in range(2)]
+    assert stage_output("relax", campaign.root, 1).stat().st_mtime_ns == first
+    tables = [read_table(stage_output("relax", campaign.root, i))[0] for i in range(2)]
     ids = np.concatenate([t["id"] for t in tables])
     assert sorted(ids) == sorted(read_table(campaign.pool_path)[0]["id"])
     status = np.concatenate([t["status"] for t in tables])
@@ -149,7 +149,6 @@ def test_cli_relax_shard_out_of_range(small_pool, relax_cfg, tmp_path, capsys):
 def test_relax_config_reaches_fire(relax_cfg):
     from dataclasses import replace
 
-    from hpcxtal.stages import RelaxRunner
 
     cfg = replace(relax_cfg, symmetrize=True, symprec_A=1e-4, batch_edge_budget=5000)
     _, params, _ = RelaxRunner(cfg).setup()

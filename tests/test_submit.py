@@ -6,10 +6,10 @@ import pytest
 
 from hpcxtal.campaign import Campaign
 from hpcxtal.cli import main
-from hpcxtal.hpc.site import load_site
+from hpcxtal.hpc.site import apply_site, load_site
 from hpcxtal.hpc.submit import SubmitError, job_states, submit_command, submitted
 from hpcxtal.stages import stage_spec
-from hpcxtal.topology.stage import topology_output
+from hpcxtal.layout import stage_output
 
 from test_driver import small_campaign_text  # noqa: F401  (fixture)
 
@@ -18,7 +18,7 @@ from test_driver import small_campaign_text  # noqa: F401  (fixture)
 
 def wait_for(campaign: Campaign, timeout: float = 180.0) -> dict[str, str]:
     """Poll the scheduler until every recorded job has left the queue."""
-    site = campaign.site
+    site = apply_site(campaign)
     deadline = time.monotonic() + timeout
     while True:
         states = job_states(site, [j["job_id"] for j in submitted(campaign)])
@@ -69,7 +69,7 @@ def test_failed_array_task_is_resubmitted_alone(slurm_cluster, small_campaign_te
     main(["init", str(camp), "--config", str(cfg), "-q"])
     for stage in ("import", "shard", "refine", "rounds", "topology"):
         assert main([stage, str(camp), "-q"]) == 0
-    broken = topology_output(camp, 1)
+    broken = stage_output("topology", camp, 1)
     with open(broken, "r+b") as fh:
         fh.truncate(broken.stat().st_size // 2)
 

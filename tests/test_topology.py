@@ -14,9 +14,9 @@ from hpcxtal.campaign import Campaign, CampaignConfig, ShardConfig, TopologyConf
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError, from_mapping
 from hpcxtal.data import SACADA_PATH, sacada_structures
-from hpcxtal.refine.rounds import rounds_output
-from hpcxtal.stages import stage_spec, topology_campaign
-from hpcxtal.topology.stage import topology_file, topology_output
+from hpcxtal.layout import stage_output
+from hpcxtal.stages import stage_spec
+from hpcxtal.topology.stage import topology_file
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.shard import write_shards
 from hpcxtal.store.table import Structures, Table
@@ -232,7 +232,7 @@ def test_failed_rows_are_recorded_not_raised():
 def test_topology_file_and_campaign(tmp_path):
     src = tmp_path / "pool.h5"
     write_table(src, _sacada_table(6), kind="pool")
-    counts = topology_file(src, tmp_path / "out.h5", TopologyConfig())
+    counts = stage_spec("topology").run_file(src, tmp_path / "out.h5", TopologyConfig())
     out, _ = read_table(tmp_path / "out.h5")
     assert counts["rows"] == 6 and {"topology", "dimension", "n_prim",
                                     "duplicate_of"} <= set(out.columns)
@@ -244,25 +244,25 @@ def test_topology_file_and_campaign(tmp_path):
     refined = _sacada_table(6)
     refined.columns["valid"] = np.array([True] * 5 + [False])
     for i, idx in enumerate((np.arange(3), np.arange(3, 6))):
-        write_table(rounds_output(campaign.root, i), refined.take(idx), kind="rounds")
-    first = topology_campaign(campaign, shard=1)
-    assert first.outputs == [topology_output(campaign.root, 1)]
+        write_table(stage_output("rounds", campaign.root, i), refined.take(idx), kind="rounds")
+    first = stage_spec("topology").run(campaign, shard=1)
+    assert first.outputs == [stage_output("topology", campaign.root, 1)]
     part, _ = read_table(first.outputs[0])
     assert part["dimension"][-1] == -1 and part["topology"][-1] == ""
     assert part["duplicate_of"][-1] == part["id"][-1]
     assert (part["dimension"][:-1] == 3).all()
     assert not stage_spec("topology").done(campaign, None)
-    topology_campaign(campaign, None)
+    stage_spec("topology").run(campaign, None)
     assert stage_spec("topology").done(campaign, None)
-    assert topology_campaign(campaign, None).skipped
+    assert stage_spec("topology").run(campaign, None).skipped
     # A recomputed input makes its output stale: only that one is redone.
-    kept = topology_output(campaign.root, 1).stat().st_mtime_ns
-    table, _ = read_table(rounds_output(campaign.root, 0))
-    write_table(rounds_output(campaign.root, 0), table.take(np.arange(len(table))[::-1]),
+    kept = stage_output("topology", campaign.root, 1).stat().st_mtime_ns
+    table, _ = read_table(stage_output("rounds", campaign.root, 0))
+    write_table(stage_output("rounds", campaign.root, 0), table.take(np.arange(len(table))[::-1]),
                 kind="rounds")
     assert not stage_spec("topology").done(campaign, 0)
-    assert not topology_campaign(campaign, None).skipped
-    assert topology_output(campaign.root, 1).stat().st_mtime_ns == kept
+    assert not stage_spec("topology").run(campaign, None).skipped
+    assert stage_output("topology", campaign.root, 1).stat().st_mtime_ns == kept
     assert stage_spec("topology").done(campaign, None)
 
 

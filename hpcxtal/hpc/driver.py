@@ -8,12 +8,11 @@ files, so an interrupted run resumes by running again (complete outputs are skip
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from hpcxtal.campaign import Campaign
 from hpcxtal.hpc.parsl_config import make_parsl_config
-from hpcxtal.hpc.site import SiteConfig
+from hpcxtal.hpc.site import SiteConfig, apply_site
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,9 @@ def run_stage(campaign_dir: str, stage: str, shard: int | None, force: bool = Fa
     warnings, logger = _Warnings(), logging.getLogger("hpcxtal")
     logger.addHandler(warnings)
     try:
-        report = stage_spec(stage).run(Campaign(campaign_dir), shard, force)
+        campaign = Campaign(campaign_dir)
+        apply_site(campaign)
+        report = stage_spec(stage).run(campaign, shard, force)
     finally:
         logger.removeHandler(warnings)
     return {"stage": stage, "shard": shard, "skipped": report.skipped,
@@ -59,7 +60,7 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
 
     from hpcxtal.stages import PIPELINE
 
-    site = site or campaign.site
+    site = site or apply_site(campaign)
     specs = [s for s in PIPELINE if stages is None or s.name in stages]
     config = make_parsl_config(site, campaign.root / "runinfo")
     root = str(campaign.root.resolve())

@@ -118,3 +118,13 @@ def load_site(name: str | os.PathLike, search: list[Path] | None = None) -> Site
                 raise ConfigError(f"{path}: {kind}: missing required key 'account' (your "
                                   "allocation, or null if the cluster charges none)")
     return site
+
+
+def apply_site(campaign) -> SiteConfig:
+    """The campaign's site config, with its HDF5 file-locking policy applied to this
+    process (every process that opens a campaign's files calls this first)."""
+    from hpcxtal.store.hdf5 import set_file_locking
+
+    site = load_site(campaign.config.site, search=[campaign.root])
+    set_file_locking(site.hdf5_file_locking)
+    return site

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from hpcxtal.config import resource
 from hpcxtal.descriptor.batch import Batch, build_batch, rows_from_R
 from hpcxtal.descriptor.target import Environment
 from hpcxtal.refine.optim import OptimConfig, adam_init, adam_step
@@ -29,7 +30,7 @@ class LatentConfig:
     generator: str = "default"  # the shipped conditional model, or a model path
     steps: int = 100
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, patience=10))
-    max_batch_rows: int = 2000
+    max_batch_rows: int = resource(2000)  # memory budget; rows do not depend on it
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.max_batch_rows < 1:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
+from hpcxtal.config import resource
 from hpcxtal.descriptor.batch import Batch, build_batch, positions, rows_from_R
 from hpcxtal.descriptor.neighbors import plane_reach
 from hpcxtal.descriptor.target import Environment, target_names
@@ -49,11 +50,13 @@ class RefineConfig:
     seed: int = 0
     length_bounds_A: tuple[float, float] = (1.5, 50.0)
     angle_bounds_deg: tuple[float, float] = (30.0, 150.0)
-    max_batch_atoms: int = 60000  # memory budget of one batch
     dtype: str = "float64"
-    device: str = "auto"  # auto: cuda if available, else cpu
-    threads: int | None = 1  # torch CPU threads per process (None: torch's default); the
-    # kernels are small, so one thread per process and one process per core is fastest
+    # Resources (how it runs, never in a fingerprint):
+    max_batch_atoms: int = resource(60000)  # memory budget of one batch
+    device: str = resource("auto")  # auto: cuda if available, else cpu
+    threads: int | None = resource(1)  # torch CPU threads per process (None: torch's
+    # default); the kernels are small, so one thread per process and one process per core
+    # is fastest
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.check_every < 1:

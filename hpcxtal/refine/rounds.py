@@ -18,7 +18,6 @@ a part made from a recomputed round-1 file, or with another config, is redone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Callable
 
 import numpy as np
 
-from hpcxtal.config import to_mapping
+from hpcxtal.layout import part_path, stage_output
 from hpcxtal.refine.latent import LatentConfig, latent_refine
 from hpcxtal.refine.represent import RefineConfig, refine_table, use_threads
-from hpcxtal.store.hdf5 import file_summary, read_table, verify_file, write_table
+from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.provenance import PROVENANCE
 from hpcxtal.store.shard import row_cost
 from hpcxtal.store.table import Table, str_array
 
@@ -57,17 +57,10 @@ class RoundsConfig:
 
 
 def rounds_config(cfg: RefineConfig, rounds: RoundsConfig) -> dict:
-    """What a rounds output was made with (recorded, and compared on resume)."""
-    return {"refine": to_mapping(cfg), "rounds": to_mapping(rounds)}
+    """What a rounds output is made with: its fingerprint is recorded and compared on
+    resume (resources such as devices and batch budgets left out)."""
+    return {"refine": cfg, "rounds": rounds}
 
-
-def rounds_output(campaign_root: Path, shard: int) -> Path:
-    """Where shard ``shard``'s rows after the last round live."""
-    return Path(campaign_root) / "rounds" / f"rounds-{shard:04d}.h5"
-
-
-def part_path(campaign_root: Path, round_: int, part: int, n_parts: int) -> Path:
-    return Path(campaign_root) / "rounds" / f"round-{round_}" / f"part-{part:04d}-of-{n_parts:04d}.h5"
 
 
 def split_by_cost(table: Table, n_parts: int) -> list[np.ndarray]:
@@ -101,27 +94,14 @@ def state_after(round1: Path, shard: int, parts_by_round: list[list[Path]]) -> T
     return table
 
 
-def _round_inputs(round1: list[Path], parts_by_round: list[list[Path]]) -> str:
-    """What a round starts from: the checksums of every shard's round-1 file and of the
-    earlier rounds' parts (recorded in each part; a part made from others is stale)."""
-    files = [*round1, *(p for parts in parts_by_round for p in parts)]
-    return json.dumps([str(file_summary(p)["attrs"].get("sha256", "")) for p in files])
-
-
-def _part_problem(path: Path, inputs: str, config: str) -> str | None:
-    """None if the part file ``path`` verifies and was made from ``inputs`` with
-    ``config``, else why not (naming the file)."""
-    problem = verify_file(path)
-    if problem is not None:
-        return problem
-    made = file_summary(path)["attrs"]
-    if made.get("inputs_sha256") != inputs or made.get("stage_config") != config:
-        return f"{path}: made from other round inputs or another refine/rounds config"
-    return None
+def _round_inputs(round1: list[Path], parts_by_round: list[list[Path]]) -> list[Path]:
+    """What a round starts from: every shard's round-1 file and the earlier rounds'
+    parts (their checksums are recorded in each part; a part made from others is stale)."""
+    return [*round1, *(p for parts in parts_by_round for p in parts)]
 
 
 def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: int, dest: Path,
-                 n_parts: int, inputs: str) -> None:
+                 n_parts: int, inputs: list[Path]) -> None:
     if len(table):
         use_threads(cfg)
         if rounds.later == "latent":
@@ -136,8 +116,8 @@ def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: 
                              steps=table["steps"] + result.steps.astype(np.int32),
                              refine_status=str_array(result.status))
         table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
-    write_table(dest, table, kind="round", round=round_, n_parts=n_parts, inputs_sha256=inputs,
-                stage_config=json.dumps(rounds_config(cfg, rounds)))
+    write_table(dest, table, kind="round", round=round_, n_parts=n_parts,
+                **PROVENANCE.stamp(inputs, rounds_config(cfg, rounds)))
 
 
 def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path],
@@ -149,11 +129,11 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
     root = Path(campaign_root)
     parts_by_round: list[list[Path]] = []
     counts: dict[str, int] = {}
-    config = json.dumps(rounds_config(cfg, rounds))
+    config = rounds_config(cfg, rounds)
     for r in range(2, rounds.n_rounds + 1):
         parts = [part_path(root, r, p, size) for p in range(size)]
         inputs = _round_inputs([round1(i) for i in range(n_shards)], parts_by_round)
-        problems = [_part_problem(p, inputs, config) for p in parts]
+        problems = [PROVENANCE.stale_reason(p, inputs, config) for p in parts]
         if not any(problems):
             parts_by_round.append(parts)
             continue
@@ -186,15 +166,14 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
         _refine_part(part, cfg, rounds, r, parts[rank], size, inputs)
         if comm is not None:
             comm.Barrier()
-        missing = [str(p) for p in parts if verify_file(p) is not None]
+        missing = [str(p) for p in parts if PROVENANCE.problem(p) is not None]
         if missing:
             raise RuntimeError(f"round {r}: part files missing after the round: {missing}")
         parts_by_round.append(parts)
     for i in range(rank, n_shards, size):
         final = state_after(round1(i), i, parts_by_round)
-        write_table(rounds_output(root, i), final, kind="rounds", rounds=rounds.n_rounds,
-                    source_sha256=str(file_summary(round1(i))["attrs"].get("sha256", "")),
-                    stage_config=json.dumps(rounds_config(cfg, rounds)))
+        write_table(stage_output("rounds", root, i), final, kind="rounds", rounds=rounds.n_rounds,
+                    **PROVENANCE.stamp([round1(i)], config))
     if comm is not None:
         comm.Barrier()
     return counts

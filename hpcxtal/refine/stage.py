@@ -1,24 +1,18 @@
 """The refine stage: a pool or shard file in, refined rows out (one file per shard)."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.config import to_mapping
 from hpcxtal.refine.represent import RefineConfig, refine_table
-from hpcxtal.store.hdf5 import file_summary, read_table, write_table
+from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.table import Table, str_array
 
 log = logging.getLogger(__name__)
 
-
-def refine_output(campaign_root: Path, shard: int) -> Path:
-    """Where the campaign's refined shard ``shard`` lives."""
-    return Path(campaign_root) / "refine" / f"refine-{shard:04d}.h5"
 
 
 def _reporter(total: int, label: str):
@@ -33,7 +27,8 @@ def _reporter(total: int, label: str):
 
 def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> dict[str, int]:
     """Refine every row of ``src`` and write them all, valid or not, to ``dest`` with
-    columns loss, valid, steps, round (1: representation space) and refine_status."""
+    columns loss, valid, steps, round (1: representation space) and refine_status;
+    ``attrs`` (e.g. the provenance stamp) are recorded on the file."""
     table, _ = read_table(src)
     if len(table) == 0:
         raise ValueError(f"{src}: no rows to refine")
@@ -46,9 +41,7 @@ def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> di
         "steps": result.steps.astype(np.int32), "round": np.ones(len(table), dtype=np.int8),
         "refine_status": str_array(result.status),
     })
-    write_table(dest, out, kind="refine", source=str(src), refine_seconds=seconds,
-                source_sha256=str(file_summary(src)["attrs"].get("sha256", "")),
-                stage_config=json.dumps(to_mapping(cfg)), **attrs)
+    write_table(dest, out, kind="refine", source=str(src), refine_seconds=seconds, **attrs)
     counts = {"rows": len(table), "valid": int(result.valid.sum())}
     log.info("%s: %d rows refined in %.1f s (%.1f ms/row), %d CN-valid", dest, len(table), seconds,
              1000 * seconds / len(table), counts["valid"])

@@ -9,7 +9,6 @@ structure for failed rows, none for skipped ones) become the table's structures.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -24,10 +23,6 @@ log = logging.getLogger(__name__)
 #: Status prefix of rows the stage did not relax.
 SKIPPED = "skipped: "
 
-
-def relax_output(campaign_root: Path, shard: int) -> Path:
-    """Where the campaign's relaxed shard ``shard`` lives."""
-    return Path(campaign_root) / "relax" / f"relax-{shard:04d}.h5"
 
 
 def relax_selection(table: Table) -> tuple[np.ndarray, dict[int, str]]:

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -19,6 +20,24 @@ from hpcxtal.crystal.row import (N_SITES, DecodeError, Row, check_symmetry_toler
                                  from_structure, to_atoms)
 from hpcxtal.store.hdf5 import atomic_dir, atomic_path
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig:
+    """Where the candidate pool comes from."""
+
+    inputs: list[str] = field(default_factory=lambda: ["sacada"])
+    snap_tolerance_A: float | None = None
+    symmetry_tolerance_A: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("inputs: give at least one file (CSV, CIF, extxyz, ASE db, "
+                             ".h5) or 'sacada' for the bundled set")
+        if self.snap_tolerance_A is not None and self.snap_tolerance_A <= 0:
+            raise ValueError("snap_tolerance_A must be positive or null")
+        check_symmetry_tolerance(self.symmetry_tolerance_A)
+
 
 log = logging.getLogger(__name__)
 

@@ -9,13 +9,26 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hpcxtal.crystal.symmetry import FREE_LATTICE_PARAMETERS, lattice_system, wyckoff_cost_tables
+from hpcxtal.layout import shard_path
 from hpcxtal.store.hdf5 import write_table
 from hpcxtal.store.table import Table
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """How the pool is cut for parallel stages."""
+
+    n_shards: int = 2
+
+    def __post_init__(self) -> None:
+        if self.n_shards < 1:
+            raise ValueError(f"n_shards must be at least 1, got {self.n_shards}")
 
 _FREE_LATTICE = np.array([0] + [FREE_LATTICE_PARAMETERS[lattice_system(s)] for s in range(1, 231)])
 
@@ -46,13 +59,6 @@ def plan_shards(table: Table, k: int) -> list[np.ndarray]:
     cuts = np.maximum.accumulate(np.maximum(cuts, np.arange(1, k)))
     return np.split(order, cuts)
 
-
-def shard_path(directory: str | os.PathLike, index: int) -> Path:
-    """Where shard ``index`` lives in ``directory``."""
-    return Path(directory) / f"shard-{index:04d}.h5"
-
-
-_SOURCE: Table | None = None  # the table being sharded, inherited by forked writers
 
 
 def _write_one(directory: Path, i: int, k: int, idx: np.ndarray, attrs: dict) -> Path:

@@ -1,22 +1,55 @@
 """The topology stage: signature, dimensionality and first de-duplication of a table."""
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.config import to_mapping
-from hpcxtal.store.hdf5 import file_summary, read_table, write_table
+from hpcxtal.config import resource
+from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.table import Table, str_array
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopologyConfig:
+    """Bond graph and signature settings for the topology stage."""
+
+    cutoff_A: float = 1.872
+    pair_cutoffs_A: dict[str, float] = field(default_factory=dict)
+    depth: int = 12
+    max_ring: int = 12
+    workers: int | None = resource(None)  # processes (None: all usable cores)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cutoff_A < 10:
+            raise ValueError(f"cutoff_A must be in (0, 10) Å, got {self.cutoff_A}")
+        if self.depth < 10:
+            raise ValueError(f"depth must be at least 10, got {self.depth}")
+        if self.max_ring < 3:
+            raise ValueError(f"max_ring must be at least 3, got {self.max_ring}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
+        self.cutoffs()
+
+    def cutoffs(self) -> dict[tuple[str, str], float]:
+        """Per element-pair cutoffs: C-C from ``cutoff_A``, then ``pair_cutoffs_A``
+        (keys like ``"C-N"``)."""
+        from ase.data import atomic_numbers
+
+        out = {("C", "C"): self.cutoff_A}
+        for name, value in self.pair_cutoffs_A.items():
+            pair = tuple(str(name).split("-"))
+            if len(pair) != 2 or any(p not in atomic_numbers for p in pair):
+                raise ValueError(f"pair_cutoffs_A: key {name!r} is not an element pair like 'C-N'")
+            if not isinstance(value, (int, float)) or not 0 < value < 10:
+                raise ValueError(f"pair_cutoffs_A[{name!r}] must be a number in (0, 10) Å")
+            out[pair] = float(value)
+        return out
 
 #: Columns the stage adds.
 TOPOLOGY_COLUMNS = ("topology", "dimension", "n_prim", "duplicate_of")
 
-
-def topology_output(campaign_root: Path, shard: int) -> Path:
-    """Where the campaign's topology output of shard ``shard`` lives."""
-    return Path(campaign_root) / "topology" / f"topology-{shard:04d}.h5"
 
 
 def topology_file(src: Path, dest: Path, cfg, workers: int | None = None,
@@ -44,9 +77,7 @@ def topology_file(src: Path, dest: Path, cfg, workers: int | None = None,
     columns.update(topology=str_array(keys), dimension=dimension, n_prim=n_prim,
                    duplicate_of=duplicate_of)
     out = Table(columns, table.structures, dict(table.attrs))
-    write_table(dest, out, kind="topology", quarantine=quarantine, source=str(src),
-                source_sha256=str(file_summary(src)["attrs"].get("sha256", "")),
-                stage_config=json.dumps(to_mapping(cfg)), **attrs)
+    write_table(dest, out, kind="topology", quarantine=quarantine, source=str(src), **attrs)
     signed = len(chosen)
     failed = int((done["dimension"] < 0).sum())
     duplicates = int((done["duplicate_of"] != done["id"]).sum())

@@ -91,10 +91,6 @@ class MergeConfig:
         return StructureMatcher(ltol=self.ltol, stol=self.stol, angle_tol=self.angle_tol_deg)
 
 
-def database_output(campaign_root: Path) -> Path:
-    """Where a campaign's database lives."""
-    return Path(campaign_root) / "database.h5"
-
 
 def read_relax_outputs(paths: Sequence[Path]) -> list[tuple[Table, Table | None]]:
     """Read and verify every relax output; raise :class:`StoreError` naming the file

@@ -1,0 +1,75 @@
+"""Pieces every command family shares: usage errors, common options, opening a
+campaign (with its site's file policy), and the campaign-or-file dispatch of stages."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("hpcxtal")
+
+
+class UsageError(Exception):
+    """Wrong combination of command-line arguments."""
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """-v/-q on every command."""
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def open_campaign(path: Path, required: bool = False):
+    """The campaign at ``path`` with its site's HDF5 file policy applied to this
+    process, or None where ``path`` is not a campaign directory (an error if
+    ``required``)."""
+    from hpcxtal.campaign import Campaign, find_campaign
+    from hpcxtal.hpc.site import apply_site
+
+    campaign = Campaign(path) if required else find_campaign(path)
+    if campaign is not None:
+        apply_site(campaign)
+    return campaign
+
+
+def file_mode_config(args: argparse.Namespace, default: Any, overrides: dict) -> Any:
+    """The config of a stage run on explicit files: ``-o`` is required, ``--shard`` is
+    not allowed, and the command-line ``overrides`` (None = not given) are applied to
+    ``default`` with their validation errors as usage errors."""
+    if args.output is None:
+        raise UsageError("give -o OUT.h5 (or a campaign directory)")
+    if getattr(args, "shard", None) is not None:
+        raise UsageError("--shard needs a campaign directory")
+    try:
+        return dataclasses.replace(default, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def stage_command(args: argparse.Namespace, name: str, source: Path,
+                  file_mode: Callable[[], Any], campaign_only: dict[str, object] | None = None,
+                  resources: Any = None):
+    """Run stage ``name`` on a campaign directory ``source`` (when there is no ``-o``)
+    or on explicit files (``file_mode()``); options in ``campaign_only`` that were given
+    (not None/False) are refused for a campaign, whose settings come from its config.
+    Returns the :class:`hpcxtal.stages.StageReport`, or None when a campaign's stage
+    (shard) was complete already."""
+    from hpcxtal.stages import StageReport, stage_spec
+
+    campaign = open_campaign(source) if getattr(args, "output", None) is None else None
+    if campaign is None:
+        report = file_mode()
+        return report if isinstance(report, StageReport) else StageReport([args.output], report)
+    given = [opt for opt, value in (campaign_only or {}).items() if value not in (None, False)]
+    if given:
+        raise UsageError(f"{given[0]}: a campaign takes this from its config; edit the "
+                         f"{name} section of {campaign.root / 'campaign.yaml'}")
+    report = stage_spec(name).run(campaign, getattr(args, "shard", None),
+                                  getattr(args, "force", False), resources)
+    if report.skipped:
+        log.info("%s: %d output(s) complete and current; nothing to do (--force to redo)",
+                 name, len(report.outputs))
+        return None
+    return report

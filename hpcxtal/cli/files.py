@@ -1,0 +1,270 @@
+"""File commands: training data and models, databases, reports, exports and checks."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hpcxtal import cli_args as num
+from hpcxtal.cli.common import UsageError, add_common, open_campaign
+
+log = logging.getLogger("hpcxtal")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.data import resolve_input
+    from hpcxtal.generate.augment import SIZES, prepare
+
+    cfg = dataclasses.replace(SIZES[args.size], seed=args.seed)
+    if args.max_reps is not None:
+        cfg = dataclasses.replace(cfg, max_reps=args.max_reps)
+    if args.choices is not None:
+        cfg = dataclasses.replace(cfg, n_choices=args.choices)
+    prepare(resolve_input(args.source), args.output, cfg, args.workers)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hpcxtal.config import ConfigError
+    from hpcxtal.generate.cvae import ModelConfig
+    from hpcxtal.generate.train import TrainConfig, train
+
+    try:
+        model = ModelConfig(conditional=not args.unconditional, n_components=args.components,
+                            latent_dim=args.latent, hidden=args.hidden)
+        cfg = TrainConfig(model=model, epochs=args.epochs, batch_size=args.batch_size,
+                          learning_rate=args.lr, seed=args.seed, threads=args.threads)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    try:
+        train(args.source, args.output, cfg, restart=args.restart, stop_after=args.stop_after)
+    except ValueError as err:  # checkpoint of another config
+        raise ConfigError(str(err)) from None
+    return 0
+
+
+def _export(table, fmt: str, dest: Path) -> None:
+    """Export ``table``; structure formats leave out rows whose stored structure is
+    empty (rows a stage did not relax), and say how many."""
+    import numpy as np
+
+    from hpcxtal.store.formats import export_table
+
+    if fmt != "csv" and table.structures is not None:
+        empty = table.structures.natoms == 0
+        if empty.any():
+            log.info("%d rows have no stored structure (not relaxed); left out", int(empty.sum()))
+            table = table.take(np.flatnonzero(~empty))
+    dest = export_table(table, fmt, dest)
+    log.info("wrote %d rows as %s to %s", len(table), fmt, dest)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpcxtal.store.hdf5 import read_table
+
+    table, _ = read_table(args.file)
+    _export(table, args.format, args.output)
+    return 0
+
+
+def _database_path(source: Path) -> Path:
+    from hpcxtal.layout import database_output
+
+    campaign = open_campaign(source)
+    return database_output(campaign.root) if campaign is not None else source
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from hpcxtal.merge.database import query, read_database
+
+    if (args.format is None) != (args.output is None):
+        raise UsageError("export needs both -f FORMAT and -o DEST")
+    table, _ = read_database(_database_path(args.file))
+    idx = query(table, args.top or None, args.max_e_rel, args.spg, args.dimension,
+                args.min_atoms, args.max_atoms, args.unique_only)
+    if args.format:
+        _export(table.take(idx), args.format, args.output)
+        return 0
+    natoms = table.structures.natoms
+    print(f"{'rank':>5} {'id':>8} {'e_rel':>8} {'spg':>4} {'relax':>5} {'atoms':>5} {'dim':>3} "
+          f"{'topology':16s} {'dup_of':>8} {'flags':9s} status")
+    for i in idx:
+        flags = "".join(c if table[k][i] else "." for c, k in
+                        (("U", "unique"), ("L", "low_energy"), ("C", "cubic"), ("T", "in_training")))
+        print(f"{i + 1:5d} {int(table['id'][i]):8d} {table['e_rel'][i]:8.4f} "
+              f"{int(table['spg'][i]):4d} {int(table['spg_relaxed'][i]):5d} {int(natoms[i]):5d} "
+              f"{int(table['dimension'][i]):3d} {table['topology'][i] or '-':16s} "
+              f"{int(table['duplicate_of'][i]):8d} {flags:9s} {table['status'][i]}")
+    log.info("%d of %d rows (flags: U unique, L low energy, C cubic, T in training set)",
+             len(idx), len(table))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    campaign = open_campaign(args.source)
+    if campaign is not None:
+        return report_campaign(campaign, args.output, args.top)
+    return _print_report(args.source, args.output or args.source.with_name(args.source.stem + "-report"),
+                         None, args.top)
+
+
+def report_campaign(campaign, output: Path | None = None, top: int = 20) -> int:
+    """Write a campaign's report (DIR/report) from its database and pool."""
+    from hpcxtal.layout import database_output
+    from hpcxtal.store.hdf5 import file_summary
+
+    pool = file_summary(campaign.pool_path)
+    n_sampled = int(pool["attrs"]["n_rows"]) + pool["n_quarantined"]
+    return _print_report(database_output(campaign.root), output or campaign.root / "report",
+                         n_sampled, top)
+
+
+def _print_report(db: Path, out: Path, n_sampled: int | None, top: int) -> int:
+    from hpcxtal.report import CLASSES, METRICS, write_report
+
+    report = write_report(db, out, n_sampled, top)
+    m, books = report.metrics, report.accounting
+    print(" ".join(f"{k} {m[k]}" for k in ("N_sampled", "N_valid_xtal", *METRICS)))
+    for r in m["per_round"]:
+        print(f"  round {r['round']}: " + ", ".join(
+            f"{k} {r[k]} (cumulative {r['cumulative'][k]})" for k in METRICS))
+    print("accounting: " + " + ".join(f"{books.counts[c]} {c}" for c in CLASSES)
+          + f" = {books.total} of {books.n_sampled} sampled")
+    print(f"report: {report.html}")
+    if not books.closes:
+        print(f"hpcxtal report: error: the accounting does not close: "
+              f"{'; '.join(books.problems)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from hpcxtal.store.hdf5 import StoreError, file_summary, verify_file
+
+    problem = verify_file(args.file)
+    try:
+        summary = file_summary(args.file)
+    except StoreError:
+        summary = {"attrs": {}, "columns": {}, "n_quarantined": 0}
+    if args.json:
+        out = {"file": str(args.file), "verifies": problem is None, "problem": problem,
+               "attrs": summary["attrs"], "n_quarantined": summary["n_quarantined"],
+               "columns": {k: {"shape": list(v[0]), "dtype": v[1]} for k, v in summary["columns"].items()}}
+        print(json.dumps(out, indent=2, default=str))
+    elif not summary["attrs"]:
+        print(f"verifies: NO ({problem})")
+    else:
+        attrs = summary["attrs"]
+        print(f"{args.file}: {attrs.get('kind', '?')} table, {attrs.get('n_rows', '?')} rows, "
+              f"{summary['n_quarantined']} quarantined")
+        print("columns:")
+        for name, (shape, dtype) in summary["columns"].items():
+            print(f"  {name:28s} {dtype:10s} {shape}")
+        print("attributes:")
+        for key, value in attrs.items():
+            print(f"  {key}: {value}")
+        print("verifies: yes" if problem is None else f"verifies: NO ({problem})")
+    return 0 if problem is None else 1
+
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The files commands' parsers."""
+    p = sub.add_parser("prepare", help="augment known crystals into a generator training table",
+                       description="Describe every crystal in its subgroups (translationengleiche "
+                                   "and klassengleiche, pyxtal) and with other generator choices "
+                                   "per Wyckoff site; keep rows that decode back to the same "
+                                   "crystal (at most 500 atoms, 8 sites, lengths < 50 Å, angles "
+                                   "30-150 degrees). Parallel over crystals; deterministic for "
+                                   "a seed.")
+    p.add_argument("source", nargs="?", default="sacada",
+                   help="hpcxtal .h5 table of known crystals (default: the bundled SACADA set)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="training table to write")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "full"],
+                   help="preset: subgroup descriptions and generator choices per crystal "
+                        "(default tiny; full: ~21k rows from SACADA, ~12 min on 2 cores)")
+    p.add_argument("--max-reps", type=num.positive_int, metavar="N", help="subgroup descriptions per crystal")
+    p.add_argument("--choices", type=num.positive_int, metavar="N", help="generator choices per description")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=num.positive_int, help="processes (default: one per core)")
+    p.set_defaults(func=cmd_prepare)
+    add_common(p)
+
+    p = sub.add_parser("train", help="train the generator (CVAE or unconditional VAE)",
+                       description="Train a conditional VAE (or with --unconditional the VAE "
+                                   "baseline) on a training table. A checkpoint MODEL.pt.ckpt is "
+                                   "written every epoch; running again resumes from it. The "
+                                   "model file records config, seed and the data checksum.")
+    p.add_argument("source", type=Path, help="training table (from 'hpcxtal prepare')")
+    p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
+    p.add_argument("--epochs", type=num.positive_int, default=20, help="epochs (default 20; published 250)")
+    p.add_argument("--batch-size", type=num.positive_int, default=2048, help="batch size (default 2048)")
+    p.add_argument("--hidden", type=num.positive_int, default=256,
+                   help="hidden width, 2 layers (default 256; published 1024)")
+    p.add_argument("--latent", type=num.positive_int, default=32, help="latent dimension (default 32)")
+    p.add_argument("--components", type=num.positive_int, default=10, help="GMM components per column (default 10)")
+    p.add_argument("--lr", type=num.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--unconditional", action="store_true", help="train the unconditional VAE baseline")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=num.nonnegative_int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--stop-after", type=num.positive_int, metavar="N",
+                   help="stop after N epochs in this call (short walltimes); run again to continue")
+    p.set_defaults(func=cmd_train)
+    add_common(p)
+
+    p = sub.add_parser("db", help="query a database: top N, energy window, symmetry, size",
+                       description="Print the rows of a database that pass every filter, in "
+                                   "rank order (lowest energy above graphite first); with -f "
+                                   "and -o, export their relaxed structures instead.")
+    p.add_argument("file", type=Path, help="database (.h5) from 'hpcxtal merge', or a campaign "
+                   "directory")
+    p.add_argument("--top", type=num.nonnegative_int, default=20, metavar="N", help="at most N rows (default 20; "
+                   "0 = all)")
+    p.add_argument("--max-e-rel", type=num.finite_float, metavar="EV", help="at most EV eV/atom above graphite")
+    p.add_argument("--spg", type=num.space_group, help="space group of the relaxed structure")
+    p.add_argument("--dimension", type=int, choices=[0, 1, 2, 3], help="periodicity of the net")
+    p.add_argument("--min-atoms", type=num.nonnegative_int, metavar="N", help="at least N atoms in the relaxed cell")
+    p.add_argument("--max-atoms", type=num.nonnegative_int, metavar="N", help="at most N atoms in the relaxed cell")
+    p.add_argument("--unique-only", action="store_true",
+                   help="only unique converged structures (no duplicates, failures, skipped rows)")
+    p.add_argument("-f", "--format", choices=["csv", "cif", "extxyz", "ase"],
+                   help="export the selection in this format (with -o)")
+    p.add_argument("-o", "--output", type=Path, help="export destination (with -f)")
+    p.set_defaults(func=cmd_db)
+    add_common(p)
+
+    p = sub.add_parser("report", help="metrics, accounting, plots and an HTML page",
+                       description="From a database: N_sampled, N_valid_xtal, N_valid_env, "
+                                   "N_unique, N_train, N_low_E (and cubic) per round and "
+                                   "cumulative; the accounting of every sampled row (exit status "
+                                   "1 if it does not close); PNG plots, metrics.json and a "
+                                   "self-contained report.html.")
+    p.add_argument("source", type=Path, help="campaign directory or database (.h5)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="folder for the report (default: DIR/report, or beside the database)")
+    p.add_argument("--top", type=num.nonnegative_int, default=25, metavar="N", help="structures listed (default 25)")
+    p.set_defaults(func=cmd_report)
+    add_common(p)
+
+    p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
+                       description="Export rows (or the stored structures, where the file has "
+                                   "them) to the published CSV layout, a folder of CIF files "
+                                   "named by id, one extxyz file, or an ASE SQLite database.")
+    p.add_argument("file", type=Path, help="hpcxtal .h5 table")
+    p.add_argument("-f", "--format", required=True, choices=["csv", "cif", "extxyz", "ase"])
+    p.add_argument("-o", "--output", required=True, type=Path, help="destination file or folder")
+    p.set_defaults(func=cmd_export)
+    add_common(p)
+
+    p = sub.add_parser("info", help="rows, columns, attributes and verification of a file",
+                       description="Describe an hpcxtal HDF5 file and verify it (row count and "
+                                   "checksum); exit status 1 if it does not verify.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+    add_common(p)

@@ -1,0 +1,391 @@
+"""Stage commands: each runs one registry stage on a campaign directory (paths, settings
+and provenance from the campaign) or on explicit files (``-o OUT``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from hpcxtal import cli_args as num
+from hpcxtal.cli.common import UsageError, add_common, file_mode_config, open_campaign, stage_command
+
+log = logging.getLogger("hpcxtal")
+
+
+def _print_quarantine(path: Path, limit: int = 20) -> None:
+    from hpcxtal.store.hdf5 import read_table
+
+    _, quarantine = read_table(path)
+    for k in range(min(limit, len(quarantine))):
+        log.info("  quarantined %s (id %d): %s", quarantine["origin"][k],
+                 quarantine["id"][k], quarantine["reason"][k])
+    if len(quarantine) > limit:
+        log.info("  ... %d more; 'hpcxtal export' or h5py's /quarantine lists all",
+                 len(quarantine) - limit)
+
+
+def _pool_report(report) -> int:
+    if report is None:
+        return 0
+    log.info("%s: %d rows, %d quarantined", report.outputs[0], report.counts["rows"],
+             report.counts["quarantined"])
+    if report.counts["quarantined"]:
+        _print_quarantine(report.outputs[0])
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from hpcxtal.stages import import_pool
+    from hpcxtal.store.formats import ImportConfig
+
+    def file_mode():
+        if args.output is None:
+            raise UsageError("give -o POOL.h5 (or a single campaign directory)")
+        cfg = ImportConfig(inputs=args.sources, snap_tolerance_A=args.snap_tolerance,
+                           symmetry_tolerance_A=args.symmetry_tolerance)
+        return import_pool(args.sources, args.output, cfg)
+
+    single = args.sources[0] if len(args.sources) == 1 else None
+    campaign = open_campaign(single) if single is not None and args.output is None else None
+    if campaign is not None and campaign.config.sample is not None:
+        log.info("%s samples its pool (its config has a 'sample' section); nothing to import; "
+                 "run 'hpcxtal sample %s'", campaign.root, campaign.root)
+        return 0
+    source = Path(single) if campaign is not None else Path(args.sources[0])
+    return _pool_report(stage_command(args, "import", source, file_mode))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from hpcxtal.generate.sample import SampleConfig
+    from hpcxtal.stages import sample_to_pool
+
+    campaign = open_campaign(args.dir) if args.dir is not None else None
+    if args.dir is not None and campaign is None:
+        raise UsageError(f"{args.dir} is not a campaign directory (give -o POOL.h5 for a file)")
+    if campaign is not None:
+        cfg = campaign.config.sample
+        if cfg is None:
+            raise UsageError(f"{campaign.root / 'campaign.yaml'} has no 'sample' section "
+                             f"(e.g. 'sample: {{n: 200, model: default}}')")
+        if args.n is not None and args.n != cfg.n:
+            raise UsageError(f"the campaign config samples {cfg.n} candidates; edit "
+                             f"{campaign.root / 'campaign.yaml'} to change it")
+
+    def file_mode():
+        if args.output is None or args.n is None:
+            raise UsageError("give -n N and -o POOL.h5 (or a campaign directory)")
+        try:
+            cfg = SampleConfig(n=args.n, model=args.model, conditions=args.conditions)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return sample_to_pool(args.output, cfg, args.seed)
+
+    return _pool_report(stage_command(args, "sample", args.dir or Path("."), file_mode))
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hpcxtal.stages import shard_pool
+    from hpcxtal.store.hdf5 import file_summary
+    from hpcxtal.store.shard import ShardConfig
+
+    campaign = open_campaign(args.source) if args.output is None else None
+    if campaign is not None and args.shards not in (None, campaign.config.shard.n_shards):
+        raise UsageError(f"the campaign config sets {campaign.config.shard.n_shards} shards; "
+                         f"edit {campaign.root / 'campaign.yaml'} to change it")
+
+    def file_mode():
+        if args.output is None or args.shards is None:
+            raise UsageError("give -k K and -o DIR (or a campaign directory)")
+        return shard_pool(args.source, args.output, ShardConfig(n_shards=args.shards))
+
+    report = stage_command(args, "shard", args.source, file_mode)
+    if report is not None:
+        costs = np.array([file_summary(p)["attrs"]["estimated_cost"] for p in report.outputs])
+        log.info("%d rows into %d shards in %s; cost balance max/mean %.3f",
+                 report.counts["rows"], len(report.outputs), report.outputs[0].parent,
+                 costs.max() / costs.mean())
+    return 0
+
+
+def _rank_resources(campaign, comm):
+    """This process's resources under MPI: the communicator and, where the refine
+    device is ``auto`` and there are GPUs, the rank's node-local GPU. Devices are
+    resources: they never make an output stale."""
+    from hpcxtal.hpc import mpi
+    from hpcxtal.stages import Resources
+
+    auto = comm is not None and campaign.config.refine.device == "auto"
+    return Resources(comm=comm, device=mpi.rank_device(comm) if auto else None)
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from hpcxtal.hpc import mpi
+    from hpcxtal.refine.represent import RefineConfig
+    from hpcxtal.stages import stage_spec
+
+    campaign = open_campaign(args.source) if args.output is None else None
+    if campaign is not None and args.shard is None:
+        # The whole stage: round 1 of this rank's shards, then the later rounds.
+        comm = mpi.world()
+        rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+        resources = _rank_resources(campaign, comm)
+        with mpi.abort_on_error(comm):
+            for i in range(rank, campaign.config.shard.n_shards, size):
+                stage_spec("refine").run(campaign, i, args.force, resources)
+            if comm is not None:
+                comm.Barrier()
+            stage_spec("rounds").run(campaign, None, args.force, resources)
+        return 0
+
+    def file_mode():
+        cfg = file_mode_config(args, RefineConfig(), {
+            "max_steps": args.steps, "dtype": args.dtype, "device": args.device,
+            "threads": args.threads})
+        return stage_spec("refine").run_file(args.source, args.output, cfg)
+
+    stage_command(args, "refine", args.source, file_mode, {
+        "--steps": args.steps, "--dtype": args.dtype, "--device": args.device,
+        "--threads": args.threads})
+    return 0
+
+
+def cmd_rounds(args: argparse.Namespace) -> int:
+    from hpcxtal.hpc import mpi
+    from hpcxtal.stages import stage_spec
+
+    campaign = open_campaign(args.dir, required=True)
+    comm = mpi.world()
+    with mpi.abort_on_error(comm):
+        report = stage_spec("rounds").run(campaign, None, args.force,
+                                          _rank_resources(campaign, comm))
+    if report.skipped:
+        log.info("rounds are complete and current; nothing to do (--force to redo)")
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from hpcxtal.stages import Resources, stage_spec
+    from hpcxtal.topology.stage import TopologyConfig
+
+    def file_mode():
+        cfg = file_mode_config(args, TopologyConfig(), {"cutoff_A": args.cutoff,
+                                                        "depth": args.depth})
+        return stage_spec("topology").run_file(args.source, args.output, cfg,
+                                               Resources(workers=args.workers))
+
+    report = stage_command(args, "topology", args.source, file_mode,
+                           {"--cutoff": args.cutoff, "--depth": args.depth},
+                           Resources(workers=args.workers))
+    if report is not None:
+        c = report.counts
+        log.info("%d rows in %d file(s), %d signed: %d unique, %d duplicates, %d without "
+                 "topology", c["rows"], len(report.outputs), c["signed"], c["unique"],
+                 c["duplicates"], c["failed"])
+    return 0
+
+
+def cmd_relax(args: argparse.Namespace) -> int:
+    from hpcxtal.relax.config import RelaxConfig
+    from hpcxtal.stages import stage_spec
+
+    overrides = {"backend": args.backend, "model": args.model, "dtype": args.dtype,
+                 "fmax_eV_per_A": args.fmax, "max_steps": args.max_steps}
+
+    def file_mode():
+        cfg = file_mode_config(args, RelaxConfig(), overrides)
+        return stage_spec("relax").run_file(args.source, args.output, cfg)
+
+    report = stage_command(args, "relax", args.source, file_mode, {
+        "--backend": args.backend, "--model": args.model, "--dtype": args.dtype,
+        "--fmax": args.fmax, "--max-steps": args.max_steps})
+    if report is not None:
+        c = report.counts
+        log.info("%d rows, %d relaxed: %d converged, %d not converged, %d failed, %d "
+                 "low-energy", c.get("rows", 0), c.get("relaxed", 0), c.get("converged", 0),
+                 c.get("not_converged", 0), c.get("failed", 0), c.get("low_energy", 0))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hpcxtal.merge.database import MergeConfig
+    from hpcxtal.merge.stage import merge_files
+    from hpcxtal.stages import Resources
+
+    if len(args.sources) > 1 and args.output is None:
+        raise UsageError("give -o DB.h5 (or a single campaign directory)")
+
+    def file_mode():
+        if args.output is None:
+            raise UsageError("give -o DB.h5 (or a single campaign directory)")
+        cfg = MergeConfig()
+        if args.training:
+            cfg = dataclasses.replace(cfg, training=None if args.training == "none"
+                                      else args.training)
+        return merge_files(args.sources, args.output, cfg, pool=args.pool, workers=args.workers)
+
+    stage_command(args, "merge", args.sources[0], file_mode,
+                  {"--pool": args.pool, "--training": args.training},
+                  Resources(workers=args.workers))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The stages commands' parsers."""
+    p = sub.add_parser("import", help="import crystals into a pool (HDF5)",
+                       description="Import published tabular CSV (angles in radians), CIF, "
+                                   "extxyz, ASE db or hpcxtal .h5 files into one pool. Rows that "
+                                   "cannot be decoded are kept in the pool's quarantine with "
+                                   "the reason. With a campaign DIR and no -o, imports the "
+                                   "campaign's configured inputs into DIR/pool.h5.")
+    p.add_argument("sources", nargs="+", metavar="SRC",
+                   help="input files ('sacada' = bundled set), or one campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="pool file to write")
+    p.add_argument("--snap-tolerance", type=num.positive_float, metavar="A",
+                   help="quarantine CSV rows whose sites sit more than A Å from their Wyckoff "
+                        "position (default: snap any distance)")
+    p.add_argument("--symmetry-tolerance", type=num.symmetry_tolerance, default=0.01, metavar="A",
+                   help="symmetry-finding tolerance for structure files (default 0.01 Å; "
+                        "1e-05-1 Å)")
+    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
+    p.set_defaults(func=cmd_import)
+    add_common(p)
+
+    p = sub.add_parser("sample", help="sample a candidate pool from a trained generator",
+                       description="Draw N conditions (training set and/or the learned condition "
+                                   "model), latent vectors and mixture components; decode rows. "
+                                   "Rows that do not decode go to the pool's quarantine with the "
+                                   "reason. With a campaign DIR, uses its 'sample' section and "
+                                   "writes DIR/pool.h5.")
+    p.add_argument("dir", nargs="?", type=Path, help="campaign directory (instead of -o)")
+    p.add_argument("-n", type=num.positive_int, help="number of candidates")
+    p.add_argument("-o", "--output", type=Path, help="pool file to write")
+    p.add_argument("--model", default="default",
+                   help="model file, or 'default' for the model shipped with hpcxtal")
+    p.add_argument("--conditions", default="mix", choices=["train", "learned", "mix"],
+                   help="where conditions come from (default mix: half each)")
+    p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
+    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
+    p.set_defaults(func=cmd_sample)
+    add_common(p)
+
+    p = sub.add_parser("shard", help="cut a pool into cost-balanced shard files",
+                       description="Sort rows by space group and Wyckoff layout and cut them "
+                                   "into K shards of near-equal estimated cost (atoms x free "
+                                   "variables), one file each.")
+    p.add_argument("source", type=Path, help="pool file, or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="directory for shard-NNNN.h5 files")
+    p.add_argument("-k", "--shards", type=num.positive_int, help="number of shards (campaign: from its config)")
+    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
+    p.set_defaults(func=cmd_shard)
+    add_common(p)
+
+    p = sub.add_parser("refine", help="pull candidates toward the target environment (Algorithm 1)",
+                       description="Representation-space refinement: batched gradient descent "
+                                   "of each row's free variables so every Wyckoff site's SO(3) "
+                                   "spectrum approaches the target's (default graphite), with "
+                                   "per-sample clipping, plateau step control and perturbed "
+                                   "restarts. Writes every row with loss, valid (CN), steps, "
+                                   "round and refine_status.")
+    p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
+    p.add_argument("--shard", type=num.nonnegative_int, help="campaign: refine only this shard")
+    p.add_argument("--steps", type=num.positive_int, help="step cap per row (file mode; default 1000)")
+    p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
+    p.add_argument("--device", type=num.device,
+                   help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
+    p.add_argument("--threads", type=num.threads, help="torch CPU threads (file mode)")
+    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    p.set_defaults(func=cmd_refine)
+    add_common(p)
+
+    p = sub.add_parser("rounds", help="later refinement rounds over all shards' invalid rows",
+                       description="Rounds 2..n_rounds (campaign config, section rounds): gather "
+                                   "the rows still invalid after round 1 from every shard, "
+                                   "rebalance them by cost over the processes (MPI ranks under "
+                                   "mpiexec or srun), refine them again from perturbed starts, "
+                                   "and write each shard's final rows to DIR/rounds/. Finished "
+                                   "rounds are kept, so an interrupted run resumes.")
+    p.add_argument("dir", type=Path, help="campaign directory")
+    p.add_argument("--force", action="store_true", help="redo rounds that are complete")
+    p.set_defaults(func=cmd_rounds)
+    add_common(p)
+
+    p = sub.add_parser("topology", help="net signature, dimensionality and first de-duplication",
+                       description="Build the periodic C-C bond graph of every row (stored "
+                                   "structure, else the expanded row; only CN-valid rows of a "
+                                   "refined file), its dimensionality "
+                                   "(0-3 periodic) and a cell-independent topology key "
+                                   "(coordination sequences + shortest-ring counts), and mark "
+                                   "rows sharing (key, dimensionality, atoms per primitive cell) "
+                                   "as duplicates of the lowest id. Adds the columns topology, "
+                                   "dimension, n_prim and duplicate_of; no row is dropped. With a "
+                                   "campaign DIR: DIR/refine/refine-I.h5 -> "
+                                   "DIR/topology/topology-I.h5, skipping outputs that verify.")
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="table file to write (file mode)")
+    p.add_argument("--shard", type=num.nonnegative_int, metavar="I",
+                   help="campaign: only shard I (one job-array task); default all shards")
+    p.add_argument("--cutoff", type=num.positive_float, metavar="A",
+                   help="C-C bond cutoff in Å (file mode; default 1.872)")
+    p.add_argument("--depth", type=num.positive_int, help="coordination-sequence depth (file mode; default 12)")
+    p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
+                   help="worker processes (default: the config's, else all usable cores)")
+    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
+    p.set_defaults(func=cmd_topology)
+    add_common(p)
+
+    p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
+                       description="Relax every row (positions and cell) with batched FIRE and "
+                                   "a machine-learned potential (by default hpcxtal's own small "
+                                   "carbon MACE model, shipped with the package; or another "
+                                   "MACE model file, or CHGNet with its bundled weights), and "
+                                   "add the columns energy (eV/atom), e_rel (eV/atom above "
+                                   "graphite relaxed the same way), status (converged / not_converged / failed: "
+                                   "reason / skipped: reason) and relax_steps. On a campaign "
+                                   "DIR, relaxes the CN-valid topology representatives of "
+                                   "DIR/topology/topology-I.h5 into DIR/relax/relax-I.h5 (one "
+                                   "shard with --shard I, as one task of a job array); outputs "
+                                   "that are current are not redone.")
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="relaxed table to write (file mode)")
+    p.add_argument("--shard", type=num.nonnegative_int, metavar="I", help="campaign: relax only shard I")
+    p.add_argument("--backend", choices=["chgnet", "mace"],
+                   help="energy model (file mode; default mace, campaign: from its config)")
+    p.add_argument("--model", metavar="PATH|NAME",
+                   help="mace: model file, hpcxtal-carbon (default) or foundation name "
+                        "(mace-mp-0-small ...); chgnet: bundled version (default 0.3.0)")
+    p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
+                   "(default float64)")
+    p.add_argument("--fmax", type=num.positive_float, metavar="EV_PER_A",
+                   help="force convergence threshold in eV/Å (default 0.05)")
+    p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
+                   help="FIRE step cap before size scaling (default 300, + 2 per atom)")
+    p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
+    p.set_defaults(func=cmd_relax)
+    add_common(p)
+
+    p = sub.add_parser("merge", help="merge relax outputs into one ranked database",
+                       description="Merge relax outputs into ONE database ranked by energy above "
+                                   "graphite: every input is verified; relaxed structures get "
+                                   "their space group (spglib, 0.1 Å); converged ones are "
+                                   "de-duplicated a second time (StructureMatcher stol 0.3, "
+                                   "ltol 0.2, angle_tol 5, only within a topology key) and "
+                                   "compared with the training structures (bundled SACADA set). "
+                                   "With a campaign DIR: DIR/relax/relax-*.h5 and the pool's "
+                                   "quarantine into DIR/database.h5 (skipped when current).")
+    p.add_argument("sources", nargs="+", type=Path, metavar="SRC",
+                   help="relax outputs (.h5), or one campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="database to write (file mode)")
+    p.add_argument("--pool", type=Path, help="file mode: the pool the rows came from (its "
+                   "quarantine enters the accounting; every pool row must be merged)")
+    p.add_argument("--training", metavar="SRC", help="training structures to compare with "
+                   "('sacada', an .h5 table with structures, or 'none'; file mode)")
+    p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
+                   help="processes for the training structures' topology keys (first run only)")
+    p.add_argument("--force", action="store_true", help="redo a campaign database that is current")
+    p.set_defaults(func=cmd_merge)
+    add_common(p)

@@ -1,0 +1,59 @@
+"""The relax stage's config section: energy model and optimiser settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hpcxtal.config import resource
+
+#: Energy backends the relax stage knows (see hpcxtal.relax.models).
+RELAX_BACKENDS = ("chgnet", "mace")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelaxConfig:
+    """Energy model and batched FIRE settings of the relax stage.
+
+    ``backend``: ``mace`` (the default; ``model``: a model file path, ``hpcxtal-carbon``
+    (the default, the small carbon model shipped as package data) or a foundation name
+    such as ``mace-mp-0-small``, looked up in ``model_dir`` and mace's cache directory,
+    never downloaded) or ``chgnet`` (bundled weights; ``model`` may name a bundled
+    version). A structure of n atoms
+    may take ``max_steps + steps_per_atom * n`` FIRE steps; batches hold at most
+    ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs (unset: 6,000
+    on a CPU, where small batches stay in cache, 150,000 on a GPU); ``symmetrize``
+    keeps each structure's space group (found within ``symprec_A``) while it relaxes;
+    "low energy" means within ``low_energy_window_eV`` per atom of graphite relaxed the
+    same way.
+    """
+
+    backend: str = "mace"
+    model: str | None = None
+    model_dir: str | None = None
+    dtype: str = "float64"
+    fmax_eV_per_A: float = 0.05
+    max_steps: int = 300
+    steps_per_atom: float = 2.0
+    symmetrize: bool = False
+    symprec_A: float = 1e-3
+    low_energy_window_eV: float = 0.55
+    # Resources (how it runs, never in a fingerprint):
+    device: str = resource("cpu")
+    batch_atom_budget: int = resource(2000)
+    batch_edge_budget: int | None = resource(None)
+
+    def __post_init__(self) -> None:
+        if self.backend not in RELAX_BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
+        if self.fmax_eV_per_A <= 0:
+            raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
+        if self.max_steps < 0 or self.steps_per_atom < 0:
+            raise ValueError("max_steps and steps_per_atom must not be negative")
+        if self.batch_atom_budget < 1 or (self.batch_edge_budget is not None
+                                          and self.batch_edge_budget < 1):
+            raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1")
+        if self.symprec_A <= 0:
+            raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
+        if self.low_energy_window_eV < 0:
+            raise ValueError("low_energy_window_eV must not be negative")

@@ -1,0 +1,122 @@
+"""The stage registry: fingerprints hold science settings only, so resources (device,
+workers, batch budgets, an MPI rank's GPU) never make finished outputs stale, while a
+changed science setting makes exactly the affected stages stale."""
+from __future__ import annotations
+
+import yaml
+
+import pytest
+
+from hpcxtal.campaign import Campaign
+from hpcxtal.cli import main
+from hpcxtal.stages import PIPELINE, Resources, stage_spec
+
+from test_driver import small_campaign_text  # noqa: F401  (fixture)
+
+SCREENED = ("import", "shard", "refine", "rounds", "topology", "relax")
+
+
+@pytest.fixture(scope="module")
+def finished(small_campaign_text, tmp_path_factory):
+    """A small campaign run through relax in this process (refine on the CPU)."""
+    folder = tmp_path_factory.mktemp("registry")
+    cfg = folder / "c.yaml"
+    cfg.write_text(small_campaign_text.replace("refine:\n", "refine:\n  device: cpu\n"))
+    camp = folder / "camp"
+    assert main(["init", str(camp), "--config", str(cfg), "-q"]) == 0
+    campaign = Campaign(camp)
+    for name in SCREENED:
+        stage_spec(name).run(campaign)
+    return camp
+
+
+def _edit(camp, **sections) -> Campaign:
+    """Rewrite campaign.yaml with ``sections`` merged into it; the campaign reopened."""
+    path = camp / "campaign.yaml"
+    data = yaml.safe_load(path.read_text())
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return Campaign(camp)
+
+
+def _mtimes(camp):
+    return {p: p.stat().st_mtime_ns for p in camp.rglob("*.h5")}
+
+
+def _stale(campaign) -> set[str]:
+    return {s.name for s in PIPELINE if s.name in SCREENED and not s.done(campaign)}
+
+
+def test_resources_never_make_outputs_stale(finished):
+    original = (finished / "campaign.yaml").read_text()
+    try:
+        before = _mtimes(finished)
+        campaign = _edit(finished, refine={"device": "cuda:3", "threads": 2,
+                                           "max_batch_atoms": 1234},
+                         topology={"workers": 2},
+                         relax={"device": "cuda:1", "batch_atom_budget": 77,
+                                "batch_edge_budget": 999})
+        assert _stale(campaign) == set()
+        for name in SCREENED:
+            assert stage_spec(name).run(campaign, resources=Resources(workers=2)).skipped, name
+        assert _mtimes(finished) == before  # nothing redone
+    finally:
+        (finished / "campaign.yaml").write_text(original)
+
+
+@pytest.mark.parametrize("section, change, stale", [
+    ("refine", {"max_steps": 61}, {"refine", "rounds"}),
+    ("refine", {"target": "diamond"}, {"refine", "rounds"}),
+    ("rounds", {"later": "perturb"}, {"rounds"}),
+    ("topology", {"depth": 11}, {"topology"}),
+    ("relax", {"fmax_eV_per_A": 0.04}, {"relax"}),
+])
+def test_a_science_setting_makes_exactly_its_stages_stale(finished, section, change, stale):
+    original = (finished / "campaign.yaml").read_text()
+    try:
+        campaign = _edit(finished, **{section: change})
+        assert _stale(campaign) == stale
+        reasons = [why for name in stale for _, why in stage_spec(name).stale(campaign, None)]
+        assert reasons and all("made with another stage config" in why for why in reasons)
+    finally:
+        (finished / "campaign.yaml").write_text(original)
+
+
+class _FakeComm:
+    """Two MPI ranks as the refine command sees them (no collective is reached when
+    every output is current)."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+
+    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
+        return self.rank
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 2
+
+    def Barrier(self) -> None:  # noqa: N802
+        pass
+
+
+def test_mpi_ranks_with_their_own_gpus_redo_nothing(finished, monkeypatch):
+    """Each rank binds its node-local GPU (refine.device auto), as ``hpcxtal refine DIR``
+    under mpiexec does; that device must not make round 1 or the rounds stale."""
+    import hpcxtal.hpc.mpi as mpi
+
+    original = (finished / "campaign.yaml").read_text()
+    try:
+        _edit(finished, refine={"device": "auto"})
+        before = _mtimes(finished)
+        bound = []
+        for rank in (0, 1):
+            comm = _FakeComm(rank)
+            monkeypatch.setattr(mpi, "world", lambda comm=comm: comm)
+            monkeypatch.setattr(mpi, "rank_device",
+                                lambda comm: bound.append(f"cuda:{comm.Get_rank()}") or bound[-1])
+            assert main(["refine", str(finished), "-q"]) == 0
+        assert bound == ["cuda:0", "cuda:1"]
+        assert _mtimes(finished) == before
+    finally:
+        (finished / "campaign.yaml").write_text(original)
