@@ -80,6 +80,7 @@ STAGE_INPUT_KINDS: dict[str, tuple[str, ...]] = {
     "topology": ("refine", "rounds", "round", "pool", "shard", "known_structures"),
     "relax": ("topology", "refine", "rounds", "round", "pool", "shard", "known_structures"),
     "merge": ("relax",),
+    "train": ("training",),
 }
 
 

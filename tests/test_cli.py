@@ -167,6 +167,8 @@ def test_a_table_of_the_wrong_kind_is_refused(cli, tmp_path):
     assert code == 2 and "but merge --pool needs 'pool'" in one_line_error(err)
     code, _, err = cli("merge", pool, "-o", tmp_path / "db.h5")
     assert code == 2 and "a 'pool' table, but merge needs 'relax'" in one_line_error(err)
+    code, _, err = cli("train", pool, "-o", tmp_path / "m.pt")
+    assert code == 2 and "a 'pool' table, but train needs 'training'" in one_line_error(err)
 
 
 def test_full_disk_and_unwritable_folder_are_one_line(cli, tmp_path, monkeypatch):
