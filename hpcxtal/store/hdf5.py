@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -92,6 +93,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as err:
+        if err.filename is None and err.strerror:  # a full disk: say which file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -210,8 +215,12 @@ def write_table(path: str | os.PathLike, table: Table, kind: str,
     all_attrs = {**table.attrs, **attrs}
     defining = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": kind,
                 "n_rows": len(table)}
+    # HDF5 is built in memory and written with plain file I/O: the HDF5 library hit by a
+    # full disk mid-write crashes the process (segfault in h5py's cleanup); a plain
+    # write raises OSError(ENOSPC), and atomic_path removes the partial file.
+    image = io.BytesIO()
     with atomic_path(path) as tmp:
-        with _open(tmp, "w") as f:
+        with h5py.File(image, "w") as f:
             _write_group(f, table)
             if quarantine is not None:
                 _write_group(f.create_group("quarantine"), quarantine)
@@ -227,6 +236,8 @@ def write_table(path: str | os.PathLike, table: Table, kind: str,
                 "sha256_scope": CHECKSUM_SCOPE,
             })
             f.attrs["sha256"] = table_checksum(table, quarantine, defining)
+        with open(tmp, "wb") as fh:
+            fh.write(image.getbuffer())
     return path
 
 
