@@ -9,8 +9,8 @@ Layout of a table file (``kind`` = pool, shard, refine, ...)::
     /quarantine/...                                        rows that could not be used,
                                                            with ``reason`` (same layout)
 
-Every file is written under a temporary name (``.NAME.tmp-PID@HOST``), fsynced and
-renamed into place, and records its row count and a SHA-256 over all its datasets and
+Every file is written under a temporary name (``.NAME.tmp-PID@HOST``; a table is built
+in memory first, so a full disk is a plain OSError), fsynced and renamed into place, and records its row count and a SHA-256 over all its datasets and
 the root attributes that define it (``format``, ``schema_version``, ``kind``,
 ``n_rows``; files written before that cover their datasets only, marked by the absence
 of ``sha256_scope``); :func:`read_table` checks both (and HDF5's own per-chunk
