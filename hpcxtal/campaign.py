@@ -24,11 +24,10 @@ from typing import Any
 import yaml
 
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, science, to_mapping
-from hpcxtal.generate.sample import SampleConfig
+from hpcxtal.generate.config import SampleConfig
 from hpcxtal.layout import pool_path, shard_dir
 from hpcxtal.merge.database import MergeConfig
-from hpcxtal.refine.represent import RefineConfig
-from hpcxtal.refine.rounds import RoundsConfig
+from hpcxtal.refine.config import RefineConfig, RoundsConfig
 from hpcxtal.relax.config import RelaxConfig
 from hpcxtal.store.formats import ImportConfig
 from hpcxtal.store.hdf5 import atomic_path, write_text_atomic

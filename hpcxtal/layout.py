@@ -7,6 +7,7 @@
     DIR/STAGE/STAGE-NNNN.h5        a per-shard output: refine, rounds, topology, relax
     DIR/rounds/round-R/part-PPPP-of-NNNN.h5   one process's part of refinement round R
     DIR/database.h5                every shard merged and ranked (``merge``)
+    DIR/.hpcxtal/verified.json     files ``status`` verified, by inode, size and mtime
 """
 from __future__ import annotations
 
@@ -41,3 +42,8 @@ def part_path(root: Path, round_: int, part: int, n_parts: int) -> Path:
 def database_output(root: Path) -> Path:
     """The campaign's ranked database."""
     return Path(root) / "database.h5"
+
+
+def ledger_path(root: Path) -> Path:
+    """The verification ledger ``hpcxtal status`` keeps (a cache; safe to delete)."""
+    return Path(root) / ".hpcxtal" / "verified.json"

@@ -20,9 +20,9 @@ from typing import Any, Callable
 from hpcxtal.campaign import Campaign, CampaignConfig
 from hpcxtal.config import ConfigError
 from hpcxtal.data import resolve_input
-from hpcxtal.generate.sample import SampleConfig
+from hpcxtal.generate.config import SampleConfig
 from hpcxtal.layout import database_output, shard_path, stage_output
-from hpcxtal.refine.rounds import rounds_config, run_rounds
+from hpcxtal.refine.config import rounds_config
 from hpcxtal.store.formats import ImportConfig, import_files
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.provenance import PROVENANCE
@@ -253,6 +253,8 @@ def _rounds(campaign: Campaign, force: bool, resources: Resources) -> StageRepor
     if not force:
         for dest, why in stale:
             _log_recomputed(dest, why)
+    from hpcxtal.refine.rounds import run_rounds
+
     refine = resources.apply(campaign.config.refine)
     counts = run_rounds(campaign.root, n, lambda i: stage_output("refine", campaign.root, i),
                         refine, campaign.config.rounds, resources.comm)

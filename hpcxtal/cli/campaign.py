@@ -15,7 +15,7 @@ log = logging.getLogger("hpcxtal")
 
 def cmd_init(args: argparse.Namespace) -> int:
     from hpcxtal.campaign import Campaign, CampaignConfig
-    from hpcxtal.generate.sample import SampleConfig
+    from hpcxtal.generate.config import SampleConfig
 
     if args.config:
         cfg = CampaignConfig.from_file(args.config)
@@ -42,13 +42,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Each stage: done, partial or pending, from the files themselves (verified once;
+    files unchanged since an earlier status verified them are taken from its ledger)."""
     from hpcxtal.hpc.site import apply_site
     from hpcxtal.hpc.submit import job_states, submitted
+    from hpcxtal.layout import ledger_path
     from hpcxtal.stages import PIPELINE
+    from hpcxtal.store.provenance import PROVENANCE
 
     campaign = open_campaign(args.dir, required=True)
     manifest = campaign.manifest()
     print(f"campaign {manifest['name']!r} ({manifest['campaign_id']}) in {campaign.root}")
+    ledger = ledger_path(campaign.root)
+    PROVENANCE.load_ledger(ledger)
     for spec in PIPELINE:
         entry = manifest["stages"].get(spec.name, {})
         if not spec.enabled(campaign.config):
@@ -64,6 +70,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = "done" if spec.done(campaign) else ("pending" if recorded == "done" else recorded)
         counts = ", ".join(f"{k} {v}" for k, v in entry.get("counts", {}).items())
         print(f"  {spec.name:10s} {state:8s} {counts}")
+    PROVENANCE.save_ledger(ledger, campaign.root)
     _report_temp_files(campaign.root)
     jobs = submitted(campaign)
     site = apply_site(campaign)

@@ -56,7 +56,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from hpcxtal.generate.sample import SampleConfig
+    from hpcxtal.generate.config import SampleConfig
     from hpcxtal.stages import sample_to_pool
 
     campaign = open_campaign(args.dir) if args.dir is not None else None
@@ -122,7 +122,7 @@ def _rank_resources(campaign, comm):
 
 def cmd_refine(args: argparse.Namespace) -> int:
     from hpcxtal.hpc import mpi
-    from hpcxtal.refine.represent import RefineConfig
+    from hpcxtal.refine.config import RefineConfig
     from hpcxtal.stages import stage_spec
 
     campaign = open_campaign(args.source) if args.output is None else None

@@ -7,12 +7,22 @@ sites, every source structure, and SACADA's metadata (energies in eV/atom).
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 DATA_DIR = Path(__file__).parent
 SACADA_PATH = DATA_DIR / "sacada_sp2.h5"
 #: Names that stand for bundled files wherever an input file is expected.
 BUNDLED = {"sacada": SACADA_PATH}
+
+
+@lru_cache(maxsize=1)
+def target_names() -> tuple[str, ...]:
+    """Names of the bundled refinement targets (``environments.yaml``), read without
+    torch so configs can check ``refine.target`` when they load."""
+    import yaml
+
+    return tuple(yaml.safe_load((DATA_DIR / "environments.yaml").read_text()))
 
 
 def resolve_input(name: str) -> Path:

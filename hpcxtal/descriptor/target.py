@@ -106,12 +106,6 @@ def load_targets(path: Path | str = ENVIRONMENTS_PATH) -> dict[str, Target]:
     return {name: target_from_mapping(name, spec) for name, spec in data.items()}
 
 
-@lru_cache(maxsize=None)
-def target_names(path: Path | str = ENVIRONMENTS_PATH) -> tuple[str, ...]:
-    """The names of the targets defined in a YAML file (default: the bundled ones)."""
-    return tuple(load_targets(path))
-
-
 class Environment:
     """A target on one dtype and device: reference spectrum, loss and validity."""
 

@@ -11,33 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode
-from hpcxtal.generate.conditions import EMPTY, MODES, ConditionSampler, check_condition
+from hpcxtal.generate.conditions import EMPTY, ConditionSampler, check_condition
 from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot
 from hpcxtal.generate.gmm import ColumnGMM
 from hpcxtal.generate.train import MODEL_FORMAT
 from hpcxtal.store.table import Table, str_array
-
-
-@dataclass(frozen=True, kw_only=True)
-class SampleConfig:
-    """Sample the candidate pool from a trained generator (instead of importing it)."""
-
-    n: int = 200
-    model: str = "default"  # 'default' = the generator shipped with hpcxtal, or a path
-    conditions: str = "mix"  # train | learned | mix (see hpcxtal.generate.conditions)
-
-    def __post_init__(self) -> None:
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
-        if self.conditions not in MODES:
-            raise ValueError(f"conditions must be one of {list(MODES)}, got {self.conditions!r}")
 
 
 log = logging.getLogger(__name__)

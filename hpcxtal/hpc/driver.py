@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from hpcxtal.campaign import Campaign
-from hpcxtal.hpc.parsl_config import make_parsl_config
 from hpcxtal.hpc.site import SiteConfig, apply_site
 
 log = logging.getLogger(__name__)
@@ -57,6 +56,8 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
     """Run the pipeline (or the named ``stages``) on the campaign's site with Parsl."""
     import parsl
     from parsl.app.python import PythonApp
+
+    from hpcxtal.hpc.parsl_config import make_parsl_config
 
     from hpcxtal.stages import PIPELINE
 

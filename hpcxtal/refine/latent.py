@@ -11,30 +11,15 @@ a row's result does not depend on its batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
-from hpcxtal.config import resource
 from hpcxtal.descriptor.batch import Batch, build_batch, rows_from_R
 from hpcxtal.descriptor.target import Environment
-from hpcxtal.refine.optim import OptimConfig, adam_init, adam_step
+from hpcxtal.refine.config import LatentConfig
+from hpcxtal.refine.optim import adam_init, adam_step
 from hpcxtal.store.table import Table
 
-
-@dataclass(frozen=True, kw_only=True)
-class LatentConfig:
-    """Latent-space refinement settings."""
-
-    generator: str = "default"  # the shipped conditional model, or a model path
-    steps: int = 100
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, patience=10))
-    max_batch_rows: int = resource(2000)  # memory budget; rows do not depend on it
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.max_batch_rows < 1:
-            raise ValueError("steps and max_batch_rows must be at least 1")
 
 
 def value_index(batch: Batch) -> torch.Tensor:

@@ -12,30 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True, kw_only=True)
-class OptimConfig:
-    """Hyper-parameters of the per-sample optimiser (scalars apply to every sample)."""
-
-    lr: float = 0.01  # base step; Adam moves each variable by about lr * scale per step
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0  # decoupled (AdamW); 0 keeps variables unbiased
-    clip_norm: float = 10.0  # per-sample gradient-norm clip
-    patience: int = 20  # steps without relative improvement before the step shrinks
-    min_rel_improvement: float = 1e-3
-    shrink: float = 0.5  # step scale multiplier on a plateau
-    grow: float = 1.2  # multiplier after `patience` improving steps, up to max_scale
-    min_scale: float = 1e-3  # floor of the step scale
-    max_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.shrink < 1 <= self.grow:
-            raise ValueError("need 0 < shrink < 1 <= grow")
-        if not 0 < self.min_scale <= self.max_scale:
-            raise ValueError("need 0 < min_scale <= max_scale")
-        if self.clip_norm <= 0 or self.lr <= 0 or self.patience < 1:
-            raise ValueError("clip_norm, lr and patience must be positive")
+from hpcxtal.refine.config import OptimConfig
 
 
 @dataclass

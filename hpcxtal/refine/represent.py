@@ -9,84 +9,24 @@ and validity checked on the way so samples that are valid and flat stop early.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
-from hpcxtal.config import resource
 from hpcxtal.descriptor.batch import Batch, build_batch, positions, rows_from_R
 from hpcxtal.descriptor.neighbors import plane_reach
-from hpcxtal.descriptor.target import Environment, target_names
-from hpcxtal.refine.optim import OptimConfig, adam_init, adam_step
+from hpcxtal.descriptor.target import Environment
+from hpcxtal.refine.config import RefineConfig
+from hpcxtal.refine.optim import adam_init, adam_step
 
 log = logging.getLogger(__name__)
 
 #: Status strings of refined rows.
 CONVERGED, VALID_FLAT, STALLED, MAX_STEPS = "converged", "valid_flat", "stalled", "max_steps"
 FAILED = "failed: non-finite loss or gradient"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RefineConfig:
-    """Representation refinement settings (lengths in Å, angles in degrees)."""
-
-    target: str = "graphite"
-    max_steps: int = 1000
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, patience=10))
-    lr_length_A: float = 1.0  # step multiplier for lattice lengths (Å per unit lr)
-    lr_angle_deg: float = 20.0  # for angles (degrees per unit lr)
-    loss_tolerance: float = 1e-3  # below this a sample has converged
-    flat_tolerance: float = 0.02  # valid and loss down by less than this share over a check
-    check_every: int = 10  # steps between validity checks (and restart decisions)
-    skin_A: float = 0.5  # neighbour-list skin: a list is rebuilt once a pair may cross it
-    restarts: int = 15  # perturbed restarts of a sample that stalls invalid (basin hopping)
-    restart_coord_sigma: float = 0.08  # fractional-coordinate noise of the last restart
-    restart_length_sigma: float = 0.05  # relative lattice-length noise of the last restart
-    # (restart k of `restarts` gets k / restarts of these, around the lowest-loss state)
-    seed: int = 0
-    length_bounds_A: tuple[float, float] = (1.5, 50.0)
-    angle_bounds_deg: tuple[float, float] = (30.0, 150.0)
-    dtype: str = "float64"
-    # Resources (how it runs, never in a fingerprint):
-    max_batch_atoms: int = resource(60000)  # memory budget of one batch
-    device: str = resource("auto")  # auto: cuda if available, else cpu
-    threads: int | None = resource(1)  # torch CPU threads per process (None: torch's
-    # default); the kernels are small, so one thread per process and one process per core
-    # is fastest
-
-    def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.check_every < 1:
-            raise ValueError("max_steps and check_every must be at least 1")
-        if self.dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
-        if self.max_batch_atoms < 1:
-            raise ValueError("max_batch_atoms must be positive")
-        targets = target_names()
-        if self.target not in targets:
-            raise ValueError(f"target {self.target!r} is not defined; targets are {list(targets)}")
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
-
-    def torch_dtype(self) -> torch.dtype:
-        return torch.float64 if self.dtype == "float64" else torch.float32
-
-    def torch_device(self) -> torch.device:
-        """The device to refine on; ValueError if it is not on this machine."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(self.device)
-        if device.type == "cuda" and (not torch.cuda.is_available()
-                                      or (device.index or 0) >= torch.cuda.device_count()):
-            raise ValueError(f"device {self.device}: this machine has "
-                             f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} "
-                             "CUDA device(s); use cpu or auto")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device {self.device}: no MPS device here; use cpu or auto")
-        return device
 
 
 @dataclass

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from hpcxtal.layout import part_path, stage_output
-from hpcxtal.refine.latent import LatentConfig, latent_refine
-from hpcxtal.refine.represent import RefineConfig, refine_table, use_threads
+from hpcxtal.refine.config import RefineConfig, RoundsConfig, rounds_config
+from hpcxtal.refine.latent import latent_refine
+from hpcxtal.refine.represent import refine_table, use_threads
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.provenance import PROVENANCE
 from hpcxtal.store.shard import row_cost
@@ -37,29 +37,6 @@ log = logging.getLogger(__name__)
 #: Columns a later round may change in a row.
 ROUND_COLUMNS = ("cell", "xyz", "loss", "valid", "steps", "round", "refine_status")
 
-
-@dataclass(frozen=True, kw_only=True)
-class RoundsConfig:
-    """Refinement rounds: round 1 refines each shard; rounds 2..n_rounds take every row
-    still invalid from all shards, rebalance them over the processes (MPI ranks) and
-    refine them again: ``later = "latent"`` starts each from a latent vector optimised
-    through the generator (Algorithm 2), ``"perturb"`` from its perturbed last state."""
-
-    n_rounds: int = 1
-    later: str = "latent"
-    latent: LatentConfig = field(default_factory=LatentConfig)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.n_rounds <= 20:
-            raise ValueError(f"n_rounds must be within 1-20, got {self.n_rounds}")
-        if self.later not in ("latent", "perturb"):
-            raise ValueError(f"later must be 'latent' or 'perturb', got {self.later!r}")
-
-
-def rounds_config(cfg: RefineConfig, rounds: RoundsConfig) -> dict:
-    """What a rounds output is made with: its fingerprint is recorded and compared on
-    resume (resources such as devices and batch budgets left out)."""
-    return {"refine": cfg, "rounds": rounds}
 
 
 

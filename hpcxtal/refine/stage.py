@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.refine.represent import RefineConfig, refine_table
+from hpcxtal.refine.config import RefineConfig
+from hpcxtal.refine.represent import refine_table
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.table import Table, str_array
 

@@ -273,7 +273,12 @@ def read_table(path: str | os.PathLike, verify: bool = True) -> tuple[Table, Tab
     Raises :class:`StoreError` naming the file if it is missing, unreadable, not an
     hpcxtal table, or (with ``verify``) its row count or checksum disagree.
     """
-    path = Path(path)
+    table, quarantine, _ = _read(Path(path), verify)
+    return table, quarantine
+
+
+def _read(path: Path, verify: bool) -> tuple[Table, Table | None, dict[str, object]]:
+    """Table, quarantine and every root attribute of ``path``, in one open."""
     if not path.exists():
         raise StoreError(f"{path}: no such file")
     try:
@@ -300,7 +305,16 @@ def read_table(path: str | os.PathLike, verify: bool = True) -> tuple[Table, Tab
         if expected != actual:
             raise StoreError(f"{path}: checksum mismatch (file says {expected}, "
                              f"data gives {actual}); the file is corrupted or was modified")
-    return table, quarantine
+    return table, quarantine, attrs
+
+
+def checked_attrs(path: str | os.PathLike) -> tuple[str | None, dict[str, object]]:
+    """(None, every root attribute) if ``path`` is a complete, uncorrupted table file,
+    else (what is wrong, {}); one read of the file."""
+    try:
+        return None, _read(Path(path), True)[2]
+    except StoreError as err:
+        return str(err), {}
 
 
 def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> None:
@@ -314,11 +328,7 @@ def require_kind(path: str | os.PathLike, kinds: tuple[str, ...], use: str) -> N
 
 def verify_file(path: str | os.PathLike) -> str | None:
     """None if ``path`` is a complete, uncorrupted table file, else what is wrong."""
-    try:
-        read_table(path, verify=True)
-    except StoreError as err:
-        return str(err)
-    return None
+    return checked_attrs(path)[0]
 
 
 def file_summary(path: str | os.PathLike) -> dict[str, object]:

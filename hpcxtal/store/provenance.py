@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Sequence
 
 from hpcxtal.config import fingerprint
-from hpcxtal.store.hdf5 import StoreError, file_summary, verify_file
+from hpcxtal.store.hdf5 import atomic_path, checked_attrs
+
+#: The attributes a ledger keeps per file (all that deciding current/stale reads).
+_LEDGER_ATTRS = ("sha256", "inputs_sha256", "stage_config")
 
 
 class Provenance:
@@ -24,6 +27,30 @@ class Provenance:
 
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[tuple[int, int, int], str | None, dict]] = {}
+
+    def load_ledger(self, ledger: Path) -> None:
+        """Trust the verifications a previous process saved in ``ledger`` for files that
+        have not changed since (same inode, size and mtime): ``hpcxtal status`` on a
+        campaign of thousands of shards then re-reads only what changed."""
+        try:
+            entries = json.loads(Path(ledger).read_text())
+        except (OSError, ValueError):
+            return
+        for name, (key, problem, attrs) in entries.items():
+            self._seen.setdefault(Path(name), (tuple(key), problem, attrs))
+
+    def save_ledger(self, ledger: Path, under: Path) -> None:
+        """Save the verifications of files below ``under`` into ``ledger`` (atomically; a
+        read-only campaign just keeps no ledger)."""
+        under = Path(under)
+        entries = {str(p): [list(key), problem, {k: attrs[k] for k in _LEDGER_ATTRS if k in attrs}]
+                   for p, (key, problem, attrs) in self._seen.items() if under in p.parents}
+        try:
+            Path(ledger).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(ledger) as tmp:
+                tmp.write_text(json.dumps(entries))
+        except OSError:
+            pass
 
     def check(self, path: str | os.PathLike) -> tuple[str | None, dict]:
         """(None, attributes) if ``path`` is a complete, uncorrupted table file, else
@@ -37,13 +64,7 @@ class Provenance:
         seen = self._seen.get(path)
         if seen is not None and seen[0] == key:
             return seen[1], seen[2]
-        problem = verify_file(path)
-        attrs: dict = {}
-        if problem is None:
-            try:
-                attrs = file_summary(path)["attrs"]
-            except StoreError as err:
-                problem = str(err)
+        problem, attrs = checked_attrs(path)
         self._seen[path] = (key, problem, attrs)
         return problem, attrs
 

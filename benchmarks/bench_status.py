@@ -1,0 +1,101 @@
+"""``hpcxtal status`` on a synthetic campaign of many shards (issue 14's target: 2,000
+shards in under 5 s).
+
+Builds a campaign directory whose pool, shards and per-shard outputs (refine, rounds,
+topology, relax) are small real tables with correct provenance stamps, so every stage
+reports done after verifying every file; shards are copies of one file (the same
+checksum), which is all ``status`` needs. Then times the ``hpcxtal status`` command as a
+whole process: the first (cold) call verifies every file once and saves the ledger
+(``DIR/.hpcxtal/verified.json``); later (warm) calls re-read only changed files.
+
+    python benchmarks/bench_status.py --shards 2000 --runs 3 --dir /tmp/status-bench
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hpcxtal.campaign import Campaign, CampaignConfig
+from hpcxtal.layout import ledger_path, shard_path, stage_output
+from hpcxtal.store.formats import ImportConfig
+from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.provenance import Provenance
+from hpcxtal.store.shard import ShardConfig
+
+from benchlib import finish, machine
+
+
+def build(root: Path, n_shards: int) -> Campaign:
+    """The synthetic campaign: every stage up to relax complete and current."""
+    if root.exists():
+        shutil.rmtree(root)
+    cfg = CampaignConfig(name="status-bench", import_=ImportConfig(inputs=["sacada"]),
+                         shard=ShardConfig(n_shards=n_shards))
+    campaign = Campaign.create(root, cfg)
+    sacada, _ = read_table(Path(__file__).resolve().parents[1] / "hpcxtal" / "data"
+                           / "sacada_sp2.h5")
+    rows = sacada.take(np.arange(3))
+    rows.structures = None
+    write_table(campaign.pool_path, rows, kind="pool")
+    prov = Provenance()
+    cfg = campaign.config
+    steps = [("refine", cfg.refine),
+             ("rounds", {"refine": cfg.refine, "rounds": cfg.rounds}),
+             ("topology", cfg.topology), ("relax", cfg.relax)]
+    template = shard_path(campaign.shard_dir, 0)
+    write_table(template, rows, kind="shard", **prov.stamp([campaign.pool_path], cfg.shard))
+    previous = template
+    for stage, science in steps:
+        dest = stage_output(stage, root, 0)
+        write_table(dest, rows, kind=stage, **prov.stamp([previous], science))
+        previous = dest
+    for i in range(1, n_shards):
+        shutil.copyfile(template, shard_path(campaign.shard_dir, i))
+        for stage, _ in steps:
+            shutil.copyfile(stage_output(stage, root, 0), stage_output(stage, root, i))
+    return campaign
+
+
+def status_seconds(root: Path) -> float:
+    """Wall time of one ``hpcxtal status DIR`` process; it must report every stage done."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "hpcxtal.cli", "status", str(root)],
+                         capture_output=True, text=True, check=True).stdout
+    seconds = time.perf_counter() - t0
+    for stage in ("refine", "rounds", "topology", "relax"):
+        line = next(l for l in out.splitlines() if l.strip().startswith(stage))
+        assert "done" in line, out
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3, help="cold and warm calls each")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/hpcxtal-status-bench"))
+    parser.add_argument("--json", help="write the report here too")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    build(args.dir, args.shards)
+    built = time.perf_counter() - t0
+    cold, warm = [], []
+    for _ in range(args.runs):
+        ledger_path(args.dir).unlink(missing_ok=True)
+        cold.append(status_seconds(args.dir))
+        warm.append(status_seconds(args.dir))
+    files = sum(1 for _ in args.dir.rglob("*.h5"))
+    finish({"benchmark": "status", "machine": machine(1), "shards": args.shards,
+            "files": files, "build_s": round(built, 1), "cold_s": cold, "warm_s": warm,
+            "cold_median_s": statistics.median(cold), "warm_median_s": statistics.median(warm),
+            "cold_over_warm": statistics.median(cold) / statistics.median(warm)}, args.json)
+
+
+if __name__ == "__main__":
+    main()
