@@ -121,6 +121,14 @@ def test_from_structure_quarantines_what_a_row_cannot_hold(cif_file, tmp_path):
     assert "elements C" in reason(to_atoms(decode(**GRAPHITE)), species="Si")
 
 
+def test_generator_rows_skip_the_raw_check_of_untrained_tied_columns():
+    """A generator's b of a tetragonal row is not trained (free_mask): only the
+    symmetrised cell is checked there."""
+    sites = ([0] + [-1] * 7, [[0.1, 0.2, 0.3]] + [[-1, -1, -1]] * 7)
+    row = decode(75, np.array([4.0, 0.2, 5.0, 10.0, 200.0, 90]), *sites, check_raw=False)
+    assert list(row.cell) == pytest.approx([2.1, 2.1, 5.0, 90, 90, 90])
+
+
 @pytest.mark.parametrize("tol", [-1.0, 0.0, 5.0, float("nan")])
 def test_from_structure_refuses_a_tolerance_that_crashes_spglib(tol):
     with pytest.raises(ValueError, match="symmetry tolerance"):

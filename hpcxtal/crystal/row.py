@@ -94,13 +94,16 @@ def decode(
     wps: np.ndarray,
     xyz: np.ndarray,
     snap_tolerance: float | None = None,
+    check_raw: bool = True,
 ) -> Row:
     """Validate and symmetrise a raw row; raise :class:`DecodeError` with the reason.
 
     The lattice gets the constraints of its space group, every occupied site is
     snapped onto the nearest generator of its Wyckoff position (raw model output can
     sit Å away from a special position; ``snap_tolerance`` in Å, if given, rejects
-    such rows) and occupied sites are packed to the front.
+    such rows) and occupied sites are packed to the front. Raw lengths and angles are
+    range-checked before the symmetry mean unless ``check_raw`` is False (a generator's
+    columns tied by symmetry carry no information; the symmetrised cell is checked).
     """
     spg_f = float(spg)
     if not np.isfinite(spg_f) or spg_f != round(spg_f) or not 1 <= spg_f <= 230:
@@ -111,7 +114,8 @@ def decode(
     if cell.shape != (6,) or not np.all(np.isfinite(cell)):
         raise DecodeError(f"cell {cell.tolist()} is not 6 finite numbers")
     # Raw values first: a length of 0 or -1 must not be averaged into a plausible one.
-    _check_cell_ranges(cell, "raw ")
+    if check_raw:
+        _check_cell_ranges(cell, "raw ")
     cell = symmetrize_cell(n, cell)
     _check_cell_ranges(cell, "")
     try:

@@ -134,7 +134,9 @@ def decode_values(spg: np.ndarray, wps: np.ndarray, values: np.ndarray) -> list[
             continue
         xyz = np.where(w[:, None] >= 0, v[6:].reshape(N_SITES, 3) % 1.0, -1.0)
         try:
-            out.append(decode(s, v[:6], w.astype(float), xyz))
+            # columns tied by symmetry are not trained (free_mask): check the cell after
+            # the symmetry mean only
+            out.append(decode(s, v[:6], w.astype(float), xyz, check_raw=False))
         except DecodeError as err:
             out.append(str(err))
     return out
