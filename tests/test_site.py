@@ -6,10 +6,10 @@ import pytest
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError
 from hpcxtal.hpc.jobs import render_job
-from hpcxtal.hpc.site import SOURCE_SITE_DIR, load_site
+from hpcxtal.hpc.site import load_site, shipped_sites
 
 EXPECTED = Path(__file__).parent / "data" / "jobs"
-SHIPPED = sorted(p.stem for p in SOURCE_SITE_DIR.glob("*.yaml"))
+SHIPPED = shipped_sites()
 
 
 def test_every_shipped_site_config_is_valid():
@@ -95,3 +95,24 @@ def test_campaign_with_unknown_site_is_refused(tmp_path, capsys):
     cfg.write_text(cfg.read_text().replace("site: local", "site: atlantis"))
     assert main(["status", str(tmp_path / "c")]) == 2
     assert "site 'atlantis'" in capsys.readouterr().err
+
+
+def test_user_site_dir_is_searched_before_the_shipped_sites(tmp_path, monkeypatch):
+    """HPCXTAL_SITE_DIR (one or more folders) holds a user's sites; a name there wins over
+    a shipped site of the same name."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir()
+    other.mkdir()
+    (other / "mycluster.yaml").write_text("name: mycluster\n")
+    (mine / "local.yaml").write_text("name: local\ngpu: {cores_per_node: 7}\n")
+    monkeypatch.setenv("HPCXTAL_SITE_DIR", f"{mine}:{other}")
+    assert load_site("mycluster").name == "mycluster"
+    assert load_site("local").gpu.cores_per_node == 7
+    monkeypatch.delenv("HPCXTAL_SITE_DIR")
+    assert load_site("local").gpu.cores_per_node != 7
+
+
+def test_unknown_site_names_the_folders_searched(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPCXTAL_SITE_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=f"no atlantis.yaml in {tmp_path}.*HPCXTAL_SITE_DIR"):
+        load_site("atlantis")

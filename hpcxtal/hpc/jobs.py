@@ -1,4 +1,4 @@
-"""Job-array scripts for per-shard stages, rendered from the templates in ``jobs/``.
+"""Job-array scripts for per-shard stages, rendered from the templates in ``hpcxtal/jobs/``.
 
 Rendering is a pure function of the site, the stage and the shard list, so a script
 can be inspected (``hpcxtal site check``) and compared with a saved copy in tests.
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import shlex
 import sys
+from importlib import resources
 from pathlib import Path
 
 from hpcxtal.hpc.site import SiteConfig
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "jobs"
+#: Job-script templates shipped as package data.
+TEMPLATE_DIR = resources.files("hpcxtal") / "jobs"
 TEMPLATES = {"slurm": "slurm_array.sh", "pbs": "pbs_array.sh"}
 
 

@@ -1,4 +1,4 @@
-"""Site configs: where and how a campaign's stages run (``site_configs/*.yaml``).
+"""Site configs: where and how a campaign's stages run (``hpcxtal/site_configs/*.yaml``).
 
 A site names its scheduler (``local``, ``slurm`` or ``pbs``) and two executors: ``gpu``
 (refinement) and ``cpu`` (topology, relaxation, merge), each with partition or queue,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from hpcxtal.config import ConfigError, from_mapping, load_yaml
@@ -17,7 +18,8 @@ from hpcxtal.config import ConfigError, from_mapping, load_yaml
 SCHEDULERS = ("local", "slurm", "pbs")
 LAUNCHERS = ("single", "srun", "mpiexec")
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
-SOURCE_SITE_DIR = Path(__file__).resolve().parents[2] / "site_configs"
+#: The sites shipped as package data (wheels install unzipped, so this is a real folder).
+SHIPPED_SITE_DIR = Path(str(resources.files("hpcxtal") / "site_configs"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,23 +85,34 @@ class SiteConfig:
         return getattr(self, kind)
 
 
+def shipped_sites() -> list[str]:
+    """Names of the sites shipped with hpcxtal, sorted."""
+    return sorted(p.stem for p in SHIPPED_SITE_DIR.glob("*.yaml"))
+
+
+def site_dirs(search: list[Path] | None = None) -> list[Path]:
+    """Where site names are looked up, first match wins: ``search`` (e.g. the campaign
+    directory), each folder of ``$HPCXTAL_SITE_DIR`` (``:``-separated), ``./site_configs``,
+    then the shipped sites."""
+    folders = list(search or [])
+    folders += [Path(p) for p in os.environ.get("HPCXTAL_SITE_DIR", "").split(os.pathsep) if p]
+    folders += [Path.cwd() / "site_configs", SHIPPED_SITE_DIR]
+    return list(dict.fromkeys(f.resolve() for f in folders))
+
+
 def site_path(name: str | os.PathLike, search: list[Path] | None = None) -> Path:
-    """The YAML file of site ``name``: a path as given, else ``NAME.yaml`` in ``search``
-    folders, ``$HPCXTAL_SITE_DIR``, ``./site_configs`` and the source tree's site_configs."""
+    """The YAML file of site ``name``: a path as given, else ``NAME.yaml`` in the first
+    of ``site_dirs(search)`` that has it."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return path
-    folders = list(search or [])
-    if os.environ.get("HPCXTAL_SITE_DIR"):
-        folders.append(Path(os.environ["HPCXTAL_SITE_DIR"]))
-    folders += [Path.cwd() / "site_configs", SOURCE_SITE_DIR]
-    folders = list(dict.fromkeys(f.resolve() for f in folders))
+    folders = site_dirs(search)
     for folder in folders:
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
     raise ConfigError(f"site {str(name)!r}: no {name}.yaml in {', '.join(map(str, folders))}; "
-                      "give a path to a site YAML")
+                      "give a path to a site YAML or set HPCXTAL_SITE_DIR to its folder")
 
 
 def load_site(name: str | os.PathLike, search: list[Path] | None = None) -> SiteConfig:
