@@ -815,12 +815,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_site(args: argparse.Namespace) -> int:
     from hpcxtal.hpc.jobs import render_job
+    from hpcxtal.hpc.mpi import mpi_library
     from hpcxtal.hpc.site import load_site, site_path
 
     path = site_path(args.site)
     site = load_site(path)
     print(f"{path}: site {site.name!r}, scheduler {site.scheduler}, "
           f"HDF5 file locking {'on' if site.hdf5_file_locking else 'off'}: valid")
+    print(f"MPI here: {mpi_library()}")
     for kind, example in (("gpu", "refine"), ("cpu", "relax")):
         ex = site.executor(kind)
         print(f"\n{kind} executor: partition {ex.partition or '-'}, account {ex.account or '-'}, "

@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 from hpcxtal.cli import main
 from hpcxtal.config import ConfigError
 from hpcxtal.hpc.jobs import render_job
+from hpcxtal.hpc.mpi import mpi_library
 from hpcxtal.hpc.site import load_site, shipped_sites
 
 EXPECTED = Path(__file__).parent / "data" / "jobs"
@@ -116,3 +118,24 @@ def test_unknown_site_names_the_folders_searched(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCXTAL_SITE_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match=f"no atlantis.yaml in {tmp_path}.*HPCXTAL_SITE_DIR"):
         load_site("atlantis")
+
+
+def test_site_check_reports_the_mpi_library_mpi4py_is_bound_to(capsys):
+    """This environment has the pip MPICH (make setup installs .[mpich]): site check names
+    it and says to drop it on a cluster."""
+    assert main(["site", "check", "local"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("MPI here:"))
+    assert "bound to MPICH Version: " in line and "pip package mpich" in line
+
+
+def test_mpi_library_without_mpi4py_or_with_a_hanging_mpi(tmp_path):
+    """A Python without mpi4py (the system one, a real interpreter) and one whose MPI
+    hangs on load (a stub that sleeps) each give one line, never an exception."""
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None or subprocess.run([system, "-c", "import mpi4py"]).returncode == 0:
+        pytest.skip("no system python3 without mpi4py here")
+    assert mpi_library(system).startswith("mpi4py not installed")
+    stub = tmp_path / "python"
+    stub.write_text("#!/bin/sh\nsleep 30\n")
+    stub.chmod(0o755)
+    assert "did not answer within 1 s" in mpi_library(str(stub), timeout=1)
