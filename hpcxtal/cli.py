@@ -825,17 +825,21 @@ def cmd_site(args: argparse.Namespace) -> int:
     print(f"MPI here: {mpi_library()}")
     for kind, example in (("gpu", "refine"), ("cpu", "relax")):
         ex = site.executor(kind)
-        print(f"\n{kind} executor: partition {ex.partition or '-'}, account {ex.account or '-'}, "
+        queues = (f"queue {ex.queue_for(1)} for array tasks, {ex.queue_for(ex.nodes_per_block)} "
+                  f"for {ex.nodes_per_block}-node Parsl blocks" if ex.queues
+                  else f"partition {ex.partition or '-'}")
+        print(f"\n{kind} executor: {queues}, account {ex.account or '-'}, "
               f"{ex.nodes_per_block} node(s) x {ex.max_blocks} block(s), {ex.cores_per_node} "
-              f"cores and {ex.gpus_per_node} GPUs per node, walltime {ex.walltime}, "
-              f"launcher {ex.launcher}")
+              f"cores and {ex.gpus_per_node} GPUs per node, {ex.shards_per_task} shard(s) per "
+              f"array task, walltime {ex.walltime}, launcher {ex.launcher}")
         if site.scheduler == "local":
             print("  runs on this machine: no batch script")
             continue
         camp = Path("CAMPAIGN").resolve()
-        print(f"  a 4-shard {example} array would submit:\n")
-        script = render_job(site, kind, example, camp, 4, camp / "jobs" / f"{example}-shards.txt",
-                              camp / "jobs" / "logs")
+        n = max(4, 2 * ex.shards_per_task)
+        print(f"  a {n}-shard {example} array would submit:\n")
+        script = render_job(site, kind, example, camp, n, camp / "jobs" / f"{example}-shards.txt",
+                            camp / "jobs" / "logs")
         print("    " + script.replace("\n", "\n    ").rstrip())
     return 0
 
