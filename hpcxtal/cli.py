@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit stages to SLURM/PBS as chained job arrays",
                        description="Render batch scripts into DIR/jobs/ from the templates in "
-                                   "jobs/ and submit them: per-shard stages as job arrays over "
+                                   "hpcxtal/jobs/ and submit them: per-shard stages as job arrays over "
                                    "their unfinished shards (submit again to resubmit failed "
                                    "tasks alone), whole-campaign stages as single jobs, each "
                                    "waiting for the one before (afterok).")
@@ -309,12 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("site", help="site configs: validate and show what would be submitted",
-                       description="Site configs (site_configs/*.yaml) say where stages run.")
+                       description="Site configs (YAML) say where stages run: shipped ones, "
+                                   "yours in $HPCXTAL_SITE_DIR or the campaign directory.")
     site_sub = p.add_subparsers(dest="site_command", required=True, metavar="ACTION")
     q = site_sub.add_parser("check", help="validate a site config and print its job scripts",
                             description="Validate a site config (a path, or a name looked up "
-                                        "in site_configs/) and print the batch script each "
-                                        "executor would submit for a 4-shard array.")
+                                        "in ./site_configs, $HPCXTAL_SITE_DIR and the shipped "
+                                        "sites), name the MPI library mpi4py is bound to and "
+                                        "print the batch script each executor would submit.")
     q.add_argument("site", help="site name (e.g. local, slurm_generic) or YAML path")
     _add_common(q)
 
