@@ -161,6 +161,8 @@ BAD = [
      "gpu.launch: launch.shard_command 'taskset -c {cores_list}': unknown placeholder {cores_list}"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, shards_per_task: 4}\n",
      "shards_per_task 4 is more than gpus_per_node (2)"),
+    ("name: s\ncpu: {cores_per_node: 8, shards_per_task: 2}\n",
+     "shards_per_task 2 x 8 cores per process is more than cores_per_node (8); set cores_per_task"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {gpu_order: [1, 1]}}\n",
      "launch.gpu_order [1, 1] must list each GPU 0-1 once"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {ranks_per_node: 2}}\n",

@@ -1,9 +1,11 @@
 """Site configs: where and how a campaign's stages run (``hpcxtal/site_configs/*.yaml``).
 
 A site names its scheduler (``local``, ``slurm`` or ``pbs``) and two executors: ``gpu``
-(refinement) and ``cpu`` (topology, relaxation, merge), each with partition or queue,
-account, walltime, node shape, launcher and the shell lines that prepare a node
-(``worker_init``: modules, environments). Nothing about a site lives in code.
+(refinement) and ``cpu`` (topology, relaxation, merge), each with partition (or queues
+chosen by job size), account, walltime, node shape, how many shards one array task runs
+at once, launcher and launch options, and the shell lines that prepare a node
+(``worker_init``: modules, environments). Nothing about a site lives in code; a user's
+sites live in the campaign directory or in ``$HPCXTAL_SITE_DIR`` (docs/CLUSTERS.md).
 """
 from __future__ import annotations
 
@@ -136,7 +138,8 @@ class ExecutorSite:
                                  f"({self.gpus_per_node}): one process per GPU")
             if count * self.task_cores() > self.cores_per_node:
                 raise ValueError(f"{name} {count} x {self.task_cores()} cores per process is "
-                                 f"more than cores_per_node ({self.cores_per_node})")
+                                 f"more than cores_per_node ({self.cores_per_node}); set "
+                                 "cores_per_task")
         order = self.launch.gpu_order
         if order is not None and sorted(order) != list(range(self.gpus_per_node)):
             raise ValueError(f"launch.gpu_order {order} must list each GPU 0-"
