@@ -121,6 +121,10 @@ def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_ta
     if n_tasks is None:
         mpi = _launch(ex.mpi_command() or "", ex) if processes > 1 else ""
         run_lines = f"exec {mpi}{cli}"
+        if mpi and ex.launch.gpu_order:
+            order = ",".join(map(str, ex.gpu_order()))
+            run_lines = ("# rank k uses cuda:k, the k-th GPU listed: the one nearest its cores\n"
+                         f"export CUDA_VISIBLE_DEVICES={order}\n{run_lines}")
         what = (f"one job for the whole campaign on {processes} MPI ranks" if processes > 1
                 else "one job for the whole campaign")
     elif ex.shards_per_task > 1:

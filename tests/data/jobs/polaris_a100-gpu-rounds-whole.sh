@@ -18,4 +18,6 @@ source /eagle/MyProject/venvs/hpcxtal/bin/activate
 export HDF5_USE_FILE_LOCKING=FALSE
 set -u
 export OMP_NUM_THREADS=8
+# rank k uses cuda:k, the k-th GPU listed: the one nearest its cores
+export CUDA_VISIBLE_DEVICES=3,2,1,0
 exec mpiexec -n 4 --ppn 4 --depth=8 --cpu-bind depth hpcxtal rounds /scratch/campaign
