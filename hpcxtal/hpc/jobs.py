@@ -2,7 +2,8 @@
 
 Rendering is a pure function of the site, the stage and the shard list, so a script
 can be inspected (``hpcxtal site check``) and compared with a saved copy in tests.
-Array task ``k`` runs the ``k``-th line of a shard-list file: resubmitting only the
+Array task ``k`` runs the ``k``-th line of a shard-list file (lines ``kP+1 .. kP+P`` at
+once where a site packs ``P = shards_per_task`` shards per task): resubmitting only the
 unfinished shards is just a shorter list.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ def default_command() -> str:
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
+    """The template with every ``{{key}}`` replaced; KeyError names one left unfilled."""
     for key, value in values.items():
         template = template.replace("{{" + key + "}}", value)
     if "{{" in template:
@@ -47,8 +49,9 @@ def _packed_lines(ex: ExecutorSite, cli: str, task: str, shard_list: str) -> str
     """Run lines of an array task that runs ``shards_per_task`` shards at once, each on its
     own block of cores and (GPU nodes) its own GPU, and fails if any of them fails."""
     per, cores = ex.shards_per_task, ex.task_cores()
-    prefix = _launch(ex.launch.shard_command, ex, cpus="$CPUS", gpu="${GPUS[$SLOT]}", slot="$SLOT")
     gpus = ex.gpus_per_node > 0
+    prefix = _launch(ex.launch.shard_command, ex, cpus="$CPUS",
+                     gpu="${GPUS[$SLOT]}" if gpus else "$SLOT", slot="$SLOT")
     lines = [f"# Task k runs shards {per}k+1 .. {per}k+{per} of the shard file (unfinished "
              "shards only) at once,",
              f"# each on its own {cores} cores" + (" and its own GPU." if gpus else ".")]

@@ -18,8 +18,8 @@ from hpcxtal.hpc.site import ExecutorSite, SiteConfig
 
 
 def _launcher(ex: ExecutorSite):
-    """Parsl's launcher for the site's: the binding flag and overrides passed through
-    (``ibrun`` sites start worker pools with srun, as Parsl's own TACC configs do)."""
+    """Parsl's launcher matching the site's, with its binding flag and overrides (``ibrun``
+    sites start worker pools with srun, as Parsl's own Frontera config does)."""
     from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 
     if ex.launcher == "mpiexec":
