@@ -1,5 +1,5 @@
 # hpcxtal: `make test` sets up and runs the tests; `make campaign` sets up and runs a
-# small real campaign on the embedded default (site_configs/local.yaml).
+# small real campaign on the embedded default (hpcxtal/site_configs/local.yaml).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,12 +12,14 @@ RUN := PATH=$(CURDIR)/$(BIN):$$PATH
 
 setup: $(VENV)/.installed
 
-# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+# torch is installed first and pinned here (setup.cfg only asks for a range, so a cluster
+# keeps its own build): an unpinned torch pulls a multi-GB CUDA build. The mpich extra
+# gives mpi4py an MPI for the local MPI tests; on a cluster use the site's (docs/CLUSTERS.md).
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,mpich]'
 	touch $@
 
 # A real single-node SLURM on loopback for the scheduler tests (needs root; skipped,

@@ -44,7 +44,7 @@ class CampaignConfig:
 
     name: str
     seed: int = 0
-    site: str = "local"  # a name in site_configs/ (or the campaign dir), or a YAML path
+    site: str = "local"  # a shipped site name, one in the campaign dir or $HPCXTAL_SITE_DIR, or a YAML path
     sample: SampleConfig | None = None  # set: the pool is sampled, and import is off
     import_: ImportConfig = field(default_factory=ImportConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)

@@ -93,3 +93,48 @@ def _sbatch_lines(job: dict) -> str:
     out = subprocess.run(["scontrol", "show", "job", job["job_id"]], capture_output=True,
                          text=True).stdout
     return out.replace("Dependency=", "--dependency=").replace("(unfulfilled)", "")
+
+
+PACKED_SLURM_SITE = """name: packed_slurm
+scheduler: slurm
+address: 127.0.0.1
+gpu:
+  partition: gpu
+  account: null
+  walltime: "00:30:00"
+  cores_per_node: 2
+  cores_per_task: 1
+  shards_per_task: 2
+  launcher: srun
+  launch:
+    shard_command: srun --exact --ntasks=1 --cpus-per-task={cores}
+cpu:
+  partition: cpu
+  account: null
+  walltime: "00:30:00"
+  cores_per_node: 1
+"""
+
+
+@pytest.mark.slurm
+def test_packed_array_task_refines_two_shards_as_srun_steps(slurm_cluster, small_campaign_text,
+                                                             tmp_path):
+    """A site that packs 2 shards per array task (its YAML in the campaign directory):
+    refine over 2 shards is one array task whose two srun steps refine both shards."""
+    camp = tmp_path / "camp"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(small_campaign_text.replace("site: local", "site: packed_slurm"))
+    main(["init", str(camp), "--config", str(cfg), "-q"])
+    (camp / "packed_slurm.yaml").write_text(PACKED_SLURM_SITE)
+    for stage in ("import", "shard"):
+        assert main([stage, str(camp), "-q"]) == 0
+    assert main(["submit", str(camp), "--stage", "refine", "-q"]) == 0
+    (job,) = submitted(Campaign(camp))
+    assert job["shards"] == [0, 1]
+    script = (camp / "jobs" / "refine.sbatch").read_text()
+    assert "#SBATCH --array=0-0" in script and "#SBATCH --ntasks=2" in script
+    states = wait_for(Campaign(camp))
+    assert states[job["job_id"]] == "COMPLETED", states
+    assert stage_spec("refine").done(Campaign(camp), None)
+    log = next((camp / "jobs" / "logs").glob("refine-*.out")).read_text()
+    assert "Traceback" not in log, log

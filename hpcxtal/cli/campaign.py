@@ -177,7 +177,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("submit", help="submit stages to SLURM/PBS as chained job arrays",
                        description="Render batch scripts into DIR/jobs/ from the templates in "
-                                   "jobs/ and submit them: per-shard stages as job arrays over "
+                                   "hpcxtal/jobs/ and submit them: per-shard stages as job arrays over "
                                    "their unfinished shards (submit again to resubmit failed "
                                    "tasks alone), whole-campaign stages as single jobs, each "
                                    "waiting for the one before (afterok).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import traceback
 from contextlib import contextmanager
@@ -65,3 +66,36 @@ def abort_on_error(comm) -> Iterator[None]:
         traceback.print_exc()
         sys.stderr.flush()
         comm.Abort(1)
+
+
+_PROBE = ("import mpi4py; mpi4py.rc.initialize = False; from mpi4py import MPI; "
+          "print(mpi4py.__version__); print(MPI.Get_library_version().strip().splitlines()[0])")
+
+
+def mpi_library(python: str = sys.executable, timeout: float = 60.0) -> str:
+    """One line naming the MPI library mpi4py is bound to (pip MPICH or the site's MPI),
+    probed in a child process that does not initialise MPI, so a broken MPI cannot crash
+    or hang the caller."""
+    try:
+        proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"mpi4py did not answer within {timeout:.0f} s (loading the MPI library hangs)"
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        if "No module named 'mpi4py'" in last:
+            return ("mpi4py not installed: refinement runs as one process per job "
+                    "(install mpi4py against the site MPI, docs/CLUSTERS.md)")
+        return f"mpi4py cannot load an MPI library: {last}"
+    version, library = (proc.stdout.strip().splitlines() + ["", ""])[:2]
+    return f"mpi4py {version} bound to {' '.join(library.split())}{_pip_mpich_note(python)}"
+
+
+def _pip_mpich_note(python: str) -> str:
+    """A warning suffix when the pip ``mpich`` package is installed in that environment."""
+    probe = "import importlib.metadata as m; print(m.version('mpich'))"
+    proc = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return ""
+    return (f" (the pip package mpich {proc.stdout.strip()} is installed: on a cluster, "
+            "uninstall it so mpi4py uses the site MPI)")

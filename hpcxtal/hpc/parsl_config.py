@@ -17,10 +17,17 @@ from pathlib import Path
 from hpcxtal.hpc.site import ExecutorSite, SiteConfig
 
 
-def _launcher(name: str):
+def _launcher(ex: ExecutorSite):
+    """Parsl's launcher matching the site's, with its binding flag and overrides (``ibrun``
+    sites start worker pools with srun, as Parsl's own Frontera config does)."""
     from parsl.launchers import MpiExecLauncher, SingleNodeLauncher, SrunLauncher
 
-    return {"single": SingleNodeLauncher, "srun": SrunLauncher, "mpiexec": MpiExecLauncher}[name]()
+    if ex.launcher == "mpiexec":
+        bind = {"bind_cmd": ex.launch.bind_cmd} if ex.launch.bind_cmd else {}
+        return MpiExecLauncher(overrides=ex.launch.overrides, **bind)
+    if ex.launcher in ("srun", "ibrun"):
+        return SrunLauncher(overrides=ex.launch.overrides)
+    return SingleNodeLauncher()
 
 
 def _worker_init(ex: ExecutorSite) -> str:
@@ -34,18 +41,21 @@ def _provider(site: SiteConfig, ex: ExecutorSite):
     from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
     common = dict(nodes_per_block=ex.nodes_per_block, init_blocks=0, min_blocks=0,
-                  max_blocks=ex.max_blocks, worker_init=_worker_init(ex), launcher=_launcher(ex.launcher))
+                  max_blocks=ex.max_blocks, worker_init=_worker_init(ex), launcher=_launcher(ex))
     if site.scheduler == "local":
-        common["launcher"] = _launcher("single")
+        from parsl.launchers import SingleNodeLauncher
+
+        common["launcher"] = SingleNodeLauncher()
         return LocalProvider(**common)
+    queue = ex.queue_for(ex.nodes_per_block)  # load_site checked that one takes a block
     if site.scheduler == "slurm":
-        return SlurmProvider(partition=ex.partition, account=ex.account, qos=ex.qos,
+        return SlurmProvider(partition=queue, account=ex.account, qos=ex.qos,
                              cores_per_node=ex.cores_per_node, walltime=ex.walltime,
                              mem_per_node=int(ex.mem_per_node_gb) if ex.mem_per_node_gb else None,
                              scheduler_options="\n".join(f"#SBATCH {o}" for o in ex.scheduler_options),
                              exclusive=False, **common)
     select = f"ngpus={ex.gpus_per_node}" if ex.gpus_per_node else ""
-    return PBSProProvider(account=ex.account, queue=ex.partition, cpus_per_node=ex.cores_per_node,
+    return PBSProProvider(account=ex.account, queue=queue, cpus_per_node=ex.cores_per_node,
                           select_options=select, walltime=ex.walltime,
                           scheduler_options="\n".join(f"#PBS {o}" for o in ex.scheduler_options),
                           **common)
@@ -60,9 +70,15 @@ def make_executor(site: SiteConfig, kind: str):
     kwargs = {}
     if site.address:
         kwargs["address"] = site.address
+    elif site.network_interface:
+        from parsl.addresses import address_by_interface
+
+        kwargs["address"] = address_by_interface(site.network_interface)
     return HighThroughputExecutor(
         label=kind, provider=_provider(site, ex), max_workers_per_node=workers,
-        cores_per_worker=ex.task_cores(), available_accelerators=ex.gpus_per_node or (),
+        cores_per_worker=ex.task_cores(),
+        # worker k gets GPU gpu_order[k] and the k-th block of cores (nearest first)
+        available_accelerators=[str(g) for g in ex.gpu_order()],
         cpu_affinity="block",
         heartbeat_period=10, heartbeat_threshold=60,
         # this interpreter's copy, found without PATH (a venv used by its path, not activated)

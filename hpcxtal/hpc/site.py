@@ -1,23 +1,96 @@
-"""Site configs: where and how a campaign's stages run (``site_configs/*.yaml``).
+"""Site configs: where and how a campaign's stages run (``hpcxtal/site_configs/*.yaml``).
 
 A site names its scheduler (``local``, ``slurm`` or ``pbs``) and two executors: ``gpu``
-(refinement) and ``cpu`` (topology, relaxation, merge), each with partition or queue,
-account, walltime, node shape, launcher and the shell lines that prepare a node
-(``worker_init``: modules, environments). Nothing about a site lives in code.
+(refinement) and ``cpu`` (topology, relaxation, merge), each with partition (or queues
+chosen by job size), account, walltime, node shape, how many shards one array task runs
+at once, launcher and launch options, and the shell lines that prepare a node
+(``worker_init``: modules, environments). Nothing about a site lives in code; a user's
+sites live in the campaign directory or in ``$HPCXTAL_SITE_DIR`` (docs/CLUSTERS.md).
 """
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from hpcxtal.config import ConfigError, from_mapping, load_yaml
 
 SCHEDULERS = ("local", "slurm", "pbs")
-LAUNCHERS = ("single", "srun", "mpiexec")
-_WALLTIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}:\d{2}$")
-SOURCE_SITE_DIR = Path(__file__).resolve().parents[2] / "site_configs"
+LAUNCHERS = ("single", "srun", "mpiexec", "ibrun")
+_WALLTIME = re.compile(r"^(?:(\d+)-)?(\d{1,3}):(\d{2}):(\d{2})$")
+#: Placeholders a batch-job launch command may use (filled per process by hpc/jobs.py).
+LAUNCH_FIELDS = ("cpus", "gpu", "slot", "cores", "ranks", "ranks_per_node")
+#: How a batch job starts an MPI stage's ranks, per launcher, unless ``launch.mpi_command``.
+MPI_COMMANDS = {"mpiexec": "mpiexec -n {ranks} --ppn {ranks_per_node}",
+                "srun": "srun --ntasks={ranks} --cpus-per-task={cores}",
+                "ibrun": "ibrun"}
+#: The sites shipped as package data (wheels install unzipped, so this is a real folder).
+SHIPPED_SITE_DIR = Path(str(resources.files("hpcxtal") / "site_configs"))
+
+
+def walltime_seconds(walltime: str) -> int:
+    """Seconds in a ``[D-]HH:MM:SS`` walltime; ValueError naming the format otherwise."""
+    match = _WALLTIME.match(walltime)
+    if not match:
+        raise ValueError(f"walltime {walltime!r} is not [D-]HH:MM:SS, e.g. '02:00:00'")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def _check_template(name: str, template: str) -> None:
+    """Reject placeholders a launch command cannot be filled with, before anything runs."""
+    for field_name in re.findall(r"{([^{}]*)}", template):
+        if field_name not in LAUNCH_FIELDS:
+            raise ValueError(f"{name} {template!r}: unknown placeholder {{{field_name}}}; "
+                             f"valid ones are {', '.join('{' + f + '}' for f in LAUNCH_FIELDS)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Queue:
+    """A partition or queue and the jobs it takes, so a job goes where its size is allowed
+    (Polaris: ``prod`` takes 10 to 496 nodes, smaller jobs need another queue)."""
+
+    name: str
+    min_nodes: int = 1
+    max_nodes: int | None = None  # null: no limit
+    max_walltime: str | None = None  # [D-]HH:MM:SS; null: no limit
+
+    def __post_init__(self) -> None:
+        if self.min_nodes < 1 or (self.max_nodes is not None and self.max_nodes < self.min_nodes):
+            raise ValueError(f"queue {self.name!r}: need 1 <= min_nodes <= max_nodes, got "
+                             f"{self.min_nodes} and {self.max_nodes}")
+        if self.max_walltime is not None:
+            walltime_seconds(self.max_walltime)
+
+    def takes(self, nodes: int, walltime: str) -> bool:
+        """Whether a job of ``nodes`` nodes and ``walltime`` fits this queue's limits."""
+        return (self.min_nodes <= nodes <= (self.max_nodes or nodes) and
+                (self.max_walltime is None or
+                 walltime_seconds(walltime) <= walltime_seconds(self.max_walltime)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchOptions:
+    """How processes start on a node: the launcher arguments of Parsl's worker pools and
+    the commands a batch job starts its shard processes and MPI ranks with."""
+
+    bind_cmd: str | None = None  # the launcher's CPU-binding flag for Parsl's MpiExecLauncher
+    overrides: str = ""  # extra arguments of the launcher that starts Parsl worker pools
+    # Prefix that starts one shard's process in a batch job (e.g. binding it to its cores:
+    # "mpiexec -n 1 --ppn 1 --cpu-bind list:{cpus}"); empty: the process starts directly.
+    shard_command: str = ""
+    # Prefix that starts an MPI stage's ranks in a batch job; null: the launcher's default.
+    mpi_command: str | None = None
+    ranks_per_node: int = 1  # MPI ranks of the GPU executor's whole-campaign stage (rounds)
+    gpu_order: list[int] | None = None  # the GPU of worker / slot k (closest to its cores)
+
+    def __post_init__(self) -> None:
+        _check_template("launch.shard_command", self.shard_command)
+        _check_template("launch.mpi_command", self.mpi_command or "")
+        if self.ranks_per_node < 1:
+            raise ValueError(f"launch.ranks_per_node must be at least 1, got {self.ranks_per_node}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +98,7 @@ class ExecutorSite:
     """One kind of node a site offers (GPU nodes for refinement, CPU nodes for the rest)."""
 
     partition: str | None = None  # SLURM partition or PBS queue; None only for local
+    queues: list[Queue] = field(default_factory=list)  # instead of partition: first that fits
     account: str | None = None  # allocation charged; null if the cluster needs none
     qos: str | None = None
     walltime: str = "01:00:00"  # [D-]HH:MM:SS
@@ -32,19 +106,20 @@ class ExecutorSite:
     max_blocks: int = 1  # jobs (Parsl blocks) in flight at once
     cores_per_node: int = 1  # at most the cores a job gets: Parsl pins workers to them
     gpus_per_node: int = 0
-    cores_per_task: int | None = None  # per array task; default: a GPU's share, or the node
+    cores_per_task: int | None = None  # per shard process; default: a GPU's share, or the node
+    shards_per_task: int = 1  # shards one array task runs at once on its node (one per GPU)
     mem_per_node_gb: float | None = None
-    launcher: str = "single"  # how workers start on a block: single, srun or mpiexec
+    launcher: str = "single"  # how processes start: single, srun, mpiexec or ibrun
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
     worker_init: str = ""  # shell lines run before hpcxtal on a node
     scheduler_options: list[str] = field(default_factory=list)  # extra #SBATCH / #PBS lines
     max_array_parallel: int | None = None  # array tasks running at once (%M / max_run)
 
     def __post_init__(self) -> None:
-        if not _WALLTIME.match(self.walltime):
-            raise ValueError(f"walltime {self.walltime!r} is not [D-]HH:MM:SS, e.g. '02:00:00'")
+        walltime_seconds(self.walltime)
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"launcher {self.launcher!r} is not one of {LAUNCHERS}")
-        for name in ("nodes_per_block", "max_blocks", "cores_per_node"):
+        for name in ("nodes_per_block", "max_blocks", "cores_per_node", "shards_per_task"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
@@ -54,12 +129,48 @@ class ExecutorSite:
         if self.cores_per_task is not None and not 1 <= self.cores_per_task <= self.cores_per_node:
             raise ValueError(f"cores_per_task must be within 1-{self.cores_per_node} "
                              f"(cores_per_node), got {self.cores_per_task}")
+        if self.partition and self.queues:
+            raise ValueError("give partition or queues, not both")
+        for name, count in (("shards_per_task", self.shards_per_task),
+                            ("launch.ranks_per_node", self.launch.ranks_per_node)):
+            if self.gpus_per_node and count > self.gpus_per_node:
+                raise ValueError(f"{name} {count} is more than gpus_per_node "
+                                 f"({self.gpus_per_node}): one process per GPU")
+            if count * self.task_cores() > self.cores_per_node:
+                raise ValueError(f"{name} {count} x {self.task_cores()} cores per process is "
+                                 f"more than cores_per_node ({self.cores_per_node}); set "
+                                 "cores_per_task")
+        order = self.launch.gpu_order
+        if order is not None and sorted(order) != list(range(self.gpus_per_node)):
+            raise ValueError(f"launch.gpu_order {order} must list each GPU 0-"
+                             f"{self.gpus_per_node - 1} once (gpus_per_node {self.gpus_per_node})")
+        if self.launch.ranks_per_node > 1 and self.mpi_command() is None:
+            raise ValueError(f"launch.ranks_per_node > 1 needs an MPI launcher (srun, mpiexec, "
+                             f"ibrun) or launch.mpi_command; launcher is {self.launcher!r}")
+        if self.launch.overrides and self.launcher == "single":
+            raise ValueError("launch.overrides needs launcher srun, mpiexec or ibrun (Parsl's "
+                             "single-node launcher takes no arguments)")
 
     def task_cores(self) -> int:
-        """Cores one array task asks for: as set, else one GPU's share of the node."""
+        """Cores one shard process gets: as set, else one GPU's share of the node."""
         if self.cores_per_task is not None:
             return self.cores_per_task
         return max(1, self.cores_per_node // max(1, self.gpus_per_node))
+
+    def mpi_command(self) -> str | None:
+        """The command prefix that starts an MPI stage's ranks in a batch job, or None."""
+        return self.launch.mpi_command or MPI_COMMANDS.get(self.launcher)
+
+    def gpu_order(self) -> list[int]:
+        """The GPU of worker or slot k: as set (nearest to its cores), else 0, 1, ..."""
+        return list(self.launch.gpu_order or range(self.gpus_per_node))
+
+    def queue_for(self, nodes: int) -> str | None:
+        """The partition or queue for a job of ``nodes`` nodes: ``partition``, else the first
+        of ``queues`` whose node range and walltime limit take it (None if none does)."""
+        if self.partition or not self.queues:
+            return self.partition
+        return next((q.name for q in self.queues if q.takes(nodes, self.walltime)), None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,36 +181,51 @@ class SiteConfig:
     scheduler: str = "local"
     hdf5_file_locking: bool = True  # switch off on Lustre/GPFS without flock
     address: str | None = None  # where workers reach the driver (IP or host); null: probe
+    network_interface: str | None = None  # or the driver's interface to use (e.g. bond0)
     gpu: ExecutorSite = field(default_factory=ExecutorSite)
     cpu: ExecutorSite = field(default_factory=ExecutorSite)
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
+        if self.address and self.network_interface:
+            raise ValueError("give address or network_interface, not both")
 
     def executor(self, kind: str) -> ExecutorSite:
+        """The ``gpu`` or ``cpu`` executor."""
         if kind not in ("gpu", "cpu"):
             raise ValueError(f"executor {kind!r} is not 'gpu' or 'cpu'")
         return getattr(self, kind)
 
 
+def shipped_sites() -> list[str]:
+    """Names of the sites shipped with hpcxtal, sorted."""
+    return sorted(p.stem for p in SHIPPED_SITE_DIR.glob("*.yaml"))
+
+
+def site_dirs(search: list[Path] | None = None) -> list[Path]:
+    """Where site names are looked up, first match wins: ``search`` (e.g. the campaign
+    directory), each folder of ``$HPCXTAL_SITE_DIR`` (``:``-separated), ``./site_configs``,
+    then the shipped sites."""
+    folders = list(search or [])
+    folders += [Path(p) for p in os.environ.get("HPCXTAL_SITE_DIR", "").split(os.pathsep) if p]
+    folders += [Path.cwd() / "site_configs", SHIPPED_SITE_DIR]
+    return list(dict.fromkeys(f.resolve() for f in folders))
+
+
 def site_path(name: str | os.PathLike, search: list[Path] | None = None) -> Path:
-    """The YAML file of site ``name``: a path as given, else ``NAME.yaml`` in ``search``
-    folders, ``$HPCXTAL_SITE_DIR``, ``./site_configs`` and the source tree's site_configs."""
+    """The YAML file of site ``name``: a path as given, else ``NAME.yaml`` in the first
+    of ``site_dirs(search)`` that has it."""
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return path
-    folders = list(search or [])
-    if os.environ.get("HPCXTAL_SITE_DIR"):
-        folders.append(Path(os.environ["HPCXTAL_SITE_DIR"]))
-    folders += [Path.cwd() / "site_configs", SOURCE_SITE_DIR]
-    folders = list(dict.fromkeys(f.resolve() for f in folders))
+    folders = site_dirs(search)
     for folder in folders:
         candidate = folder / f"{name}.yaml"
         if candidate.is_file():
             return candidate
     raise ConfigError(f"site {str(name)!r}: no {name}.yaml in {', '.join(map(str, folders))}; "
-                      "give a path to a site YAML")
+                      "give a path to a site YAML or set HPCXTAL_SITE_DIR to its folder")
 
 
 def load_site(name: str | os.PathLike, search: list[Path] | None = None) -> SiteConfig:
@@ -110,13 +236,19 @@ def load_site(name: str | os.PathLike, search: list[Path] | None = None) -> Site
     if site.scheduler != "local":
         for kind in ("gpu", "cpu"):
             section = (data or {}).get(kind) or {}
-            if not site.executor(kind).partition:
-                raise ConfigError(f"{path}: {kind}.partition is required for a {site.scheduler} "
-                                  f"site (the {'queue' if site.scheduler == 'pbs' else 'partition'} "
-                                  "its jobs go to)")
+            ex = site.executor(kind)
+            word = "queue" if site.scheduler == "pbs" else "partition"
+            if not ex.partition and not ex.queues:
+                raise ConfigError(f"{path}: {kind}.partition (or {kind}.queues) is required for a "
+                                  f"{site.scheduler} site (the {word} its jobs go to)")
             if "account" not in section:
                 raise ConfigError(f"{path}: {kind}: missing required key 'account' (your "
                                   "allocation, or null if the cluster charges none)")
+            for nodes, what in ((1, "an array task"), (ex.nodes_per_block, "a Parsl block")):
+                if ex.queue_for(nodes) is None:
+                    raise ConfigError(f"{path}: {kind}.queues: no queue takes {what} of {nodes} "
+                                      f"node(s) for {ex.walltime}; add one or change "
+                                      f"{kind}.nodes_per_block / {kind}.walltime")
     return site
 
 

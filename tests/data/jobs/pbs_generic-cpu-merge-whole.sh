@@ -8,7 +8,9 @@
 #PBS -j oe
 #PBS -o /scratch/campaign/jobs/logs/
 #PBS -r y
-set -euo pipefail
+set -eo pipefail
+# node preparation (module and conda scripts read unset variables: -u only after it)
 source $HOME/venvs/hpcxtal/bin/activate
+set -u
 export OMP_NUM_THREADS=64
 exec hpcxtal merge /scratch/campaign

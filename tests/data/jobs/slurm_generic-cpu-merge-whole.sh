@@ -8,7 +8,9 @@
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task=64
 #SBATCH --output=/scratch/campaign/jobs/logs/merge-%j.out
-set -euo pipefail
+set -eo pipefail
+# node preparation (module and conda scripts read unset variables: -u only after it)
 source $HOME/venvs/hpcxtal/bin/activate
+set -u
 export OMP_NUM_THREADS=64
 exec hpcxtal merge /scratch/campaign

@@ -4,10 +4,12 @@
 #SBATCH --partition={{partition}}
 {{directives}}#SBATCH --time={{walltime}}
 #SBATCH --nodes=1
-#SBATCH --ntasks=1
+#SBATCH --ntasks={{ntasks}}
 #SBATCH --cpus-per-task={{cores}}
 {{array_line}}#SBATCH --output={{log_dir}}/{{stage}}-{{log_pattern}}.out
-set -euo pipefail
+set -eo pipefail
+# node preparation (module and conda scripts read unset variables: -u only after it)
 {{worker_init}}
+set -u
 export OMP_NUM_THREADS={{cores}}
 {{run_lines}}

@@ -3,11 +3,13 @@
 #PBS -N {{job_name}}
 #PBS -q {{partition}}
 {{directives}}#PBS -l walltime={{walltime}}
-#PBS -l select=1:ncpus={{cores}}{{gpu_select}}
+#PBS -l select=1:ncpus={{job_cores}}{{gpu_select}}
 {{array_line}}#PBS -j oe
 #PBS -o {{log_dir}}/
 #PBS -r y
-set -euo pipefail
+set -eo pipefail
+# node preparation (module and conda scripts read unset variables: -u only after it)
 {{worker_init}}
+set -u
 export OMP_NUM_THREADS={{cores}}
 {{run_lines}}

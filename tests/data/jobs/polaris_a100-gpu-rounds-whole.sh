@@ -1,0 +1,23 @@
+#!/bin/bash
+# hpcxtal rounds for campaign /scratch/campaign: one job for the whole campaign on 4 MPI ranks.
+#PBS -N hpcxtal-rounds
+#PBS -q preemptable
+#PBS -A MyProject
+#PBS -l filesystems=home:eagle
+#PBS -l walltime=03:00:00
+#PBS -l select=1:ncpus=32:ngpus=4
+#PBS -j oe
+#PBS -o /scratch/campaign/jobs/logs/
+#PBS -r y
+set -eo pipefail
+# node preparation (module and conda scripts read unset variables: -u only after it)
+module use /soft/modulefiles
+module load conda
+conda activate base
+source /eagle/MyProject/venvs/hpcxtal/bin/activate
+export HDF5_USE_FILE_LOCKING=FALSE
+set -u
+export OMP_NUM_THREADS=8
+# rank k uses cuda:k, the k-th GPU listed: the one nearest its cores
+export CUDA_VISIBLE_DEVICES=3,2,1,0
+exec mpiexec -n 4 --ppn 4 --depth=8 --cpu-bind depth hpcxtal rounds /scratch/campaign
