@@ -21,7 +21,8 @@ from hpcxtal.campaign import Campaign, CampaignConfig
 from hpcxtal.config import ConfigError
 from hpcxtal.data import resolve_input
 from hpcxtal.generate.config import SampleConfig
-from hpcxtal.layout import database_output, shard_path, stage_output
+from hpcxtal.layout import database_output, progress_path, shard_path, stage_output
+from hpcxtal.progress import recording
 from hpcxtal.refine.config import rounds_config
 from hpcxtal.store.formats import ImportConfig, import_files
 from hpcxtal.store.hdf5 import read_table, write_table
@@ -182,8 +183,11 @@ class Stage:
                 _log_recomputed(dest, why)
             kernel = kernel or self.kernel(resources.apply(cfg))
             skipped = False
-            stamp = PROVENANCE.stamp([src], cfg)
-            for key, value in kernel(src, dest, dict(stamp, campaign_id=campaign.campaign_id)).items():
+            stamp = dict(PROVENANCE.stamp([src], cfg), campaign_id=campaign.campaign_id)
+            log.info("%s shard %d: %s -> %s", self.name, i, src, dest)
+            with recording(progress_path(campaign.root, self.name, i), self.name, i):
+                done = kernel(src, dest, stamp)
+            for key, value in done.items():
                 counts[key] = counts.get(key, 0) + value
         return StageReport(outputs, counts, skipped)
 
