@@ -1,0 +1,1 @@
+"""Post-relax screening: what a campaign may call new, decided on relaxed structures."""
