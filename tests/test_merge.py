@@ -342,6 +342,28 @@ def test_every_class_from_hand_built_relaxed_structures(sacada, cache, relaxed_g
     assert db["class"][by_id_of(db, 3)] == "new" and db["class"][by_id_of(db, 0)] == "low_dimensional"
 
 
+def test_report_shows_new_structures_with_thumbnails_and_cifs(sacada, relaxed_graphite, tmp_path):
+    from hpcxtal.topology.signature import atoms_signature
+
+    table, _ = sacada
+    a = table.structures.atoms(int(np.argsort(table.structures.natoms)[0]))
+    rows = _structure_table([relaxed_graphite, a, a.copy()], ["x"] * 3, [0.0, 0.2, 0.3])
+    known = {atoms_signature(relaxed_graphite).key: []}  # no phase: graphite stays 2-D
+    db, quarantine = build_database([(rows, None)], MergeConfig(training=None), known=known)
+    write_table(tmp_path / "db.h5", db, kind="database", quarantine=quarantine, n_sampled=3,
+                low_energy_window_eV=0.55)
+    report = write_report(tmp_path / "db.h5", tmp_path / "r", top=5)
+    assert report.accounting.closes and report.metrics["classes"]["new"] == 1
+    assert report.metrics["before"]["N_unique"] == 3 and report.metrics["after"]["N_unique"] == 1
+    assert report.metrics["N_new"] == 1 and report.metrics["N_low_E"] == 0  # e_rel 1.2
+    assert list(report.thumbnails) == [1]
+    assert report.thumbnails[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.html.read_text()
+    assert "alt='structure 1'" in text and "href='cif/1.cif'" in text
+    assert (tmp_path / "r" / "cif" / "1.cif").exists()
+    assert text.count("data:image/png;base64,") == 6 + 1
+
+
 def by_id_of(db, row_id: int) -> int:
     """Index of the row with id ``row_id``."""
     return int(np.flatnonzero(db["id"] == row_id)[0])
