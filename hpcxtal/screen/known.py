@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 from ase import Atoms
 from ase.geometry import cellpar_to_cell
 
@@ -91,8 +90,3 @@ def match_known(key: str, structure, known: dict[str, list], matcher) -> str:
         if matcher.fit(ref, structure):
             return name
     return ""
-
-
-def phase_count(known: dict[str, list]) -> int:
-    """How many known phases there are (for logs)."""
-    return int(np.sum([len(v) for v in known.values()]))
