@@ -340,6 +340,15 @@ def test_every_class_from_hand_built_relaxed_structures(sacada, cache, relaxed_g
     # without known phases, the SACADA net is new
     db, _ = build_database([(rows, None)], MergeConfig(training=None), params=params)
     assert db["class"][by_id_of(db, 3)] == "new" and db["class"][by_id_of(db, 0)] == "low_dimensional"
+    # a 3-D net that keeps its motif is also compared with phases of other keys (same
+    # primitive atom count): a bond crossing the cutoff cannot hide a known phase
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    elsewhere = {"another-key": [("phase filed elsewhere", AseAtomsAdaptor.get_structure(a))]}
+    db, _ = build_database([(rows, None)], MergeConfig(training=None), params=params,
+                           known=elsewhere)
+    assert db["class"][by_id_of(db, 3)] == "known"
+    assert db["known_phase"][by_id_of(db, 3)] == "phase filed elsewhere"
 
 
 def test_report_shows_new_structures_with_thumbnails_and_cifs(sacada, relaxed_graphite, tmp_path):

@@ -4,8 +4,10 @@ Graphite (AB and AA stacking), cubic diamond and lonsdaleite are built here; eve
 structure of the bundled SACADA set (``hpcxtal/data/sacada_sp2.h5``) is named by its
 SACADA id and, where SACADA gives one, its RCSR topology name ("sacada:12 (pcu-h)").
 Phases are grouped by topology key (computed with the campaign's signature settings;
-SACADA's keys come from the cached training keys) so a candidate is compared only with
-phases of its own net.
+SACADA's keys come from the cached training keys) so a candidate is compared first with
+phases of its own net; a 3-D candidate that keeps its motif and matches none of those is
+also compared with every phase of the same primitive atom count (spglib), so a bond that
+crosses the cutoff on relaxation cannot hide a known phase.
 """
 from __future__ import annotations
 
@@ -83,10 +85,40 @@ def known_phases(params: SignatureParams, workers: int | None = None) -> dict[st
     return _known(_params_key(params), workers)
 
 
+def primitive_count(structure, symprec: float) -> int:
+    """Atoms in the primitive cell spglib finds at ``symprec`` Å (the cell's atoms if none)."""
+    import spglib
+
+    cell = (structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
+    try:
+        found = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=symprec)
+    except (spglib.SpglibError, ValueError):
+        found = None
+    return len(structure) if found is None else len(found[2])
+
+
+def by_primitive_count(known: dict[str, list], symprec: float) -> dict[int, list]:
+    """Primitive atom count -> [(name, pymatgen Structure, topology key)] of every phase."""
+    out: dict[int, list] = {}
+    for key, pairs in known.items():
+        for name, ref in pairs:
+            out.setdefault(primitive_count(ref, symprec), []).append((name, ref, key))
+    return out
+
+
 def match_known(key: str, structure, known: dict[str, list], matcher) -> str:
     """Name of the first known phase of topology ``key`` that ``matcher`` fits to the
     pymatgen ``structure``, else ""."""
     for name, ref in known.get(key, []):
         if matcher.fit(ref, structure):
+            return name
+    return ""
+
+
+def match_any_key(key: str, structure, by_count: dict[int, list], matcher, symprec: float) -> str:
+    """Name of the first known phase of another topology key than ``key``, with the same
+    primitive atom count, that ``matcher`` fits to ``structure``, else ""."""
+    for name, ref, ref_key in by_count.get(primitive_count(structure, symprec), []):
+        if ref_key != key and matcher.fit(ref, structure):
             return name
     return ""

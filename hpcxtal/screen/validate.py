@@ -17,7 +17,7 @@ from ase import Atoms
 
 from hpcxtal.descriptor.target import Target
 from hpcxtal.relax.status import RelaxStatus
-from hpcxtal.screen.known import match_known
+from hpcxtal.screen.known import by_primitive_count, match_any_key, match_known
 from hpcxtal.store.table import Structures, Table, str_array
 from hpcxtal.topology.annotate import SignatureParams, signatures
 
@@ -70,11 +70,14 @@ class RelaxedChecks:
 
 def check_relaxed(structures: Structures, rows: np.ndarray, target: Target,
                   params: SignatureParams, known: dict[str, list], matcher,
-                  workers: int | None = None) -> RelaxedChecks:
+                  workers: int | None = None, symprec: float = 0.1) -> RelaxedChecks:
     """Coordination, relaxed topology and known-phase match of ``structures`` at row
-    indices ``rows`` (the converged relaxed structures)."""
+    indices ``rows`` (the converged relaxed structures): phases of the same relaxed key
+    first; a 3-D structure that keeps the motif and matches none of them is compared with
+    every phase of its primitive atom count (spglib at ``symprec`` Å)."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    by_count = by_primitive_count(known, symprec)
     n = len(structures)
     out = RelaxedChecks(str_array([""] * n), np.full(n, -1, np.int8), np.zeros(n, np.int32),
                         [""] * n, [""] * n, str_array([""] * n))
@@ -86,7 +89,10 @@ def check_relaxed(structures: Structures, rows: np.ndarray, target: Target,
         keys[i], out.dimension[i], out.n_prim[i], out.signature_error[i] = key, dim, n_prim, error
         out.motif_reason[i] = coordination_check(atoms, target)
         if key:
-            names[i] = match_known(key, AseAtomsAdaptor.get_structure(atoms), known, matcher)
+            structure = AseAtomsAdaptor.get_structure(atoms)
+            names[i] = match_known(key, structure, known, matcher)
+            if not names[i] and dim == 3 and not out.motif_reason[i]:
+                names[i] = match_any_key(key, structure, by_count, matcher, symprec)
     out.topology, out.known_phase = str_array(keys), str_array(names)
     return out
 

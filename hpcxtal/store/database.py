@@ -357,7 +357,7 @@ def build_database(inputs: Sequence[tuple[Table, Table | None]], cfg: MergeConfi
                                & np.isfinite(table["energy"]))
     target = target or load_targets()[DEFAULT_TARGET]
     checks = check_relaxed(s, converged, target, params or SignatureParams(), known or {},
-                           cfg.matcher(), workers)
+                           cfg.matcher(), workers, cfg.symprec_A)
     keyed = converged[checks.topology[converged] != ""]
     buckets = str_array(f"{k}:{n}" if k else "" for k, n in zip(checks.topology, checks.n_prim))
     topo_dup = np.asarray(table["duplicate_of"], np.uint64)
