@@ -12,6 +12,7 @@ crosses the cutoff on relaxation cannot hide a known phase.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from ase import Atoms
 from ase.geometry import cellpar_to_cell
@@ -19,6 +20,10 @@ from ase.geometry import cellpar_to_cell
 from hpcxtal.data import SACADA_PATH
 from hpcxtal.topology.annotate import SignatureParams
 from hpcxtal.topology.signature import atoms_signature
+
+if TYPE_CHECKING:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
 
 #: SACADA's name for a net without an RCSR name.
 UNNAMED = "aaa"
@@ -85,7 +90,7 @@ def known_phases(params: SignatureParams, workers: int | None = None) -> dict[st
     return _known(_params_key(params), workers)
 
 
-def primitive_count(structure, symprec: float) -> int:
+def primitive_count(structure: Structure, symprec: float) -> int:
     """Atoms in the primitive cell spglib finds at ``symprec`` Å (the cell's atoms if none)."""
     import spglib
 
@@ -106,7 +111,8 @@ def by_primitive_count(known: dict[str, list], symprec: float) -> dict[int, list
     return out
 
 
-def match_known(key: str, structure, known: dict[str, list], matcher) -> str:
+def match_known(key: str, structure: Structure, known: dict[str, list],
+                matcher: StructureMatcher) -> str:
     """Name of the first known phase of topology ``key`` that ``matcher`` fits to the
     pymatgen ``structure``, else ""."""
     for name, ref in known.get(key, []):
@@ -115,7 +121,8 @@ def match_known(key: str, structure, known: dict[str, list], matcher) -> str:
     return ""
 
 
-def match_any_key(key: str, structure, by_count: dict[int, list], matcher, symprec: float) -> str:
+def match_any_key(key: str, structure: Structure, by_count: dict[int, list],
+                  matcher: StructureMatcher, symprec: float) -> str:
     """Name of the first known phase of another topology key than ``key``, with the same
     primitive atom count, that ``matcher`` fits to ``structure``, else ""."""
     for name, ref, ref_key in by_count.get(primitive_count(structure, symprec), []):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
@@ -20,6 +21,9 @@ from hpcxtal.relax.status import RelaxStatus
 from hpcxtal.screen.known import by_primitive_count, match_any_key, match_known
 from hpcxtal.store.table import Structures, Table, str_array
 from hpcxtal.topology.annotate import SignatureParams, signatures
+
+if TYPE_CHECKING:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
 
 
 class RowClass(StrEnum):
@@ -69,7 +73,7 @@ class RelaxedChecks:
 
 
 def check_relaxed(structures: Structures, rows: np.ndarray, target: Target,
-                  params: SignatureParams, known: dict[str, list], matcher,
+                  params: SignatureParams, known: dict[str, list], matcher: StructureMatcher,
                   workers: int | None = None, symprec: float = 0.1) -> RelaxedChecks:
     """Coordination, relaxed topology and known-phase match of ``structures`` at row
     indices ``rows`` (the converged relaxed structures): phases of the same relaxed key
@@ -114,7 +118,8 @@ def classify(*, ids: np.ndarray, valid: np.ndarray, dimension_refined: np.ndarra
             elif dimension_refined[i] < 0:
                 cls[i], why[i] = RowClass.FAILED, "no topology signature before relaxation"
             elif int(first_duplicate_of[i]) != rid:
-                cls[i], why[i] = RowClass.DUPLICATE, f"same net as id {dup} before relaxation"
+                cls[i], why[i] = (RowClass.DUPLICATE,
+                                  f"same net as id {int(first_duplicate_of[i])} before relaxation")
             else:
                 cls[i], why[i] = RowClass.FAILED, f"not relaxed: {status_reason[i]}"
         elif status[i] != RelaxStatus.CONVERGED:

@@ -66,13 +66,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from hpcxtal.relax.status import RelaxStatus
 from hpcxtal.store.hdf5 import StoreError, file_summary, read_table
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array
+
+if TYPE_CHECKING:
+    from hpcxtal.descriptor.target import Target
+    from hpcxtal.topology.annotate import SignatureParams
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +333,8 @@ def relaxed_matches(table: Table, rows: np.ndarray, cfg: MergeConfig) -> np.ndar
 
 def build_database(inputs: Sequence[tuple[Table, Table | None]], cfg: MergeConfig,
                    training: dict[str, list] | None = None, window_eV: float = 0.55,
-                   pool_quarantine: Table | None = None, *, target=None, params=None,
+                   pool_quarantine: Table | None = None, *, target: Target | None = None,
+                   params: SignatureParams | None = None,
                    known: dict[str, list] | None = None, workers: int | None = None
                    ) -> tuple[Table, Table]:
     """(database, quarantine) from verified relax outputs. ``training`` and ``known``
