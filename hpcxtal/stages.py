@@ -279,7 +279,7 @@ def _merge(campaign: Campaign, resources: Resources) -> StageReport:
     dest = database_output(campaign.root)
     stamp = PROVENANCE.stamp(_merge_inputs(campaign), _merge_science(cfg))
     counts = merge_files(sources, dest, cfg.merge, cfg.topology, campaign.pool_path,
-                         resources.workers or cfg.topology.workers,
+                         resources.workers or cfg.topology.workers, cfg.refine.target,
                          campaign_id=campaign.campaign_id, **stamp)
     return StageReport([dest], counts)
 
@@ -293,9 +293,9 @@ def _merge_inputs(campaign: Campaign) -> list[Path]:
 
 
 def _merge_science(cfg: CampaignConfig) -> dict:
-    """The merge stage computes with its own section and the topology signature settings
-    (training structures' keys)."""
-    return {"merge": cfg.merge, "topology": cfg.topology}
+    """The merge stage computes with its own section, the topology signature settings
+    (relaxed, known and training structures' keys) and the target's coordination rule."""
+    return {"merge": cfg.merge, "topology": cfg.topology, "target": cfg.refine.target}
 
 
 def _relax_kernel(cfg: Any) -> Kernel:
