@@ -39,7 +39,7 @@ def synthetic_relax(copies: int, max_atoms: int, seed: int = 0) -> Table:
     keys = dict(training_keys(SACADA_PATH, params))
     table, _ = read_table(SACADA_PATH)
     rng = np.random.default_rng(seed)
-    images, topo, status = [], [], []
+    images, topo, status, reason = [], [], [], []
     for i in np.flatnonzero(table.structures.natoms <= max_atoms):
         base = table.structures.atoms(int(i))
         key = keys[str(table["origin"][i])]
@@ -48,8 +48,9 @@ def synthetic_relax(copies: int, max_atoms: int, seed: int = 0) -> Table:
             atoms.translate(atoms.cell.cartesian_positions(rng.random(3)))
             atoms.rattle(0.005, seed=int(rng.integers(1 << 30)))
             atoms.wrap()
-            images.append(atoms), topo.append(key), status.append("converged")
-        images.append(base[:0]), topo.append(key), status.append("skipped: not CN-valid")
+            images.append(atoms), topo.append(key), status.append("converged"), reason.append("")
+        images.append(base[:0]), topo.append(key), status.append("skipped")
+        reason.append("not CN-valid after refinement")
     n = len(images)
     energy = rng.normal(-9.0, 0.2, n)
     energy[np.array(status) != "converged"] = np.nan
@@ -61,6 +62,7 @@ def synthetic_relax(copies: int, max_atoms: int, seed: int = 0) -> Table:
         "topology": str_array(topo), "dimension": np.full(n, 3, np.int8),
         "n_prim": np.zeros(n, np.int32), "duplicate_of": np.zeros(n, np.uint64),
         "energy": energy, "e_rel": energy + 9.2, "status": str_array(status),
+        "status_reason": str_array(reason),
     }, Structures.from_atoms(images), {"e_graphite_eV_per_atom": -9.2,
                                        "low_energy_window_eV": 0.55})
 

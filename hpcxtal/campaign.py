@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ import yaml
 
 from hpcxtal.config import ConfigError, from_mapping, load_yaml, science, to_mapping
 from hpcxtal.generate.config import SampleConfig
-from hpcxtal.layout import pool_path, shard_dir
+from hpcxtal.layout import log_path, pool_path, shard_dir
 from hpcxtal.merge.database import MergeConfig
 from hpcxtal.refine.config import RefineConfig, RoundsConfig
 from hpcxtal.relax.config import RelaxConfig
@@ -121,6 +123,24 @@ class Campaign:
     @property
     def shard_dir(self) -> Path:
         return shard_dir(self.root)
+
+    def attach_log(self) -> None:
+        """Append this process's hpcxtal log records (INFO and up, with time, host and
+        pid) to ``DIR/hpcxtal.log``, once per process: what ran where and when."""
+        path = log_path(self.root).resolve()
+        logger = logging.getLogger("hpcxtal")
+        if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+            return
+        try:
+            handler = logging.FileHandler(path)
+        except OSError:  # a read-only campaign keeps no log
+            return
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s {socket.gethostname()} %(process)d %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
 
     def manifest(self) -> dict[str, Any]:
         try:

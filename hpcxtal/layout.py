@@ -7,6 +7,8 @@
     DIR/STAGE/STAGE-NNNN.h5        a per-shard output: refine, rounds, topology, relax
     DIR/rounds/round-R/part-PPPP-of-NNNN.h5   one process's part of refinement round R
     DIR/database.h5                every shard merged and ranked (``merge``)
+    DIR/progress/STAGE-NNNN.json   rows done, rate and host of a per-shard stage's run
+    DIR/hpcxtal.log                what ran where and when (every process appends)
     DIR/.hpcxtal/verified.json     files ``status`` verified, by inode, size and mtime
 """
 from __future__ import annotations
@@ -47,3 +49,13 @@ def database_output(root: Path) -> Path:
 def ledger_path(root: Path) -> Path:
     """The verification ledger ``hpcxtal status`` keeps (a cache; safe to delete)."""
     return Path(root) / ".hpcxtal" / "verified.json"
+
+
+def progress_path(root: Path, stage: str, shard: int) -> Path:
+    """The progress file of ``stage`` on shard ``shard`` (see :mod:`hpcxtal.progress`)."""
+    return Path(root) / "progress" / f"{stage}-{shard:04d}.json"
+
+
+def log_path(root: Path) -> Path:
+    """The campaign's log file."""
+    return Path(root) / "hpcxtal.log"

@@ -21,7 +21,8 @@ from hpcxtal.campaign import Campaign, CampaignConfig
 from hpcxtal.config import ConfigError
 from hpcxtal.data import resolve_input
 from hpcxtal.generate.config import SampleConfig
-from hpcxtal.layout import database_output, shard_path, stage_output
+from hpcxtal.layout import database_output, progress_path, shard_path, stage_output
+from hpcxtal.progress import recording
 from hpcxtal.refine.config import rounds_config
 from hpcxtal.store.formats import ImportConfig, import_files
 from hpcxtal.store.hdf5 import read_table, write_table
@@ -182,8 +183,11 @@ class Stage:
                 _log_recomputed(dest, why)
             kernel = kernel or self.kernel(resources.apply(cfg))
             skipped = False
-            stamp = PROVENANCE.stamp([src], cfg)
-            for key, value in kernel(src, dest, dict(stamp, campaign_id=campaign.campaign_id)).items():
+            stamp = dict(PROVENANCE.stamp([src], cfg), campaign_id=campaign.campaign_id)
+            log.info("%s shard %d: %s -> %s", self.name, i, src, dest)
+            with recording(progress_path(campaign.root, self.name, i), self.name, i):
+                done = kernel(src, dest, stamp)
+            for key, value in done.items():
                 counts[key] = counts.get(key, 0) + value
         return StageReport(outputs, counts, skipped)
 
@@ -275,7 +279,7 @@ def _merge(campaign: Campaign, resources: Resources) -> StageReport:
     dest = database_output(campaign.root)
     stamp = PROVENANCE.stamp(_merge_inputs(campaign), _merge_science(cfg))
     counts = merge_files(sources, dest, cfg.merge, cfg.topology, campaign.pool_path,
-                         resources.workers or cfg.topology.workers,
+                         resources.workers or cfg.topology.workers, cfg.refine.target,
                          campaign_id=campaign.campaign_id, **stamp)
     return StageReport([dest], counts)
 
@@ -289,9 +293,9 @@ def _merge_inputs(campaign: Campaign) -> list[Path]:
 
 
 def _merge_science(cfg: CampaignConfig) -> dict:
-    """The merge stage computes with its own section and the topology signature settings
-    (training structures' keys)."""
-    return {"merge": cfg.merge, "topology": cfg.topology}
+    """The merge stage computes with its own section, the topology signature settings
+    (relaxed, known and training structures' keys) and the target's coordination rule."""
+    return {"merge": cfg.merge, "topology": cfg.topology, "target": cfg.refine.target}
 
 
 def _relax_kernel(cfg: Any) -> Kernel:

@@ -38,6 +38,9 @@ def test_run_whole_pipeline_on_local_site_then_resume_is_a_no_op(small_campaign_
     camp = _init(tmp_path, small_campaign_text)
     assert main(["run", str(camp), "-q"]) == 0
     assert all(_all_done(camp).values()), _all_done(camp)
+    stages = Campaign(camp).manifest()["stages"]  # per-shard stages recorded by the driver
+    assert all(stages[s]["status"] == "done" and stages[s]["shards_complete"] == 2
+               for s in ("refine", "topology", "relax")), stages
     with caplog.at_level("INFO"):
         assert main(["resume", str(camp)]) == 0
     assert "import: complete already" in caplog.text

@@ -7,6 +7,7 @@ once, so relaxed structures are the SACADA structures and their symmetry is know
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -119,6 +120,15 @@ def test_database_columns_order_and_symmetry(campaign):
     # every unique converged structure is a SACADA structure: all are in the training set
     assert db["in_training"][db["unique"]].all()
     assert all(m.startswith("sacada:") for m in db["training_match"][db["unique"]])
+    # re-validated after relaxation: same net, 3-D, motif kept, a known SACADA phase
+    np.testing.assert_array_equal(db["topology_relaxed"][conv], db["topology"][conv])
+    assert (db["dimension_relaxed"][conv] == 3).all() and db["motif_kept"][conv].all()
+    assert db["relaxed_match"][conv].all() and (db["rms_displacement_A"][conv] < 1e-9).all()
+    assert set(db["class"][db["unique"]]) == {"known"}
+    assert all(k.startswith("sacada:") for k in db["known_phase"][conv])
+    assert (db["known_phase"][~conv] == "").all() and db["valid_xtal"].all()
+    assert set(db["status"]) <= {"converged", "skipped"}
+    assert all(db["status_reason"][~conv])
     attrs = file_summary(database_output(campaign.root))["attrs"]
     assert attrs["kind"] == "database" and attrs["n_sampled"] == N_ROWS + 3
     assert attrs["model_backend"] == "mace"
@@ -153,14 +163,16 @@ def test_accounting_closes_exactly(campaign, capsys):
     db, quarantine = read_database(database_output(campaign.root))
     books = accounting(db, quarantine, N_ROWS + 3)
     assert books.closes, books.problems
-    assert books.counts == {"unique": N_ROWS - 1, "duplicate": 1, "invalid": 1, "failed": 0,
-                            "quarantined": 2}
+    assert books.counts == {"new": 0, "known": N_ROWS - 1, "motif_lost": 0, "low_dimensional": 0,
+                            "duplicate": 1, "invalid": 1, "failed": 0, "quarantined": 2}
     # the copied row is a duplicate of the original (topology or structure level)
     copy = int(np.flatnonzero(db["id"] == N_ROWS)[0])
     assert db["duplicate_of"][copy] == 0
     assert main(["report", str(campaign.root), "-q"]) == 0
     out = capsys.readouterr().out
-    assert "7 unique + 1 duplicate + 1 invalid + 0 failed + 2 quarantined = 11 of 11" in out
+    assert ("0 new + 7 known + 0 motif_lost + 0 low_dimensional + 1 duplicate + 1 invalid + "
+            "0 failed + 2 quarantined = 11 of 11") in out
+    assert f"N_unique {(db['status'] == 'converged').sum()} -> {N_ROWS - 1}" in out
     assert not accounting(db, quarantine, N_ROWS + 4).closes
 
 
@@ -224,7 +236,8 @@ def test_campaign_merge_refuses_a_corrupted_shard(campaign, tmp_path):
         stage_spec("merge").run(copy)
 
 
-def _structure_table(images, keys, energies, status=None):
+def _structure_table(images, keys, energies, status=None, reasons=None):
+    """Hand-built relax output: ``images`` as relaxed structures, pre-relax ``keys``."""
     n = len(images)
     return Table({
         "id": np.arange(n, dtype=np.uint64), "spg": np.ones(n, np.int16),
@@ -233,11 +246,14 @@ def _structure_table(images, keys, energies, status=None):
         "topology": str_array(keys), "dimension": np.full(n, 3, np.int8),
         "energy": np.asarray(energies, float), "e_rel": np.asarray(energies, float) + 1.0,
         "status": str_array(status or ["converged"] * n),
+        "status_reason": str_array(reasons or [""] * n),
     }, Structures.from_atoms(images))
 
 
-def test_structure_matcher_dedup_within_topology_buckets(sacada):
+def test_structure_matcher_dedup_within_relaxed_topology_buckets(sacada):
     from pymatgen.io.ase import AseAtomsAdaptor
+
+    from hpcxtal.topology.signature import atoms_signature
 
     table, _ = sacada
     a, b = (table.structures.atoms(i) for i in np.argsort(table.structures.natoms)[[0, 3]])
@@ -245,20 +261,120 @@ def test_structure_matcher_dedup_within_topology_buckets(sacada):
     copy.translate(copy.cell.cartesian_positions([0.13, 0.27, 0.41]))
     copy.wrap()
     copy = copy[np.random.default_rng(0).permutation(len(copy))]
-    # 0: a; 1: its copy, lower energy; 2: b forced into a's bucket; 3: a in another bucket
+    # 0: a; 1: its copy; 2: b, in a's bucket before relaxation; 3: a, lowest energy, in
+    # another bucket before relaxation: buckets are the relaxed keys, so 3 meets 0 and 1
     images = [a, copy, b, a.copy()]
     rows = _structure_table(images, ["k1", "k1", "k1", "k2"], [0.2, 0.1, 0.3, 0.0])
-    training = {"k1": [("ref:a", AseAtomsAdaptor.get_structure(a))]}
+    training = {atoms_signature(a).key: [("ref:a", AseAtomsAdaptor.get_structure(a))]}
     db, _ = build_database([(rows, None)], MergeConfig(), training, window_eV=1.25)
     by_id = {int(i): k for k, i in enumerate(db["id"])}
     assert db["id"].tolist() == [3, 1, 0, 2]  # by energy
-    assert db["duplicate_of"][by_id[0]] == 1  # later duplicate -> lowest-energy copy
-    assert db["duplicate_of"][by_id[2]] == 2  # same bucket, another structure
-    assert db["duplicate_of"][by_id[3]] == 3  # same structure, other bucket: not compared
-    assert db["unique"].tolist() == [True, True, False, True]
-    assert db["in_training"].tolist() == [False, True, False, False]
-    assert db["training_match"][by_id[1]] == "ref:a"
-    assert db["low_energy"].tolist() == [True, True, False, False]  # e_rel 1.0, 1.1 <= 1.25
+    assert db["duplicate_of"][by_id[0]] == 3 and db["duplicate_of"][by_id[1]] == 3
+    assert db["duplicate_of"][by_id[2]] == 2  # same bucket before, another net after
+    assert db["topology_relaxed"][by_id[3]] == db["topology_relaxed"][by_id[0]] != "k2"
+    assert db["unique"].tolist() == [True, False, False, True]
+    assert db["class"].tolist() == ["new", "duplicate", "duplicate", "new"]  # no known phases given
+    assert db["class_reason"][by_id[1]] == "same structure as id 3 after relaxation"
+    assert db["in_training"].tolist() == [True, False, False, False]
+    assert db["training_match"][by_id[3]] == "ref:a"
+    assert db["low_energy"].tolist() == [True, False, False, False]  # e_rel 1.0 <= 1.25 < 1.2
+
+
+def _graphite_abc():
+    """Rhombohedral (ABC) graphite: layers, and no known phase of this stacking."""
+    from ase import Atoms
+    from ase.geometry import cellpar_to_cell
+
+    frac = [[0, 0, 0], [1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 1 / 3], [2 / 3, 1 / 3, 1 / 3],
+            [2 / 3, 1 / 3, 2 / 3], [0, 0, 2 / 3]]
+    return Atoms("C6", scaled_positions=frac, cell=cellpar_to_cell([2.46, 2.46, 10.05, 90, 90, 120]),
+                 pbc=True)
+
+
+@pytest.fixture(scope="module")
+def relaxed_graphite():
+    """AB graphite relaxed with the shipped carbon model (what a campaign re-finds)."""
+    from hpcxtal.relax.fire import FireParams, relax
+    from hpcxtal.relax.models import load_model
+    from hpcxtal.relax.reference import graphite
+
+    (result,) = relax([graphite()], load_model("mace"), FireParams(fmax_eV_per_A=0.02))
+    assert result.status == "converged"
+    return result.atoms
+
+
+def test_every_class_from_hand_built_relaxed_structures(sacada, cache, relaxed_graphite):
+    from ase import Atoms
+
+    from hpcxtal.campaign import TopologyConfig
+    from hpcxtal.screen.known import known_phases
+    from hpcxtal.topology.annotate import SignatureParams
+
+    table, _ = sacada
+    a = table.structures.atoms(int(np.argsort(table.structures.natoms)[0]))
+    simple_cubic = Atoms("C", cell=np.eye(3) * 1.6, pbc=True)  # 3-D, CN 6
+    empty = Atoms(pbc=True)
+    images = [relaxed_graphite, _graphite_abc(), simple_cubic, a, a.copy(), empty, empty]
+    status = ["converged"] * 5 + ["failed", "not_converged"]
+    reasons = [""] * 5 + ["energy is not finite", ""]
+    rows = _structure_table(images, ["x"] * 7, [0.0, 0.01, 0.5, 0.2, 0.3, np.nan, np.nan],
+                            status, reasons)
+    topo = TopologyConfig()
+    params = SignatureParams(cutoffs=topo.cutoffs(), depth=topo.depth, max_ring=topo.max_ring)
+    known = known_phases(params, workers=1)
+    db, _ = build_database([(rows, None)], MergeConfig(training=None), params=params, known=known)
+    by_id = {int(i): k for k, i in enumerate(db["id"])}
+    got = {i: (db["class"][by_id[i]], db["known_phase"][by_id[i]]) for i in range(7)}
+    sacada_name = got[3][1]
+    assert got == {0: ("known", "graphite (AB)"), 1: ("low_dimensional", ""),
+                   2: ("motif_lost", ""), 3: ("known", sacada_name), 4: ("duplicate", sacada_name),
+                   5: ("failed", ""), 6: ("failed", "")}
+    assert sacada_name.startswith("sacada:")
+    assert db["dimension_relaxed"][by_id[0]] == db["dimension_relaxed"][by_id[1]] == 2
+    assert "CN [6]" in db["class_reason"][by_id[2]] and not db["motif_kept"][by_id[2]]
+    assert db["class_reason"][by_id[5]] == "relaxation failed: energy is not finite"
+    assert db["duplicate_of"][by_id[4]] == 3
+    # the headline counts only 3-D nets that keep the motif: the SACADA net, not graphite
+    assert db["unique"].tolist() == [db["id"][k] == 3 for k in range(7)]
+    # without known phases, the SACADA net is new
+    db, _ = build_database([(rows, None)], MergeConfig(training=None), params=params)
+    assert db["class"][by_id_of(db, 3)] == "new" and db["class"][by_id_of(db, 0)] == "low_dimensional"
+    # a 3-D net that keeps its motif is also compared with phases of other keys (same
+    # primitive atom count): a bond crossing the cutoff cannot hide a known phase
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    elsewhere = {"another-key": [("phase filed elsewhere", AseAtomsAdaptor.get_structure(a))]}
+    db, _ = build_database([(rows, None)], MergeConfig(training=None), params=params,
+                           known=elsewhere)
+    assert db["class"][by_id_of(db, 3)] == "known"
+    assert db["known_phase"][by_id_of(db, 3)] == "phase filed elsewhere"
+
+
+def test_report_shows_new_structures_with_thumbnails_and_cifs(sacada, relaxed_graphite, tmp_path):
+    from hpcxtal.topology.signature import atoms_signature
+
+    table, _ = sacada
+    a = table.structures.atoms(int(np.argsort(table.structures.natoms)[0]))
+    rows = _structure_table([relaxed_graphite, a, a.copy()], ["x"] * 3, [0.0, 0.2, 0.3])
+    known = {atoms_signature(relaxed_graphite).key: []}  # no phase: graphite stays 2-D
+    db, quarantine = build_database([(rows, None)], MergeConfig(training=None), known=known)
+    write_table(tmp_path / "db.h5", db, kind="database", quarantine=quarantine, n_sampled=3,
+                low_energy_window_eV=0.55)
+    report = write_report(tmp_path / "db.h5", tmp_path / "r", top=5)
+    assert report.accounting.closes and report.metrics["classes"]["new"] == 1
+    assert report.metrics["before"]["N_unique"] == 3 and report.metrics["after"]["N_unique"] == 1
+    assert report.metrics["N_new"] == 1 and report.metrics["N_low_E"] == 0  # e_rel 1.2
+    assert list(report.thumbnails) == [1]
+    assert report.thumbnails[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = report.html.read_text()
+    assert "alt='structure 1'" in text and "href='cif/1.cif'" in text
+    assert (tmp_path / "r" / "cif" / "1.cif").exists()
+    assert text.count("data:image/png;base64,") == 6 + 1
+
+
+def by_id_of(db, row_id: int) -> int:
+    """Index of the row with id ``row_id``."""
+    return int(np.flatnonzero(db["id"] == row_id)[0])
 
 
 def test_db_query_and_export(campaign, tmp_path, capsys):
@@ -283,23 +399,59 @@ def test_db_query_and_export(campaign, tmp_path, capsys):
                  "-o", str(tmp_path / "sel.xyz"), "-q"]) == 0
     images = ase.io.read(tmp_path / "sel.xyz", index=":")
     assert len(images) == ((natoms <= 6) & (natoms > 0)).sum() and all(len(x) == 6 for x in images)
+    # the science travels with each structure (extxyz info, ASE db key-value pairs)
+    row = int(np.flatnonzero(db["id"] == images[0].info["id"])[0])
+    info = images[0].info
+    assert info["class"] == db["class"][row] and info["known_phase"] == db["known_phase"][row]
+    assert info["topology"] == db["topology_relaxed"][row] and info["dimension"] == 3
+    assert info["spg_relaxed"] == db["spg_relaxed"][row]
+    np.testing.assert_allclose([info["e_rel"], info["energy_per_atom"]],
+                               [db["e_rel"][row], db["energy"][row]])
+    assert main(["db", str(campaign.root), "--class", "known", "-f", "ase",
+                 "-o", str(tmp_path / "sel.db"), "-q"]) == 0
+    from ase.db import connect
+
+    kv = [r.key_value_pairs for r in connect(tmp_path / "sel.db").select()]
+    assert len(kv) == (db["class"] == "known").sum() and {k["class"] for k in kv} == {"known"}
+    assert all(k["known_phase"].startswith("sacada:") and "e_rel" in k for k in kv)
     # export of the whole database: rows without a relaxed structure are left out
     assert main(["export", str(database_output(campaign.root)), "-f", "cif",
                  "-o", str(tmp_path / "cif"), "-q"]) == 0
     assert len(list((tmp_path / "cif").glob("*.cif"))) == (natoms > 0).sum()
+    first = int(db["id"][idx[0]])  # symmetrised in the relaxed space group, named by id
+    cif = (tmp_path / "cif" / f"{first}.cif").read_text()
+    assert f"\ndata_hpcxtal_{first}\n" in cif
+    assert re.search(rf"_symmetry_Int_Tables_number\s+{int(db['spg_relaxed'][idx[0]])}\n", cif)
     assert main(["db", str(campaign.pool_path)]) == 2
     assert "not an hpcxtal database" in capsys.readouterr().err
 
 
 def test_report_renders_pngs(campaign, tmp_path):
     report = write_report(database_output(campaign.root), tmp_path / "r")
-    assert set(report.figures) == {"energy_histogram", "rounds", "space_groups", "sizes"}
+    assert set(report.figures) == {"energy_histogram", "energy_volume", "closeness", "rounds",
+                                   "space_groups", "sizes"}
     for path in report.figures.values():
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     text = report.html.read_text()
-    assert text.count("data:image/png;base64,") == 4 and "accounting closes" in text
+    assert text.count("data:image/png;base64,") == 6 and "accounting closes" in text
     assert report.metrics["N_unique"] == N_ROWS - 1 and report.metrics["N_valid_env"] == N_ROWS
+    db, _ = read_database(database_output(campaign.root))
+    before, after = report.metrics["before"], report.metrics["after"]
+    assert before["N_unique"] == (db["status"] == "converged").sum() >= after["N_unique"]
+    assert before["N_valid_env"] == after["N_valid_env"] == N_ROWS
+    assert after["N_new"] == 0 and after["N_train"] == N_ROWS - 1
+    # every known phase re-found is listed, with every row that matches it
+    phases = report.metrics["known_phases"]
+    assert sum(p["rows"] for p in phases) == (db["known_phase"] != "").sum() > 0
+    assert all(p["phase"] in text for p in phases) and "Known phases re-found" in text
+    # the top unique structures are linked to their symmetrised CIFs
+    best = int(db["id"][np.flatnonzero(db["unique"])[0]])
+    assert f"href='cif/{best}.cif'" in text
+    cif = (tmp_path / "r" / "cif" / f"{best}.cif").read_text()
+    spg = int(db["spg_relaxed"][np.flatnonzero(db["unique"])[0]])
+    assert f"\ndata_hpcxtal_{best}\n" in cif and spg > 1
+    assert re.search(rf"_symmetry_Int_Tables_number\s+{spg}\n", cif)
     rounds = report.metrics["per_round"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[-1]["cumulative"]["N_valid_env"] == N_ROWS
@@ -330,7 +482,7 @@ def test_report_html_opens_in_headless_chromium(campaign, tmp_path):
     report = write_report(database_output(campaign.root), tmp_path / "r")
     dom, console = _chromium(report.html.as_uri())
     assert console == []
-    assert "hpcxtal campaign report" in dom and dom.count("<img") == 4
+    assert "hpcxtal campaign report" in dom and dom.count("<img") == 6
     assert "accounting closes" in dom
 
 
@@ -362,8 +514,10 @@ def test_rows_relaxed_in_two_shards_are_structure_duplicates(campaign, tmp_path)
     np.testing.assert_array_equal(db["duplicate_of"][conv], db["id"][conv] - 100)
     assert not db["unique"][conv].any() and not db["in_training"].any()
     # topology duplicates in the copy follow their representative to the original
-    topo = np.array([s.startswith("skipped: topology duplicate") for s in db["status"]])
+    assert (db["class"][conv] == "duplicate").all()
+    topo = (db["class"] == "duplicate") & (db["status"] == "skipped")
     for i in np.flatnonzero(topo & (db["id"] >= 100)):
         assert db["duplicate_of"][i] < 100
     books = accounting(db, read_database(tmp_path / "db.h5")[1], len(db))
-    assert books.closes and books.counts["unique"] == conv.sum()
+    # one unique row per net: the originals, each a known SACADA net
+    assert books.closes and books.counts["known"] == conv.sum() and books.counts["new"] == 0

@@ -120,3 +120,38 @@ def test_mpi_ranks_with_their_own_gpus_redo_nothing(finished, monkeypatch):
         assert _mtimes(finished) == before
     finally:
         (finished / "campaign.yaml").write_text(original)
+
+
+def test_progress_files_log_and_status(finished, capsys):
+    """Each shard a stage runs leaves a progress file (rows done, host); a campaign
+    command appends what it ran to DIR/hpcxtal.log; status shows the progress of a shard
+    that is not complete."""
+    import json
+    import socket
+
+    from hpcxtal.layout import log_path, progress_path
+
+    state = json.loads(progress_path(finished, "relax", 1).read_text())
+    assert state["status"] == "done" and state["host"] == socket.gethostname()
+    assert state["stage"] == "relax" and state["shard"] == 1 and state["done"] >= 1
+
+    assert main(["topology", str(finished), "--shard", "0", "--force", "-q"]) == 0
+    lines = log_path(finished).read_text().splitlines()
+    assert any("topology shard 0:" in line and socket.gethostname() in line for line in lines)
+
+    # A shard whose output is gone while a (simulated) worker reports progress on it.
+    out = finished / "relax" / "relax-0000.h5"
+    kept = out.read_bytes()
+    try:
+        out.unlink()
+        path = progress_path(finished, "relax", 0)
+        state = json.loads(path.read_text())
+        state.update(status="running", done=3, total=10)
+        path.write_text(json.dumps(state))
+        capsys.readouterr()
+        assert main(["status", str(finished)]) == 0
+        shown = capsys.readouterr().out
+        assert "relax      partial  1/2 shards complete" in shown
+        assert "shard 0: running: 3/10 rows" in shown and "ETA" in shown
+    finally:
+        out.write_bytes(kept)

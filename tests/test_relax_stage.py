@@ -47,11 +47,23 @@ def test_relax_file_adds_energy_columns_and_model_attributes(small_pool, relax_c
     source, _ = read_table(small_pool)
     np.testing.assert_array_equal(table["id"], source["id"])
     assert set(source.columns) < set(table.columns)
-    assert {"energy", "e_rel", "status", "relax_steps"} <= set(table.columns)
+    assert {"energy", "e_rel", "status", "status_reason", "relax_steps", "energy_initial",
+            "rms_displacement_A", "volume_change"} <= set(table.columns)
     assert table.structures is not None and len(table.structures) == len(table)
     e_graphite = table.attrs["e_graphite_eV_per_atom"]
     np.testing.assert_allclose(table["e_rel"], table["energy"] - e_graphite)
     assert set(table["status"]) <= {"converged", "not_converged"} and (table["relax_steps"] <= 3).all()
+    assert set(table["status_reason"]) == {""}
+    # how far each structure moved: finite, and no move at all means zero
+    assert np.isfinite(table["energy_initial"]).all() and (table["rms_displacement_A"] >= 0).all()
+    assert np.isfinite(table["volume_change"]).all()
+    from hpcxtal.relax.models import load_model
+    from hpcxtal.store.formats import table_images
+
+    images = table_images(source)[:2]
+    start = load_model("mace", relax_cfg.model).evaluate(images).energy.detach().numpy()
+    np.testing.assert_allclose(table["energy_initial"][:2], start / [len(a) for a in images],
+                               rtol=1e-9)
     assert table.attrs["model_backend"] == "mace"
     assert table.attrs["model_file"].endswith("tiny.model")
     assert table.attrs["model_dtype"] == "float64"
@@ -90,8 +102,10 @@ def test_campaign_relax_by_shard_and_noop_rerun(small_pool, relax_cfg, tmp_path)
     assert sorted(ids) == sorted(read_table(campaign.pool_path)[0]["id"])
     status = np.concatenate([t["status"] for t in tables])
     duplicates = np.concatenate([t["duplicate_of"] != t["id"] for t in tables])
-    assert all(s.startswith("skipped: topology duplicate") for s in status[duplicates])
-    assert not any(s.startswith("skipped") for s in status[~duplicates])
+    reason = np.concatenate([t["status_reason"] for t in tables])
+    assert set(status[duplicates]) <= {"skipped"}
+    assert all(r.startswith("topology duplicate of id") for r in reason[duplicates])
+    assert "skipped" not in set(status[~duplicates])
 
 
 def test_relax_selection_skips_invalid_and_duplicate_rows():
@@ -100,9 +114,9 @@ def test_relax_selection_skips_invalid_and_duplicate_rows():
                    "duplicate_of": np.array([0, 0, 2, 3], np.uint64)})
     chosen, skipped = relax_selection(table)
     assert list(chosen) == [0]
-    assert skipped == {1: "skipped: topology duplicate of id 0",
-                       2: "skipped: not CN-valid after refinement",
-                       3: "skipped: no topology signature"}
+    assert skipped == {1: "topology duplicate of id 0",
+                       2: "not CN-valid after refinement",
+                       3: "no topology signature"}
 
 
 def test_relax_config_is_validated(tmp_path):

@@ -43,6 +43,8 @@ def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s"
                         if args.verbose > 1 else "%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # the terminal shows what -v/-q asked for,
+        handler.setLevel(level)  # whatever a campaign's log file records
     if args.verbose < 2:  # Parsl logs every task and block; its run_dir keeps them
         logging.getLogger("parsl").propagate = False
 

@@ -46,7 +46,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     files unchanged since an earlier status verified them are taken from its ledger)."""
     from hpcxtal.hpc.site import apply_site
     from hpcxtal.hpc.submit import job_states, submitted
-    from hpcxtal.layout import ledger_path
+    from hpcxtal.layout import ledger_path, progress_path
+    from hpcxtal.progress import describe
     from hpcxtal.stages import PIPELINE
     from hpcxtal.store.provenance import PROVENANCE
 
@@ -62,9 +63,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         if spec.per_shard:
             n = campaign.config.shard.n_shards
-            good = sum(spec.done(campaign, i) for i in range(n))
-            state = "done" if good == n else ("partial" if good else "pending")
-            print(f"  {spec.name:10s} {state:8s} {good}/{n} shards complete")
+            todo = [i for i in range(n) if not spec.done(campaign, i)]
+            state = "partial" if 0 < len(todo) < n else ("done" if not todo else "pending")
+            print(f"  {spec.name:10s} {state:8s} {n - len(todo)}/{n} shards complete")
+            for i in todo:  # shards a process is (or was) working on
+                line = describe(progress_path(campaign.root, spec.name, i))
+                if line is not None:
+                    print(f"    shard {i}: {line}")
             continue
         recorded = entry.get("status", "pending")
         state = "done" if spec.done(campaign) else ("pending" if recorded == "done" else recorded)

@@ -31,6 +31,7 @@ def open_campaign(path: Path, required: bool = False):
     campaign = Campaign(path) if required else find_campaign(path)
     if campaign is not None:
         apply_site(campaign)
+        campaign.attach_log()
     return campaign
 
 

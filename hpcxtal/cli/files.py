@@ -47,9 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(table, fmt: str, dest: Path) -> None:
-    """Export ``table``; structure formats leave out rows whose stored structure is
-    empty (rows a stage did not relax), and say how many."""
+def _export(table, fmt: str, dest: Path, symprec: float | None = None) -> None:
+    """Export ``table`` (CIFs symmetrised at ``symprec`` Å if given); structure formats
+    leave out rows whose stored structure is empty (rows a stage did not relax), and say
+    how many."""
     import numpy as np
 
     from hpcxtal.store.formats import export_table
@@ -59,15 +60,26 @@ def _export(table, fmt: str, dest: Path) -> None:
         if empty.any():
             log.info("%d rows have no stored structure (not relaxed); left out", int(empty.sum()))
             table = table.take(np.flatnonzero(~empty))
-    dest = export_table(table, fmt, dest)
+    dest = export_table(table, fmt, dest, symprec)
     log.info("wrote %d rows as %s to %s", len(table), fmt, dest)
+
+
+def _merge_symprec(path: Path) -> float | None:
+    """The spglib tolerance a database was merged with (None if ``path`` is no database)."""
+    from hpcxtal.merge.database import MergeConfig
+    from hpcxtal.store.hdf5 import file_summary
+
+    attrs = file_summary(path)["attrs"]
+    if attrs.get("kind") != "database":
+        return None
+    return float(attrs.get("symprec_A", MergeConfig().symprec_A))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from hpcxtal.store.hdf5 import read_table
 
     table, _ = read_table(args.file)
-    _export(table, args.format, args.output)
+    _export(table, args.format, args.output, _merge_symprec(args.file))
     return 0
 
 
@@ -83,22 +95,24 @@ def cmd_db(args: argparse.Namespace) -> int:
 
     if (args.format is None) != (args.output is None):
         raise UsageError("export needs both -f FORMAT and -o DEST")
-    table, _ = read_database(_database_path(args.file))
+    path = _database_path(args.file)
+    table, _ = read_database(path)
     idx = query(table, args.top or None, args.max_e_rel, args.spg, args.dimension,
-                args.min_atoms, args.max_atoms, args.unique_only)
+                args.min_atoms, args.max_atoms, args.unique_only, args.row_class)
     if args.format:
-        _export(table.take(idx), args.format, args.output)
+        _export(table.take(idx), args.format, args.output, _merge_symprec(path))
         return 0
     natoms = table.structures.natoms
     print(f"{'rank':>5} {'id':>8} {'e_rel':>8} {'spg':>4} {'relax':>5} {'atoms':>5} {'dim':>3} "
-          f"{'topology':16s} {'dup_of':>8} {'flags':9s} status")
+          f"{'topology':16s} {'dup_of':>8} {'flags':9s} {'class':15s} {'status':13s} why")
     for i in idx:
         flags = "".join(c if table[k][i] else "." for c, k in
                         (("U", "unique"), ("L", "low_energy"), ("C", "cubic"), ("T", "in_training")))
         print(f"{i + 1:5d} {int(table['id'][i]):8d} {table['e_rel'][i]:8.4f} "
               f"{int(table['spg'][i]):4d} {int(table['spg_relaxed'][i]):5d} {int(natoms[i]):5d} "
-              f"{int(table['dimension'][i]):3d} {table['topology'][i] or '-':16s} "
-              f"{int(table['duplicate_of'][i]):8d} {flags:9s} {table['status'][i]}")
+              f"{int(table['dimension_relaxed'][i]):3d} {table['topology_relaxed'][i] or '-':16s} "
+              f"{int(table['duplicate_of'][i]):8d} {flags:9s} {table['class'][i]:15s} "
+              f"{table['status'][i]:13s} {table['class_reason'][i]}")
     log.info("%d of %d rows (flags: U unique, L low energy, C cubic, T in training set)",
              len(idx), len(table))
     return 0
@@ -124,11 +138,16 @@ def report_campaign(campaign, output: Path | None = None, top: int = 20) -> int:
 
 
 def _print_report(db: Path, out: Path, n_sampled: int | None, top: int) -> int:
-    from hpcxtal.report import CLASSES, METRICS, write_report
+    from hpcxtal.report import CLASSES, HEADLINE, METRICS, write_report
 
     report = write_report(db, out, n_sampled, top)
     m, books = report.metrics, report.accounting
-    print(" ".join(f"{k} {m[k]}" for k in ("N_sampled", "N_valid_xtal", *METRICS)))
+    print(f"N_sampled {m['N_sampled']}; before -> after the post-relax checks: " + ", ".join(
+        f"{k} {m['before'][k]} -> {m['after'][k]}" for k in HEADLINE)
+        + f"; N_new {m['N_new']}, N_new_low_E {m['N_new_low_E']}")
+    for phase in m["known_phases"]:
+        print(f"  known phase re-found: {phase['phase']} ({phase['rows']} rows, best id "
+              f"{phase['id']}, e_rel {phase['e_rel']:.4f} eV/atom)")
     for r in m["per_round"]:
         print(f"  round {r['round']}: " + ", ".join(
             f"{k} {r[k]} (cumulative {r['cumulative'][k]})" for k in METRICS))
@@ -227,11 +246,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "0 = all)")
     p.add_argument("--max-e-rel", type=num.finite_float, metavar="EV", help="at most EV eV/atom above graphite")
     p.add_argument("--spg", type=num.space_group, help="space group of the relaxed structure")
-    p.add_argument("--dimension", type=int, choices=[0, 1, 2, 3], help="periodicity of the net")
+    p.add_argument("--dimension", type=int, choices=[0, 1, 2, 3],
+                   help="periodicity of the relaxed net")
+    p.add_argument("--class", dest="row_class", metavar="CLASS",
+                   choices=["new", "known", "motif_lost", "low_dimensional", "duplicate",
+                            "invalid", "failed"],
+                   help="only rows of this class (new, known, motif_lost, low_dimensional, "
+                        "duplicate, invalid, failed)")
     p.add_argument("--min-atoms", type=num.nonnegative_int, metavar="N", help="at least N atoms in the relaxed cell")
     p.add_argument("--max-atoms", type=num.nonnegative_int, metavar="N", help="at most N atoms in the relaxed cell")
     p.add_argument("--unique-only", action="store_true",
-                   help="only unique converged structures (no duplicates, failures, skipped rows)")
+                   help="only unique structures (own representative, 3-D, motif kept after "
+                        "relaxation: class new and known 3-D nets)")
     p.add_argument("-f", "--format", choices=["csv", "cif", "extxyz", "ase"],
                    help="export the selection in this format (with -o)")
     p.add_argument("-o", "--output", type=Path, help="export destination (with -f)")
@@ -240,8 +266,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="metrics, accounting, plots and an HTML page",
                        description="From a database: N_sampled, N_valid_xtal, N_valid_env, "
-                                   "N_unique, N_train, N_low_E (and cubic) per round and "
-                                   "cumulative; the accounting of every sampled row (exit status "
+                                   "N_unique, N_train, N_low_E (and cubic) before and after the "
+                                   "post-relax checks, N_new, known phases re-found, per round "
+                                   "and cumulative; the accounting of every sampled row (exit status "
                                    "1 if it does not close); PNG plots, metrics.json and a "
                                    "self-contained report.html.")
     p.add_argument("source", type=Path, help="campaign directory or database (.h5)")

@@ -225,10 +225,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if args.training:
             cfg = dataclasses.replace(cfg, training=None if args.training == "none"
                                       else args.training)
-        return merge_files(args.sources, args.output, cfg, pool=args.pool, workers=args.workers)
+        return merge_files(args.sources, args.output, cfg, pool=args.pool, workers=args.workers,
+                           target=args.target or "graphite")
 
     stage_command(args, "merge", args.sources[0], file_mode,
-                  {"--pool": args.pool, "--training": args.training},
+                  {"--pool": args.pool, "--training": args.training, "--target": args.target},
                   Resources(workers=args.workers))
     return 0
 
@@ -344,8 +345,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "carbon MACE model, shipped with the package; or another "
                                    "MACE model file, or CHGNet with its bundled weights), and "
                                    "add the columns energy (eV/atom), e_rel (eV/atom above "
-                                   "graphite relaxed the same way), status (converged / not_converged / failed: "
-                                   "reason / skipped: reason) and relax_steps. On a campaign "
+                                   "graphite relaxed the same way), status (converged / not_converged / "
+                                   "failed / skipped), status_reason, relax_steps, "
+                                   "energy_initial, rms_displacement_A and volume_change. On a campaign "
                                    "DIR, relaxes the CN-valid topology representatives of "
                                    "DIR/topology/topology-I.h5 into DIR/relax/relax-I.h5 (one "
                                    "shard with --shard I, as one task of a job array); outputs "
@@ -370,11 +372,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("merge", help="merge relax outputs into one ranked database",
                        description="Merge relax outputs into ONE database ranked by energy above "
-                                   "graphite: every input is verified; relaxed structures get "
-                                   "their space group (spglib, 0.1 Å); converged ones are "
-                                   "de-duplicated a second time (StructureMatcher stol 0.3, "
-                                   "ltol 0.2, angle_tol 5, only within a topology key) and "
-                                   "compared with the training structures (bundled SACADA set). "
+                                   "graphite: every input is verified; every converged relaxed "
+                                   "structure is re-validated (the target's coordination rule, "
+                                   "topology key and dimensionality recomputed, space group by "
+                                   "spglib at 0.1 Å, match with graphite, diamond, lonsdaleite "
+                                   "and the SACADA nets), de-duplicated a second time across "
+                                   "all inputs (StructureMatcher stol 0.3, ltol 0.2, angle_tol "
+                                   "5, within a relaxed topology key and atoms per primitive "
+                                   "cell), compared with the training structures and given a "
+                                   "class (new, known, motif_lost, low_dimensional, duplicate, "
+                                   "invalid, failed). "
                                    "With a campaign DIR: DIR/relax/relax-*.h5 and the pool's "
                                    "quarantine into DIR/database.h5 (skipped when current).")
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC",
@@ -384,6 +391,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "quarantine enters the accounting; every pool row must be merged)")
     p.add_argument("--training", metavar="SRC", help="training structures to compare with "
                    "('sacada', an .h5 table with structures, or 'none'; file mode)")
+    p.add_argument("--target", help="file mode: the environment relaxed structures must keep "
+                   "(a name in hpcxtal/data/environments.yaml; default graphite; a campaign "
+                   "uses its refine target)")
     p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
                    help="processes for the training structures' topology keys (first run only)")
     p.add_argument("--force", action="store_true", help="redo a campaign database that is current")

@@ -44,6 +44,7 @@ def run_stage(campaign_dir: str, stage: str, shard: int | None, force: bool = Fa
     try:
         campaign = Campaign(campaign_dir)
         apply_site(campaign)
+        campaign.attach_log()
         report = stage_spec(stage).run(campaign, shard, force)
     finally:
         logger.removeHandler(warnings)
@@ -94,4 +95,16 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
             done = ", ".join(f"{k} {v}" for k, v in result.items()
                              if k not in ("stage", "shard", "skipped", "warnings"))
             log.info("%s: %s", where, "complete already" if result["skipped"] else done)
+    _record_shards(campaign, specs)
     return results
+
+
+def _record_shards(campaign: Campaign, specs: list) -> None:
+    """Record each per-shard stage that ran as done or partial (with how many shards are
+    complete) in the manifest; only this driver writes it, the apps never do."""
+    n = campaign.config.shard.n_shards
+    for spec in specs:
+        if spec.per_shard:
+            good = sum(spec.done(campaign, i) for i in range(n))
+            campaign.record(spec.name, status="done" if good == n else "partial",
+                            shards_complete=good, shards=n)

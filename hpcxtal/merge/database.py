@@ -1,36 +1,61 @@
 """The campaign database: every relaxed shard merged into ONE ranked HDF5 table.
 
 :func:`build_database` takes the verified relax outputs (tables with the refine,
-topology and relax columns), joins them, adds the symmetry of each relaxed structure,
-de-duplicates a second time (pymatgen's StructureMatcher, only within a topology
-bucket, among converged structures) and records overlap with the training structures.
-Rows are sorted by energy above graphite (NaN last, ties by id), so the result does
-not depend on how rows were split into shards or in which order files are given.
+topology and relax columns), joins them, re-validates every converged relaxed structure
+(:mod:`hpcxtal.screen.validate`: the target's coordination rule, topology key and
+dimensionality recomputed on the relaxed structure, known phases), de-duplicates a
+second time across all shards (pymatgen's StructureMatcher within buckets of the
+*relaxed* topology key and atoms per primitive cell), classes every row and records
+overlap with the training structures. Rows are sorted by energy above graphite (NaN
+last, ties by id), so the result does not depend on how rows were split into shards or
+in which order files are given.
 
 Columns of a database (one entry per row; every row of every relax output is kept,
 so the campaign's accounting can be read from this file alone):
 
-=================  ========  ==========================================================
-``id`` ...         row       ``id spg wps cell xyz origin``: the refined row
-``round``          int8      refinement round the row was last refined in (0: never)
-``valid``          bool      CN-valid after refinement (True where never refined)
-``topology``       str       topology key ("" where none)
-``dimension``      int8      periodicity of the net (-1: none)
-``n_prim``         int32     atoms per primitive cell of the net (0: none)
-``energy``         float64   eV/atom of the relaxed structure (NaN: not relaxed)
-``e_rel``          float64   eV/atom above graphite relaxed the same way
-``status``         str       converged / not_converged / failed: why / skipped: why
-``relax_steps``    int32     FIRE steps
-``spg_relaxed``    int16     space group of the relaxed structure (spglib; 0: none)
-``wyckoff_relaxed`` str      its occupied Wyckoff positions, e.g. "4e 8f 1a*3" ("": none)
-``duplicate_of``   uint64    final representative (topology or structure duplicate),
-                             own id for representatives and rows that are no candidate
-``unique``         bool      converged and its own representative
-``low_energy``     bool      unique and e_rel <= the low-energy window
-``cubic``          bool      unique and ``spg_relaxed`` >= 195
-``in_training``    bool      unique and matches a training structure of the same key
-``training_match`` str       origin of that training structure ("")
-=================  ========  ==========================================================
+=====================  ========  ======================================================
+``id`` ...             row       ``id spg wps cell xyz origin``: the refined row
+``round``              int8      refinement round the row was last refined in (0: never)
+``valid``              bool      CN-valid after refinement (True where never refined)
+``spg_refined``        int16     spglib space group of the refined row (0: none)
+``valid_xtal``         bool      ``spg_refined == spg``: the row has its stated group
+``topology``           str       topology key before relaxation ("" where none)
+``dimension``          int8      periodicity of that net (-1: none)
+``n_prim``             int32     atoms per primitive cell of that net (0: none)
+``energy``             float64   eV/atom of the relaxed structure (NaN: not relaxed)
+``e_rel``              float64   eV/atom above graphite relaxed the same way
+``status``             str       relax outcome: converged / not_converged / failed / skipped
+``status_reason``      str       why a row failed or was skipped ("" otherwise)
+``relax_steps``        int32     FIRE steps
+``energy_initial``     float64   eV/atom of the structure before relaxation
+``energy_change``      float64   ``energy - energy_initial`` (eV/atom)
+``rms_displacement_A`` float64   RMS atomic displacement on relaxation (Å)
+``volume_change``      float64   relative volume change on relaxation
+``relaxed_match``      bool      StructureMatcher still matches refined and relaxed
+``topology_relaxed``   str       topology key of the relaxed structure ("": none)
+``dimension_relaxed``  int8      its periodicity (-1: none)
+``n_prim_relaxed``     int32     its atoms per primitive cell (0: none)
+``motif_kept``         bool      the relaxed structure keeps the target's coordination
+                                 rule (False where not relaxed; why not: ``class_reason``)
+``valid_relaxed``      bool      CN-valid after refinement and the relaxed structure
+                                 standing for it (its own or its representative's)
+                                 keeps the rule
+``known_phase``        str       name of the known phase the relaxed structure matches
+``spg_relaxed``        int16     space group of the relaxed structure (spglib; 0: none)
+``wyckoff_relaxed``    str       its occupied Wyckoff positions, e.g. "4e 8f 1a*3"
+``duplicate_of``       uint64    final representative (topology or structure duplicate),
+                                 own id for representatives and rows that are no candidate
+``class``              str       a :class:`~hpcxtal.screen.validate.RowClass`: new, known,
+                                 motif_lost, low_dimensional, duplicate, invalid, failed
+``class_reason``       str       why, for people ("" for new)
+``unique``             bool      own representative, 3-D, motif kept (class new, or known
+                                 and 3-D with the motif): the headline's unique rows
+``low_energy``         bool      unique and e_rel <= the low-energy window
+``cubic``              bool      unique and ``spg_relaxed`` >= 195
+``training_match``     str       origin of the training structure of the same relaxed key
+                                 that the relaxed structure matches ("")
+``in_training``        bool      unique and ``training_match``
+=====================  ========  ======================================================
 
 Relaxed structures (natoms 0 where a row was not relaxed) are the table's ragged
 ``structures``; the quarantine holds ``id origin reason`` of every sampled row that
@@ -41,19 +66,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from hpcxtal.relax.status import RelaxStatus
 from hpcxtal.store.hdf5 import StoreError, file_summary, read_table
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array
+
+if TYPE_CHECKING:
+    from hpcxtal.descriptor.target import Target
+    from hpcxtal.topology.annotate import SignatureParams
 
 log = logging.getLogger(__name__)
 
 KIND = "database"
 #: Columns a relax output must have for a merge.
-REQUIRED = tuple(ROW_COLUMNS) + ("energy", "e_rel", "status")
-CONVERGED = "converged"
+REQUIRED = tuple(ROW_COLUMNS) + ("energy", "e_rel", "status", "status_reason")
 #: Space groups from here up are cubic.
 FIRST_CUBIC_SPG = 195
 
@@ -137,7 +166,11 @@ def _base_columns(table: Table) -> dict[str, np.ndarray]:
         energy=np.asarray(table["energy"], dtype=np.float64),
         e_rel=np.asarray(table["e_rel"], dtype=np.float64),
         status=table["status"],
+        status_reason=table["status_reason"],
         relax_steps=_column(table, "relax_steps", 0, "int32"),
+        energy_initial=_column(table, "energy_initial", np.nan, "float64"),
+        rms_displacement_A=_column(table, "rms_displacement_A", np.nan, "float64"),
+        volume_change=_column(table, "volume_change", np.nan, "float64"),
         duplicate_of=np.asarray(table["duplicate_of"] if "duplicate_of" in table else table["id"],
                                 dtype=np.uint64).copy(),
     )
@@ -202,10 +235,11 @@ def to_pymatgen(structures: Structures, i: int):
 def second_duplicates(ids: np.ndarray, keys: np.ndarray, energy: np.ndarray,
                       candidates: np.ndarray, structures: Structures, cfg: MergeConfig
                       ) -> np.ndarray:
-    """``duplicate_of`` after relaxation: within each topology key, the ``candidates``
-    (row indices) are taken by increasing (energy, id); each is compared with the
-    representatives kept so far and becomes a duplicate of the first that matches,
-    else a representative. Other rows keep their own id."""
+    """``duplicate_of`` after relaxation: within each bucket ``keys`` (the relaxed
+    topology key and atoms per primitive cell), the ``candidates`` (row indices) are
+    taken by increasing (energy, id); each is compared with the representatives kept so
+    far and becomes a duplicate of the first that matches, else a representative. Other
+    rows keep their own id."""
     out = np.asarray(ids, dtype=np.uint64).copy()
     matcher = cfg.matcher()
     buckets: dict[str, list[int]] = {}
@@ -262,12 +296,53 @@ def rank_order(e_rel: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.lexsort((np.asarray(ids, np.uint64), np.where(np.isnan(e), 0.0, e), np.isnan(e)))
 
 
+def _refined(table: Table, i: int):
+    """Row ``i`` expanded to ASE Atoms (empty Atoms where the row has no sites)."""
+    from ase import Atoms
+
+    from hpcxtal.crystal.row import to_atoms
+
+    row = table.row(i)
+    return to_atoms(row) if (row.wps >= 0).any() else Atoms(pbc=True)
+
+
+def refined_symmetry(table: Table, symprec: float) -> np.ndarray:
+    """spglib space group of every row expanded to its conventional cell (0: none)."""
+    images = [_refined(table, i) for i in range(len(table))]
+    return relaxed_symmetry(Structures.from_atoms(images), symprec)[0]
+
+
+def relaxed_matches(table: Table, rows: np.ndarray, cfg: MergeConfig) -> np.ndarray:
+    """Whether StructureMatcher matches each of ``rows``' refined row (expanded) with its
+    relaxed structure; False for other rows and rows without sites."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    matcher = cfg.matcher()
+    out = np.zeros(len(table), dtype=bool)
+    for i in rows:
+        refined = _refined(table, int(i))
+        if len(refined):
+            out[i] = matcher.fit(AseAtomsAdaptor.get_structure(refined),
+                                 to_pymatgen(table.structures, int(i)))
+    return out
+
+
 def build_database(inputs: Sequence[tuple[Table, Table | None]], cfg: MergeConfig,
                    training: dict[str, list] | None = None, window_eV: float = 0.55,
-                   pool_quarantine: Table | None = None) -> tuple[Table, Table]:
-    """(database, quarantine) from verified relax outputs; ``training`` maps a topology
-    key to (origin, pymatgen Structure) pairs. ``pool_quarantine`` (the pool's
-    undecodable rows) replaces the inputs' own quarantines where given."""
+                   pool_quarantine: Table | None = None, *, target: Target | None = None,
+                   params: SignatureParams | None = None,
+                   known: dict[str, list] | None = None, workers: int | None = None
+                   ) -> tuple[Table, Table]:
+    """(database, quarantine) from verified relax outputs. ``training`` and ``known``
+    map a topology key to (origin or name, pymatgen Structure) pairs; ``target`` (a
+    :class:`~hpcxtal.descriptor.target.Target`, default graphite) gives the coordination
+    rule relaxed structures must keep; ``params`` the signature settings (default
+    :class:`~hpcxtal.topology.annotate.SignatureParams`). ``pool_quarantine`` (the
+    pool's undecodable rows) replaces the inputs' own quarantines where given."""
+    from hpcxtal.descriptor.target import DEFAULT_TARGET, load_targets
+    from hpcxtal.screen.validate import check_relaxed, classify, RowClass
+    from hpcxtal.topology.annotate import SignatureParams
+
     if not inputs:
         raise ValueError("nothing to merge: no relax outputs")
     parts = [Table(_base_columns(t), t.structures) for t, _ in inputs]
@@ -279,21 +354,41 @@ def build_database(inputs: Sequence[tuple[Table, Table | None]], cfg: MergeConfi
                          f"{values[counts > 1][:10].tolist()}; a shard was given twice?")
     status = table["status"]
     s = table.structures
-    converged = np.flatnonzero((status == CONVERGED) & (s.natoms > 0) & np.isfinite(table["energy"]))
+    converged = np.flatnonzero((status == RelaxStatus.CONVERGED) & (s.natoms > 0)
+                               & np.isfinite(table["energy"]))
+    target = target or load_targets()[DEFAULT_TARGET]
+    checks = check_relaxed(s, converged, target, params or SignatureParams(), known or {},
+                           cfg.matcher(), workers, cfg.symprec_A)
+    keyed = converged[checks.topology[converged] != ""]
+    buckets = str_array(f"{k}:{n}" if k else "" for k, n in zip(checks.topology, checks.n_prim))
     topo_dup = np.asarray(table["duplicate_of"], np.uint64)
-    second = second_duplicates(ids, table["topology"], table["energy"], converged, s, cfg)
-    dup = np.where(second != ids, second, topo_dup)
-    dup = _resolve(ids, dup)
-    unique = np.zeros(len(table), dtype=bool)
-    unique[converged] = dup[converged] == ids[converged]
+    second = second_duplicates(ids, buckets, table["energy"], keyed, s, cfg)
+    dup = _resolve(ids, np.where(second != ids, second, topo_dup))
+    classes, reasons = classify(ids=ids, valid=table["valid"], dimension_refined=table["dimension"],
+                                first_duplicate_of=topo_dup, status=status,
+                                status_reason=table["status_reason"], duplicate_of=dup,
+                                checks=checks)
+    motif_kept = np.zeros(len(table), dtype=bool)
+    motif_kept[converged] = [not checks.motif_reason[i] for i in converged]
+    three_d = checks.dimension == 3
+    unique = (classes == RowClass.NEW) | ((classes == RowClass.KNOWN) & motif_kept & three_d)
+    where = {int(v): k for k, v in enumerate(ids)}
+    stands_for = np.array([where.get(int(d), k) for k, d in enumerate(dup)])
     spg_relaxed, wyckoff_relaxed = relaxed_symmetry(s, cfg.symprec_A)
-    match = training_overlap(table["topology"], np.flatnonzero(unique), s, training or {}, cfg)
-    low = unique & (table["e_rel"] <= window_eV)
-    table.columns.update(spg_relaxed=spg_relaxed, wyckoff_relaxed=wyckoff_relaxed,
-                         duplicate_of=dup, unique=unique, low_energy=low,
-                         cubic=unique & (spg_relaxed >= FIRST_CUBIC_SPG),
-                         in_training=np.array([bool(m) for m in match]),
-                         training_match=str_array(match))
+    spg_refined = refined_symmetry(table, cfg.symprec_A)
+    match = training_overlap(checks.topology, keyed, s, training or {}, cfg)
+    table.columns.update(
+        spg_refined=spg_refined, valid_xtal=spg_refined == table["spg"],
+        energy_change=table["energy"] - table["energy_initial"],
+        relaxed_match=relaxed_matches(table, converged, cfg),
+        topology_relaxed=checks.topology, dimension_relaxed=checks.dimension,
+        n_prim_relaxed=checks.n_prim, motif_kept=motif_kept,
+        valid_relaxed=np.asarray(table["valid"], bool) & motif_kept[stands_for],
+        known_phase=checks.known_phase, spg_relaxed=spg_relaxed,
+        wyckoff_relaxed=wyckoff_relaxed, duplicate_of=dup, **{"class": classes},
+        class_reason=reasons, unique=unique, low_energy=unique & (table["e_rel"] <= window_eV),
+        cubic=unique & (spg_relaxed >= FIRST_CUBIC_SPG), training_match=str_array(match),
+        in_training=unique & np.array([bool(m) for m in match], dtype=bool))
     order = rank_order(table["e_rel"], ids)
     if pool_quarantine is not None:
         quarantine = quarantine_ids(pool_quarantine)
@@ -313,9 +408,11 @@ def read_database(path: str | Path) -> tuple[Table, Table]:
 
 def query(table: Table, top: int | None = None, max_e_rel: float | None = None,
           spg: int | None = None, dimension: int | None = None, min_atoms: int | None = None,
-          max_atoms: int | None = None, unique_only: bool = False) -> np.ndarray:
+          max_atoms: int | None = None, unique_only: bool = False,
+          row_class: str | None = None) -> np.ndarray:
     """Row indices of a database that pass every given filter, in rank order, at most
-    ``top``. ``spg`` filters on the relaxed space group; atoms count the relaxed cell."""
+    ``top``. ``spg`` and ``dimension`` filter on the relaxed structure; atoms count the
+    relaxed cell; ``row_class`` is a value of the ``class`` column."""
     keep = np.ones(len(table), dtype=bool)
     natoms = table.structures.natoms if table.structures is not None else np.zeros(len(table))
     if max_e_rel is not None:
@@ -323,12 +420,14 @@ def query(table: Table, top: int | None = None, max_e_rel: float | None = None,
     if spg is not None:
         keep &= table["spg_relaxed"] == spg
     if dimension is not None:
-        keep &= table["dimension"] == dimension
+        keep &= table["dimension_relaxed"] == dimension
     if min_atoms is not None:
         keep &= natoms >= min_atoms
     if max_atoms is not None:
         keep &= natoms <= max_atoms
     if unique_only:
         keep &= table["unique"]
+    if row_class is not None:
+        keep &= table["class"] == row_class
     idx = np.flatnonzero(keep)
     return idx if top is None else idx[:top]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcxtal.progress import note
 from hpcxtal.refine.config import RefineConfig
 from hpcxtal.refine.represent import refine_table
 from hpcxtal.store.hdf5 import read_table, write_table
@@ -21,6 +22,7 @@ def _reporter(total: int, label: str):
 
     def report(done: int, valid: int) -> None:
         rate = done / max(time.monotonic() - start, 1e-9)
+        note(done, total)
         log.info("%s: %d/%d rows, %d CN-valid (%.1f%%), %.1f rows/s", label, done, total, valid,
                  100.0 * valid / max(done, 1), rate)
     return report

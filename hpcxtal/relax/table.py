@@ -2,27 +2,30 @@
 
 Input structures are the table's stored structures where it has them, else its rows
 expanded to atoms. The output keeps every row and adds ``energy`` (eV/atom), ``e_rel``
-(eV/atom above graphite), ``status`` (converged / not_converged / failed: reason /
-skipped: reason) and ``relax_steps`` (FIRE steps); the relaxed structures (the input
-structure for failed rows, none for skipped ones) become the table's structures.
+(eV/atom above graphite), ``status`` (a :class:`~hpcxtal.relax.status.RelaxStatus`: converged /
+not_converged / failed / skipped), ``status_reason`` (why a row failed or was skipped,
+"" otherwise), ``relax_steps`` (FIRE steps) and how far relaxation moved each structure
+(``energy_initial``, ``rms_displacement_A``, ``volume_change``, see
+:mod:`hpcxtal.screen.closeness`); the relaxed structures (the input structure for
+failed rows, none for skipped ones) become the table's structures.
 """
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
 
 from hpcxtal.progress import progress
-from hpcxtal.relax.fire import CONVERGED, FAILED, NOT_CONVERGED, FireParams, RelaxResult, iter_relax
+from hpcxtal.relax.fire import FireParams, RelaxResult, iter_relax
 from hpcxtal.relax.models import EnergyModel
+from hpcxtal.relax.status import RelaxStatus
+from hpcxtal.screen.closeness import displacement_rms, volume_change
 from hpcxtal.store.formats import table_images
 from hpcxtal.store.table import Structures, Table, str_array
 
 log = logging.getLogger(__name__)
-#: Status prefix of rows the stage did not relax.
-SKIPPED = "skipped: "
-
 
 
 def relax_selection(table: Table) -> tuple[np.ndarray, dict[int, str]]:
@@ -33,25 +36,56 @@ def relax_selection(table: Table) -> tuple[np.ndarray, dict[int, str]]:
     skipped: dict[int, str] = {}
     if "valid" in table:
         for i in np.flatnonzero(~np.asarray(table["valid"], dtype=bool)):
-            skipped[int(i)] = SKIPPED + "not CN-valid after refinement"
+            skipped[int(i)] = "not CN-valid after refinement"
     if "duplicate_of" in table:
         for i in range(n):
             if i in skipped:
                 continue
             if table["dimension"][i] < 0:
-                skipped[i] = SKIPPED + "no topology signature"
+                skipped[i] = "no topology signature"
             elif table["duplicate_of"][i] != table["id"][i]:
-                skipped[i] = SKIPPED + f"topology duplicate of id {int(table['duplicate_of'][i])}"
+                skipped[i] = f"topology duplicate of id {int(table['duplicate_of'][i])}"
     chosen = np.array([i for i in range(n) if i not in skipped], dtype=np.int64)
     return chosen, skipped
+
+
+def _status(result: RelaxResult) -> tuple[RelaxStatus, str]:
+    """(status, reason) of a FIRE result (FIRE reports "failed: why" as one string)."""
+    head, _, reason = result.status.partition(": ")
+    return RelaxStatus(head), reason
+
+
+def initial_energies(images: Sequence[Atoms], model: EnergyModel, atom_budget: int) -> np.ndarray:
+    """Energy per atom (eV) of every image before relaxation, in batches of at most
+    ``atom_budget`` atoms; NaN where the model cannot evaluate an image."""
+    out = np.full(len(images), np.nan)
+    finite = [i for i, a in enumerate(images)
+              if len(a) and np.isfinite(a.positions).all() and np.isfinite(np.asarray(a.cell)).all()]
+    batches: list[list[int]] = []
+    for i in finite:
+        if batches and sum(len(images[k]) for k in batches[-1]) + len(images[i]) <= atom_budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    for batch in batches:
+        try:
+            energy = model.evaluate([images[k] for k in batch]).energy.detach().cpu().double().numpy()
+        except Exception:  # noqa: BLE001 - find the image the model rejects, one by one
+            if len(batch) == 1:
+                continue
+            batches.extend([k] for k in batch)
+            continue
+        out[batch] = energy / np.array([len(images[k]) for k in batch])
+    return out
 
 
 def relax_table(table: Table, model: EnergyModel, params: FireParams, e_graphite: float,
                 chosen: np.ndarray | None = None, skipped: dict[int, str] | None = None) -> Table:
     """``table`` with rows ``chosen`` (default all) relaxed and the energy columns added:
-    ``energy``, ``e_rel`` (NaN where not relaxed), ``status`` (the reason where not
-    relaxed), ``relax_steps``; relaxed structures become the table's structures (empty
-    for rows not relaxed, the input structure for failed ones)."""
+    ``energy``, ``e_rel`` (NaN where not relaxed), ``status`` and ``status_reason`` (the
+    reason from ``skipped`` where not relaxed), ``relax_steps``, ``energy_initial``,
+    ``rms_displacement_A``, ``volume_change``; relaxed structures become the table's
+    structures (empty for rows not relaxed, the input structure for failed ones)."""
     n = len(table)
     chosen = np.arange(n) if chosen is None else np.asarray(chosen, dtype=np.int64)
     skipped = skipped or {}
@@ -59,30 +93,36 @@ def relax_table(table: Table, model: EnergyModel, params: FireParams, e_graphite
     results: list[RelaxResult | None] = [None] * len(images)
     for i, result in progress(iter_relax(images, model, params), total=len(images), desc="relax"):
         results[i] = result
-    energy = np.full(n, np.nan)
-    status = [skipped.get(i, SKIPPED + "not selected") for i in range(n)]
+    energy, e_initial, rms, dvol = (np.full(n, np.nan) for _ in range(4))
+    e_initial[chosen] = initial_energies(images, model, params.batch_atom_budget)
+    status = [RelaxStatus.SKIPPED.value] * n
+    reason = [skipped.get(i, "not selected") for i in range(n)]
     steps = np.zeros(n, dtype=np.int32)
     structures = [Atoms(pbc=True) for _ in range(n)]
-    for k, r in zip(chosen, results):
-        energy[k] = r.energy / len(r.atoms)  # type: ignore[union-attr]
-        status[k] = r.status  # type: ignore[union-attr]
-        steps[k] = r.steps  # type: ignore[union-attr]
-        structures[k] = r.atoms  # type: ignore[union-attr]
+    for k, start, r in zip(chosen, images, results):
+        assert r is not None
+        state, why = _status(r)
+        energy[k] = r.energy / len(r.atoms)
+        status[k], reason[k], steps[k], structures[k] = state.value, why, r.steps, r.atoms
+        if state is not RelaxStatus.FAILED:
+            rms[k] = displacement_rms(start, r.atoms)
+            dvol[k] = volume_change(start, r.atoms)
     columns = dict(table.columns)
     columns.update(energy=energy, e_rel=energy - e_graphite, status=str_array(status),
-                   relax_steps=steps)
+                   status_reason=str_array(reason), relax_steps=steps, energy_initial=e_initial,
+                   rms_displacement_A=rms, volume_change=dvol)
     return Table(columns, Structures.from_atoms(structures), dict(table.attrs))
 
 
 def status_counts(table: Table, window_eV: float) -> dict[str, int]:
     """Rows relaxed, converged / not converged / failed, and low-energy converged rows."""
     status = table["status"]
-    converged = status == CONVERGED
+    converged = status == RelaxStatus.CONVERGED
     return {
         "rows": len(table),
-        "relaxed": sum(not s.startswith(SKIPPED) for s in status),
+        "relaxed": int((status != RelaxStatus.SKIPPED).sum()),
         "converged": int(converged.sum()),
-        "not_converged": int((status == NOT_CONVERGED).sum()),
-        "failed": sum(s.startswith(FAILED) for s in status),
+        "not_converged": int((status == RelaxStatus.NOT_CONVERGED).sum()),
+        "failed": int((status == RelaxStatus.FAILED).sum()),
         "low_energy": int((converged & (table["e_rel"] <= window_eV)).sum()),
     }

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,7 +19,7 @@ import numpy as np
 from hpcxtal.progress import progress
 from hpcxtal.crystal.row import (N_SITES, DecodeError, Row, check_symmetry_tolerance, decode,
                                  from_structure, to_atoms)
-from hpcxtal.store.hdf5 import atomic_dir, atomic_path
+from hpcxtal.store.hdf5 import atomic_dir, atomic_path, write_text_atomic
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array
 
 
@@ -303,22 +304,69 @@ def _empty_structures(n: int) -> Structures:
     return Structures(np.zeros(n), np.zeros((n, 3, 3)), np.zeros((0, 3)), np.zeros(0))
 
 
+#: Database columns exported with each structure (``atoms.info`` key: column); finite
+#: numbers and non-empty strings only. Energies are per atom, hence the key's name.
+INFO_COLUMNS = {"energy_per_atom": "energy", "e_rel": "e_rel", "class": "class",
+                "topology": "topology_relaxed", "known_phase": "known_phase",
+                "dimension": "dimension_relaxed", "spg_relaxed": "spg_relaxed",
+                "status": "status"}
+
+
+def _info(table: Table, i: int) -> dict[str, object]:
+    """The ``INFO_COLUMNS`` of row ``i`` that ``table`` has, as plain Python values."""
+    out: dict[str, object] = {}
+    for key, name in INFO_COLUMNS.items():
+        if name in table:
+            value = table[name][i]
+            value = value.item() if hasattr(value, "item") else value
+            if (isinstance(value, str) and value) or (
+                    isinstance(value, (int, float)) and np.isfinite(value)):
+                out[key] = value
+    return out
+
+
 def table_images(table: Table) -> list:
-    """ASE Atoms for every row: the stored structure if any, else the row expanded."""
+    """ASE Atoms for every row: the stored structure if any, else the row expanded;
+    ``info`` holds id, origin, stated spg and the ``INFO_COLUMNS`` the table has."""
     images = []
     for i in range(len(table)):
         atoms = table.structures.atoms(i) if table.structures is not None else to_atoms(table.row(i))
         atoms.info.update({"id": int(table["id"][i]), "origin": str(table["origin"][i])})
         if "spg" in table:
             atoms.info["spg"] = int(table["spg"][i])
+        atoms.info.update(_info(table, i))
         images.append(atoms)
     return images
 
 
-def export_table(table: Table, fmt: str, dest: str | Path) -> Path:
+def write_cif(atoms, path: str | Path, symprec: float | None = None) -> Path:
+    """``atoms`` as a CIF whose data block is named by ``atoms.info['id']``; with
+    ``symprec`` (Å) symmetrised in the space group spglib finds at that tolerance."""
+    import ase.io
+
+    path = Path(path)
+    name = f"hpcxtal_{atoms.info.get('id', path.stem)}"
+    if symprec is None:
+        buffer = io.BytesIO()
+        ase.io.write(buffer, atoms, format="cif")
+        text = re.sub(r"^data_.*$", f"data_{name}", buffer.getvalue().decode(), count=1,
+                      flags=re.M)
+    else:
+        from pymatgen.io.ase import AseAtomsAdaptor
+        from pymatgen.io.cif import CifWriter
+
+        plain = atoms.copy()
+        plain.info = {}
+        text = str(CifWriter(AseAtomsAdaptor.get_structure(plain), symprec=symprec))
+        text = re.sub(r"^data_.*$", f"data_{name}", text, count=1, flags=re.M)
+    return write_text_atomic(path, text)
+
+
+def export_table(table: Table, fmt: str, dest: str | Path, symprec: float | None = None) -> Path:
     """Write ``table`` as ``fmt``: csv (one file), cif (a folder, one file per row named
-    by id), extxyz (one file), ase (an ASE SQLite database). Every format is written
-    atomically: under a temporary name, then renamed (the CIF folder as a whole)."""
+    by id; symmetrised at ``symprec`` Å if given), extxyz (one file), ase (an ASE SQLite
+    database); structures carry the ``INFO_COLUMNS`` the table has. Every format is
+    written atomically: under a temporary name, then renamed (the CIF folder as a whole)."""
     import ase.io
 
     dest = Path(dest)
@@ -330,7 +378,7 @@ def export_table(table: Table, fmt: str, dest: str | Path) -> Path:
     if fmt == "cif":
         with atomic_dir(dest, (".cif",)) as tmp:
             for atoms in images:
-                ase.io.write(tmp / f"{atoms.info['id']}.cif", atoms, format="cif")
+                write_cif(atoms, tmp / f"{atoms.info['id']}.cif", symprec)
     elif fmt == "extxyz":
         with atomic_path(dest) as tmp:
             ase.io.write(tmp, images, format="extxyz")
@@ -342,6 +390,5 @@ def export_table(table: Table, fmt: str, dest: str | Path) -> Path:
                 for atoms in images:
                     info = dict(atoms.info)
                     atoms.info = {}
-                    db.write(atoms, hpcxtal_id=info["id"], origin=info["origin"],
-                             **({"spg": info["spg"]} if "spg" in info else {}))
+                    db.write(atoms, hpcxtal_id=info.pop("id"), **info)
     return dest
