@@ -86,7 +86,7 @@ def single_points(images, model, budget: int = 400):
 
 def main() -> None:
     from hpcxtal.data import sacada_structures
-    from hpcxtal.relax.fire import CONVERGED, FireParams, relax
+    from hpcxtal.relax.engine import CONVERGED, RelaxParams, relax
     from hpcxtal.relax.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,7 +113,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.backend, args.model, args.dtype)
-    params = FireParams(fmax_eV_per_A=args.fmax, batch_edge_budget=args.edge_budget)
+    params = RelaxParams(fmax_eV_per_A=args.fmax, batch_edge_budget=args.edge_budget)
     images = sacada_structures()
     report = {"machine": machine(args.threads), "model": model.describe(), "fmax": args.fmax,
               "batch_edge_budget": params.edge_budget(model.device), "load_before": os.getloadavg()}

@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
-                       description="Relax every row (positions and cell) with batched FIRE and "
+                       description="Relax every row (positions and cell) with batched L-BFGS "
+                                   "(or FIRE) and "
                                    "a machine-learned potential (by default hpcxtal's own small "
                                    "carbon MACE model, shipped with the package; or another "
                                    "MACE model file, or CHGNet with its bundled weights), and "
@@ -207,10 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(mace-mp-0-small ...); chgnet: bundled version (default 0.3.0)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
                    "(default float64)")
+    p.add_argument("--optimizer", choices=["lbfgs", "fire"],
+                   help="batched optimiser (default lbfgs: fewest model calls)")
     p.add_argument("--fmax", type=float, metavar="EV_PER_A",
                    help="force convergence threshold in eV/Å (default 0.05)")
     p.add_argument("--max-steps", type=int, metavar="N",
-                   help="FIRE step cap before size scaling (default 300, + 2 per atom)")
+                   help="step cap before size scaling (default 300, + 2 per atom)")
     p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
     _add_common(p)
 
@@ -606,12 +609,13 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from hpcxtal.stages import StageReport, relax_campaign, relax_file
 
     overrides = {k: v for k, v in {"backend": args.backend, "model": args.model,
-                                   "dtype": args.dtype, "fmax_eV_per_A": args.fmax,
+                                   "dtype": args.dtype, "optimizer": args.optimizer,
+                                   "fmax_eV_per_A": args.fmax,
                                    "max_steps": args.max_steps}.items() if v is not None}
     campaign = find_campaign(args.source) if args.output is None else None
     if campaign is not None:
         if overrides:
-            raise UsageError(f"model and FIRE settings of a campaign come from its config; "
+            raise UsageError(f"model and optimiser settings of a campaign come from its config; "
                              f"edit the relax section of {campaign.root / 'campaign.yaml'}")
         report = relax_campaign(campaign, shard=args.shard, force=args.force)
         if report.skipped:

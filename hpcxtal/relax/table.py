@@ -15,7 +15,7 @@ import numpy as np
 from ase import Atoms
 
 from hpcxtal.progress import progress
-from hpcxtal.relax.fire import CONVERGED, FAILED, NOT_CONVERGED, FireParams, RelaxResult, iter_relax
+from hpcxtal.relax.engine import CONVERGED, FAILED, NOT_CONVERGED, RelaxParams, RelaxResult, iter_relax
 from hpcxtal.relax.models import EnergyModel
 from hpcxtal.store.formats import table_images
 from hpcxtal.store.table import Structures, Table, str_array
@@ -51,7 +51,7 @@ def relax_selection(table: Table) -> tuple[np.ndarray, dict[int, str]]:
     return chosen, skipped
 
 
-def relax_table(table: Table, model: EnergyModel, params: FireParams, e_graphite: float,
+def relax_table(table: Table, model: EnergyModel, params: RelaxParams, e_graphite: float,
                 chosen: np.ndarray | None = None, skipped: dict[int, str] | None = None) -> Table:
     """``table`` with rows ``chosen`` (default all) relaxed and the energy columns added:
     ``energy``, ``e_rel`` (NaN where not relaxed), ``status`` (the reason where not
