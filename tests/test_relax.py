@@ -399,6 +399,52 @@ def test_edge_budget_splits_batches_like_the_atom_budget(mace_model):
         assert a.energy == pytest.approx(b.energy, abs=1e-9)
 
 
+def _edge_set(edges):
+    return {(int(i), int(j), *map(int, s)) for (i, j), s in
+            zip(edges.pairs.T.tolist(), edges.unit_shifts.round().tolist())}
+
+
+def test_verlet_lists_hold_every_pair_and_rebuild_when_moved_too_far():
+    from hpcxtal.relax.neighbours import VerletLists, fresh_edges
+
+    images = [diamond(rattle=0.05, seed=1), graphite_distorted(seed=2)]
+    pos = torch.tensor(np.concatenate([a.positions for a in images]))
+    cells = torch.tensor(np.array([np.asarray(a.cell) for a in images]))
+    batch = torch.tensor([0, 0, 1, 1, 1, 1])
+    lists = VerletLists(cutoff=3.0, skin_A=0.5)
+    gen = torch.Generator().manual_seed(0)
+    strain = torch.eye(3, dtype=torch.float64) + 0.01 * torch.randn(3, 3, generator=gen,
+                                                                     dtype=torch.float64)
+    steps = [(pos, cells), (pos @ strain, cells @ strain),  # affine: still valid
+             (pos @ strain + 0.08 * torch.randn(6, 3, generator=gen, dtype=torch.float64),
+              cells @ strain),  # moved less than half the skin: still valid
+             (pos + torch.tensor([[0.3, 0, 0]] + [[0, 0, 0]] * 5), cells)]  # too far: rebuilt
+    builds = []
+    for p, c in steps:
+        reused, fresh = lists.edges([7, 9], p, c, batch), fresh_edges(p, c, batch, 3.0)
+        assert _edge_set(reused) == _edge_set(fresh)
+        torch.testing.assert_close(reused.min_distance, fresh.min_distance)
+        builds.append(lists.builds)
+    assert builds == [2, 2, 2, 3]  # the first structure alone rebuilt at the last step
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_neighbour_reuse_relaxes_like_fresh_lists(mace_file, optimizer):
+    """Verlet lists (even a thin skin that forces rebuilds) give the relaxation that
+    rebuilding every step gives, to rounding."""
+    images = [diamond(strain=0.03, rattle=0.05, seed=1), graphite_distorted(seed=2),
+              diamond(rattle=0.1, seed=3, repeat=(2, 1, 1))]
+    params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=0.01, max_steps=60)
+    fresh = relax(images, load_model("mace", str(mace_file), neighbour_skin_A=0.0), params)
+    thin = load_model("mace", str(mace_file), neighbour_skin_A=0.02)
+    for model in (thin, load_model("mace", str(mace_file), neighbour_skin_A=1.0)):
+        for a, b in zip(fresh, relax(images, model, params)):
+            assert a.status == b.status and a.steps == b.steps
+            assert a.energy == pytest.approx(b.energy, abs=1e-9)
+            np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-9)
+    assert thin.verlet.builds > len(images)
+
+
 def test_unknown_optimizer_is_rejected_with_the_choices():
     with pytest.raises(ValueError, match="optimizer 'bfgs': use one of .*lbfgs.*fire"):
         RelaxParams(optimizer="bfgs")

@@ -56,7 +56,8 @@ class RelaxParams:
     ``optimizer`` names an entry of :data:`OPTIMIZERS`: ``lbfgs`` (history of
     ``lbfgs_memory`` steps, initial Hessian ``lbfgs_alpha_eV_per_A2``) or ``fire``
     (``dt_*``, ``n_min``, ``f_*``, ``alpha_start``); both move no row of a structure
-    more than ``max_move_A`` per step. A structure of ``n`` atoms may take ``max_steps + steps_per_atom * n`` steps. A batch
+    more than ``max_move_A`` per step. A structure of ``n`` atoms may take
+    ``max_steps + steps_per_atom * n`` steps. A batch
     holds at most ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs
     (a single larger structure runs alone); ``batch_edge_budget`` None means the default
     for the model's device (:func:`default_edge_budget`). ``symmetrize`` keeps each
@@ -177,7 +178,8 @@ def _evaluate(model: EnergyModel, state: CellState,
     batched call raises, structures are evaluated alone to find the culprits."""
     positions, cells = state.geometry()
     try:
-        result = model(positions, state.numbers, cells, state.batch)
+        keys = {"keys": state.index.tolist()} if getattr(model, "takes_keys", False) else {}
+        result = model(positions, state.numbers, cells, state.batch, **keys)
     except Exception as err:  # noqa: BLE001  (any model error fails a structure, not the run)
         if len(state) == 1:
             return None, [f"model error: {type(err).__name__}: {err}"]

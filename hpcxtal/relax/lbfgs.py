@@ -51,7 +51,8 @@ def lbfgs_init(images: Sequence, indices: Sequence[int], params: "RelaxParams",
     base = cell_fields(images, indices, [params.step_cap(len(a)) for a in images], dtype)
     n, big_n, m = len(base["x"]), len(images), params.lbfgs_memory
     return LBFGSState(**base,
-                      s_x=torch.zeros((n, m, 3), dtype=dtype), y_x=torch.zeros((n, m, 3), dtype=dtype),
+                      s_x=torch.zeros((n, m, 3), dtype=dtype),
+                      y_x=torch.zeros((n, m, 3), dtype=dtype),
                       x_prev=torch.zeros_like(base["x"]), g_prev=torch.zeros_like(base["x"]),
                       s_c=torch.zeros((big_n, m, 3, 3), dtype=dtype),
                       y_c=torch.zeros((big_n, m, 3, 3), dtype=dtype),
