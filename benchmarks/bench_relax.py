@@ -4,7 +4,8 @@ Part 1: the same SACADA structures relaxed (positions and cell, fmax) by each si
 in --sides: ``ase`` (ASE's FIRE on FrechetCellFilter, one structure at a time, the
 reference), ``fire`` and ``lbfgs`` (hpcxtal's batched optimisers), with the same energy
 model object (ASE gets it through ModelCalculator), the same FIRE settings and step
-caps. Per side: wall times (median over --runs), model evaluations per structure
+caps. Per side: wall and process CPU times (median over --runs; on a shared machine the
+CPU time is the steadier measure), model evaluations per structure
 (steps + 1), converged count, wall time per converged structure; ratios of the ASE
 loop's medians to each side's; the largest energy difference (meV/atom) against the ASE
 loop and against batched FIRE among structures converged in both.
@@ -140,22 +141,26 @@ def main() -> None:
         subset = pick(images, args.max_atoms, args.limit)[k::n]
         report["compare_sizes"] = [len(a) for a in subset]
         times: dict[str, list[float]] = {side: [] for side in args.sides}
+        cpu: dict[str, list[float]] = {side: [] for side in args.sides}
         out: dict[str, list[tuple[float, bool, int]]] = {}  # (eV/atom, converged, steps)
         for run in range(args.runs):
             for side in args.sides:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 if side == "ase":
                     out[side] = ase_loop(subset, model, params)
                 else:
                     out[side] = [(r.energy / len(r.atoms), r.status == CONVERGED, r.steps)
                                  for r in relax(subset, model, by_side[side])]
                 times[side].append(time.perf_counter() - t0)
-                print(f"run {run}: {side} {times[side][-1]:.1f} s", flush=True)
+                cpu[side].append(time.process_time() - c0)
+                print(f"run {run}: {side} {times[side][-1]:.1f} s (CPU {cpu[side][-1]:.1f} s)",
+                      flush=True)
         for side in args.sides:
             med = statistics.median(times[side])
             conv = sum(c for _, c, _ in out[side])
             report[side] = dict(
-                wall_s=times[side], median_s=med, converged=conv,
+                wall_s=times[side], median_s=med, cpu_s=cpu[side],
+                median_cpu_s=statistics.median(cpu[side]), converged=conv,
                 steps=[s for _, _, s in out[side]],
                 evaluations_per_structure=statistics.mean(s + 1 for _, _, s in out[side]),
                 s_per_converged=med / conv if conv else None,
@@ -168,6 +173,7 @@ def main() -> None:
                         if ca and cb]
                 report[side][f"vs_{ref}"] = dict(
                     speedup=statistics.median(times[ref]) / statistics.median(times[side]),
+                    cpu_speedup=statistics.median(cpu[ref]) / statistics.median(cpu[side]),
                     converged_both=len(diff), max_diff_meV_per_atom=max(diff) if diff else None,
                     median_diff_meV_per_atom=statistics.median(diff) if diff else None)
         ranked = out.get("lbfgs") or out.get("fire")
