@@ -445,6 +445,26 @@ def test_neighbour_reuse_relaxes_like_fresh_lists(mace_file, optimizer):
     assert thin.verlet.builds > len(images)
 
 
+def test_lbfgs_keeps_concave_pairs_out_of_its_history():
+    """A step along which the force grew (y . s < 0) is not stored, so the next step is
+    steepest descent, downhill; a convex pair is stored (rho > 0)."""
+    from hpcxtal.relax.lbfgs import lbfgs_init, lbfgs_step
+
+    params = RelaxParams(optimizer="lbfgs", lbfgs_memory=3)
+    zero_cell = torch.zeros((1, 3, 3), dtype=torch.float64)
+    for grow, stored in ((2.0, False), (0.5, True)):
+        state = lbfgs_init([diamond()], [0], params)
+        force = torch.tensor([[0.7, 0.0, 0.0], [-0.7, 0.0, 0.0]], dtype=torch.float64)
+        lbfgs_step(state, force, zero_cell, params)  # first step: along the force
+        start = state.x.clone()
+        lbfgs_step(state, grow * force, zero_cell, params)
+        assert (state.rho[0, -1] > 0) == stored and (state.rho[0, :-1] == 0).all()
+        move = state.x - start
+        assert (move * force).sum() > 0  # downhill
+        if not stored:
+            torch.testing.assert_close(move, grow * force / params.lbfgs_alpha_eV_per_A2)
+
+
 def test_unknown_optimizer_is_rejected_with_the_choices():
     with pytest.raises(ValueError, match="optimizer 'bfgs': use one of .*lbfgs.*fire"):
         RelaxParams(optimizer="bfgs")
