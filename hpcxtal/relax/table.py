@@ -3,7 +3,7 @@
 Input structures are the table's stored structures where it has them, else its rows
 expanded to atoms. The output keeps every row and adds ``energy`` (eV/atom), ``e_rel``
 (eV/atom above graphite), ``status`` (converged / not_converged / failed: reason /
-skipped: reason) and ``relax_steps`` (FIRE steps); the relaxed structures (the input
+skipped: reason) and ``relax_steps`` (optimiser steps); the relaxed structures (the input
 structure for failed rows, none for skipped ones) become the table's structures.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ so the campaign's accounting can be read from this file alone):
 ``energy``         float64   eV/atom of the relaxed structure (NaN: not relaxed)
 ``e_rel``          float64   eV/atom above graphite relaxed the same way
 ``status``         str       converged / not_converged / failed: why / skipped: why
-``relax_steps``    int32     FIRE steps
+``relax_steps``    int32     optimiser steps
 ``spg_relaxed``    int16     space group of the relaxed structure (spglib; 0: none)
 ``wyckoff_relaxed`` str      its occupied Wyckoff positions, e.g. "4e 8f 1a*3" ("": none)
 ``duplicate_of``   uint64    final representative (topology or structure duplicate),
