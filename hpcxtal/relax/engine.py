@@ -194,7 +194,7 @@ def _evaluate(model: EnergyModel, state: CellState,
                                f"but not on its structures alone ({err}); lower "
                                "batch_atom_budget") from err
         return None, reasons
-    result = result.to(state.x.dtype)
+    result = result.to(state.x.dtype, state.x.device)
     return result, _problems(state, result, params)
 
 

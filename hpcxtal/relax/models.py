@@ -70,10 +70,11 @@ class BatchResult:
     stress: torch.Tensor  # (N, 3, 3)
     min_distance: torch.Tensor  # (N,)
 
-    def to(self, dtype: torch.dtype) -> "BatchResult":
-        """The same result in ``dtype`` (FIRE integrates in float64 whatever the model's)."""
-        return BatchResult(self.energy.to(dtype), self.forces.to(dtype), self.stress.to(dtype),
-                           self.min_distance.to(dtype))
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "BatchResult":
+        """The same result in ``dtype`` on ``device`` (the optimisers keep their float64
+        state on the CPU whatever the model's precision and device)."""
+        return BatchResult(*(t.to(device, dtype) for t in (self.energy, self.forces,
+                                                           self.stress, self.min_distance)))
 
 
 class EnergyModel(ABC):
