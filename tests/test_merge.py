@@ -294,11 +294,11 @@ def _graphite_abc():
 @pytest.fixture(scope="module")
 def relaxed_graphite():
     """AB graphite relaxed with the shipped carbon model (what a campaign re-finds)."""
-    from hpcxtal.relax.fire import FireParams, relax
+    from hpcxtal.relax.engine import RelaxParams, relax
     from hpcxtal.relax.models import load_model
     from hpcxtal.relax.reference import graphite
 
-    (result,) = relax([graphite()], load_model("mace"), FireParams(fmax_eV_per_A=0.02))
+    (result,) = relax([graphite()], load_model("mace"), RelaxParams(fmax_eV_per_A=0.02))
     assert result.status == "converged"
     return result.atoms
 
