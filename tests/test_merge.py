@@ -331,6 +331,8 @@ def test_every_class_from_hand_built_relaxed_structures(sacada, cache, relaxed_g
                    5: ("failed", ""), 6: ("failed", "")}
     assert sacada_name.startswith("sacada:")
     assert db["dimension_relaxed"][by_id[0]] == db["dimension_relaxed"][by_id[1]] == 2
+    assert db["class_reason"][by_id[1]] == ("2-periodic net, the net of graphite (AB) in another "
+                                            "stacking or geometry")
     assert "CN [6]" in db["class_reason"][by_id[2]] and not db["motif_kept"][by_id[2]]
     assert db["class_reason"][by_id[5]] == "relaxation failed: energy is not finite"
     assert db["duplicate_of"][by_id[4]] == 3
