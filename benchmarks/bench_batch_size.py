@@ -37,7 +37,7 @@ def fill(edges, target: int) -> list[int]:
 
 def main() -> None:
     from hpcxtal.data import sacada_structures
-    from hpcxtal.relax.fire import _edge_count
+    from hpcxtal.relax.engine import _edge_count
     from hpcxtal.relax.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -63,10 +63,10 @@ def references(model) -> dict:
     """Relaxed graphite and diamond: lattice constants (Å) and energy difference (eV/atom)."""
     from ase.build import bulk
 
-    from hpcxtal.relax.fire import FireParams, relax
+    from hpcxtal.relax.engine import RelaxParams, relax
     from hpcxtal.relax.reference import graphite
 
-    params = FireParams(fmax_eV_per_A=0.01, max_steps=500)
+    params = RelaxParams(fmax_eV_per_A=0.01, max_steps=500)
     g, d = relax([graphite(), bulk("C", "diamond", 3.567)], model, params)
     a, _, c = g.atoms.cell.cellpar()[:3]
     return {"graphite_a_A": a, "graphite_c_A": c, "graphite_status": g.status,
@@ -76,7 +76,7 @@ def references(model) -> dict:
 
 def ranking(model, images, chosen: list[int], params, mace: np.ndarray) -> dict:
     """Relax ``images[chosen]`` together; rho of the relaxed energies with ``vasp_energy``."""
-    from hpcxtal.relax.fire import CONVERGED, relax
+    from hpcxtal.relax.engine import CONVERGED, relax
 
     vasp = np.array([images[i].info["vasp_energy"] for i in chosen])
     t0 = time.perf_counter()
@@ -99,7 +99,7 @@ def main() -> None:
     import ase.io
 
     from hpcxtal.data import sacada_structures
-    from hpcxtal.relax.fire import FireParams
+    from hpcxtal.relax.engine import RelaxParams
     from hpcxtal.relax.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,7 +149,7 @@ def main() -> None:
 
     chosen = [i for i, a in enumerate(images) if len(a) <= args.relax_max_atoms]
     if chosen:  # --relax-max-atoms 0: speed and references only
-        params = FireParams(fmax_eV_per_A=args.fmax, max_steps=args.max_steps, steps_per_atom=0.0)
+        params = RelaxParams(fmax_eV_per_A=args.fmax, max_steps=args.max_steps, steps_per_atom=0.0)
         report["relaxed"] = ranking(model, images, chosen, params, mace)
         print("relaxed:", {k: v for k, v in report["relaxed"].items()
                            if k not in ("ids", "energy_per_atom", "converged", "steps")}, flush=True)

@@ -1,10 +1,14 @@
 """Batched relaxation vs a per-structure ASE loop, and energy ranking vs DFT.
 
-Part 1: the same SACADA structures relaxed (positions and cell, FIRE, fmax) by
-hpcxtal's batched FIRE and by ASE's FIRE on FrechetCellFilter, one structure at a time,
-with the same energy model object (ASE gets it through ModelCalculator) and the same
-FIRE settings and step caps. Reports wall times (median over --runs), their ratio, and
-the largest energy difference (meV/atom) among structures converged in both.
+Part 1: the same SACADA structures relaxed (positions and cell, fmax) by each side named
+in --sides: ``ase`` (ASE's FIRE on FrechetCellFilter, one structure at a time, the
+reference), ``fire`` and ``lbfgs`` (hpcxtal's batched optimisers), with the same energy
+model object (ASE gets it through ModelCalculator), the same FIRE settings and step
+caps. Per side: wall and process CPU times (median over --runs; on a shared machine the
+CPU time is the steadier measure), model evaluations per structure
+(steps + 1), converged count, wall time per converged structure; ratios of the ASE
+loop's medians to each side's; the largest energy difference (meV/atom) against the ASE
+loop and against batched FIRE among structures converged in both.
 
 Part 2: Spearman rank correlation of model energies with the stored DFT
 ``vasp_energy`` of all 150 SACADA structures: single points at the stored geometries,
@@ -12,6 +16,7 @@ and (``--rank-relax``) after batched relaxation; the stored MACE-MP-0 ``mace_ene
 is ranked the same way for reference.
 
     PYTHONPATH=. python benchmarks/bench_relax.py --max-atoms 100 --limit 8 --runs 3
+    PYTHONPATH=. python benchmarks/bench_relax.py --sides ase,fire,lbfgs --skip-rank
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import os
 import statistics
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -44,6 +50,15 @@ def part(text: str) -> tuple[int, int]:
     if not 0 <= k < n:
         raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= K < N")
     return k, n
+
+
+def sides(text: str) -> list[str]:
+    """Comma-separated sides for ``--sides``."""
+    names = [x for x in text.split(",") if x]
+    bad = sorted(set(names) - {"ase", "fire", "lbfgs"})
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give some of ase, fire, lbfgs")
+    return names
 
 
 def ase_loop(images, model, params):
@@ -86,7 +101,7 @@ def single_points(images, model, budget: int = 400):
 
 def main() -> None:
     from hpcxtal.data import sacada_structures
-    from hpcxtal.relax.fire import CONVERGED, FireParams, relax
+    from hpcxtal.relax.engine import CONVERGED, RelaxParams, relax
     from hpcxtal.relax.models import load_model
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,20 +115,23 @@ def main() -> None:
     p.add_argument("--edge-budget", type=int, default=None,
                    help="batched side's batch_edge_budget (default: the device's default)")
     p.add_argument("--fmax", type=float, default=0.05)
-    p.add_argument("--side", choices=["both", "batched", "ase"], default="both",
-                   help="part 1 times both sides or one (e.g. to compare edge budgets)")
+    p.add_argument("--sides", type=sides, default=["ase", "fire", "lbfgs"],
+                   help="part 1 sides, comma-separated: ase (per-structure ASE FIRE loop), "
+                        "fire, lbfgs (batched); default all three")
     p.add_argument("--part", type=part, default=(0, 1),
                    help="K/N: part 1 relaxes every N-th structure from the K-th, so that N "
                         "processes started together share the subset (one per core); part 2 "
                         "runs only for 0/1")
     p.add_argument("--rank-relax", action="store_true", help="part 2 also after relaxation")
     p.add_argument("--skip-compare", action="store_true")
+    p.add_argument("--skip-rank", action="store_true", help="no part 2")
     p.add_argument("--json", help="write results here")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
     model = load_model(args.backend, args.model, args.dtype)
-    params = FireParams(fmax_eV_per_A=args.fmax, batch_edge_budget=args.edge_budget)
+    params = RelaxParams(fmax_eV_per_A=args.fmax, batch_edge_budget=args.edge_budget)
+    by_side = {name: replace(params, optimizer=name) for name in ("fire", "lbfgs")}
     images = sacada_structures()
     report = {"machine": machine(args.threads), "model": model.describe(), "fmax": args.fmax,
               "batch_edge_budget": params.edge_budget(model.device), "load_before": os.getloadavg()}
@@ -122,43 +140,49 @@ def main() -> None:
         k, n = args.part
         subset = pick(images, args.max_atoms, args.limit)[k::n]
         report["compare_sizes"] = [len(a) for a in subset]
-        t_batched, t_ase = [], []
-        ours, ref = [], []
+        times: dict[str, list[float]] = {side: [] for side in args.sides}
+        cpu: dict[str, list[float]] = {side: [] for side in args.sides}
+        out: dict[str, list[tuple[float, bool, int]]] = {}  # (eV/atom, converged, steps)
         for run in range(args.runs):
-            if args.side != "ase":
-                t0 = time.perf_counter()
-                ours = relax(subset, model, params)
-                t_batched.append(time.perf_counter() - t0)
-                print(f"run {run}: batched {t_batched[-1]:.1f} s", flush=True)
-            if args.side != "batched":
-                t0 = time.perf_counter()
-                ref = ase_loop(subset, model, params)
-                t_ase.append(time.perf_counter() - t0)
-                print(f"run {run}: ASE loop {t_ase[-1]:.1f} s", flush=True)
-        if t_batched:
-            report.update(batched_s=t_batched, median_batched_s=statistics.median(t_batched),
-                          steps_batched=[r.steps for r in ours],
-                          energies_batched_eV_per_atom=[r.energy / len(r.atoms) for r in ours],
-                          converged_batched=sum(r.status == CONVERGED for r in ours))
-        if t_ase:
-            report.update(ase_loop_s=t_ase, median_ase_s=statistics.median(t_ase),
-                          converged_ase=sum(c for _, c, _ in ref), steps_ase=[s for _, _, s in ref],
-                          energies_ase_eV_per_atom=[e for e, _, _ in ref])
-        if t_batched and t_ase:
-            both = [(r.energy / len(r.atoms), e) for r, (e, conv, _) in zip(ours, ref)
-                    if r.status == CONVERGED and conv]
-            diff = [abs(a - b) * 1000 for a, b in both]
-            report.update(
-                speedup=statistics.median(t_ase) / statistics.median(t_batched),
-                converged_both=len(both), max_diff_meV_per_atom=max(diff) if diff else None,
-                within_2meV=sum(d <= 2.0 for d in diff),
-            )
-        if ours and len(subset) > 2:
+            for side in args.sides:
+                t0, c0 = time.perf_counter(), time.process_time()
+                if side == "ase":
+                    out[side] = ase_loop(subset, model, params)
+                else:
+                    out[side] = [(r.energy / len(r.atoms), r.status == CONVERGED, r.steps)
+                                 for r in relax(subset, model, by_side[side])]
+                times[side].append(time.perf_counter() - t0)
+                cpu[side].append(time.process_time() - c0)
+                print(f"run {run}: {side} {times[side][-1]:.1f} s (CPU {cpu[side][-1]:.1f} s)",
+                      flush=True)
+        for side in args.sides:
+            med = statistics.median(times[side])
+            conv = sum(c for _, c, _ in out[side])
+            report[side] = dict(
+                wall_s=times[side], median_s=med, cpu_s=cpu[side],
+                median_cpu_s=statistics.median(cpu[side]), converged=conv,
+                steps=[s for _, _, s in out[side]],
+                evaluations_per_structure=statistics.mean(s + 1 for _, _, s in out[side]),
+                s_per_converged=med / conv if conv else None,
+                energies_eV_per_atom=[e for e, _, _ in out[side]])
+        for ref in ("ase", "fire"):
+            for side in args.sides:
+                if side == ref or ref not in out:
+                    continue
+                diff = [abs(a - b) * 1000 for (a, ca, _), (b, cb, _) in zip(out[side], out[ref])
+                        if ca and cb]
+                report[side][f"vs_{ref}"] = dict(
+                    speedup=statistics.median(times[ref]) / statistics.median(times[side]),
+                    cpu_speedup=statistics.median(cpu[ref]) / statistics.median(cpu[side]),
+                    converged_both=len(diff), max_diff_meV_per_atom=max(diff) if diff else None,
+                    median_diff_meV_per_atom=statistics.median(diff) if diff else None)
+        ranked = out.get("lbfgs") or out.get("fire")
+        if ranked and len(subset) > 2:
             vasp = np.array([a.info["vasp_energy"] for a in subset])
-            report["spearman_subset_relaxed"] = float(spearmanr(
-                [r.energy / len(r.atoms) for r in ours], vasp).statistic)
+            report["spearman_subset_relaxed"] = float(spearmanr([e for e, _, _ in ranked],
+                                                                vasp).statistic)
 
-    if args.part != (0, 1):  # part 2 would disturb the timing of the other parts
+    if args.part != (0, 1) or args.skip_rank:  # part 2 would disturb the other parts' timing
         return finish(report, args.json)
     vasp = np.array([a.info["vasp_energy"] for a in images])
     t0 = time.perf_counter()

@@ -202,8 +202,8 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     natoms = table.structures.natoms[unique]
     paths = {}
 
-    def save(fig: Figure, name: str) -> None:
-        for ax in fig.axes:  # counts are whole numbers
+    def save(fig: Figure, name: str, counts: bool = True) -> None:
+        for ax in fig.axes if counts else []:  # counts are whole numbers
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         paths[name] = out_dir / f"{name}.png"
@@ -238,7 +238,7 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     ax.set(xlabel="volume per atom (Å³)", ylabel="energy above graphite (eV/atom)",
            title="Relaxed structures by class")
     ax.legend(fontsize="small")
-    save(fig, "energy_volume")
+    save(fig, "energy_volume", counts=False)
 
     fig = Figure(figsize=(9, 3.2))
     for k, (name, label) in enumerate((("rms_displacement_A", "RMS displacement (Å)"),

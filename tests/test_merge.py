@@ -294,11 +294,11 @@ def _graphite_abc():
 @pytest.fixture(scope="module")
 def relaxed_graphite():
     """AB graphite relaxed with the shipped carbon model (what a campaign re-finds)."""
-    from hpcxtal.relax.fire import FireParams, relax
+    from hpcxtal.relax.engine import RelaxParams, relax
     from hpcxtal.relax.models import load_model
     from hpcxtal.relax.reference import graphite
 
-    (result,) = relax([graphite()], load_model("mace"), FireParams(fmax_eV_per_A=0.02))
+    (result,) = relax([graphite()], load_model("mace"), RelaxParams(fmax_eV_per_A=0.02))
     assert result.status == "converged"
     return result.atoms
 
@@ -331,6 +331,8 @@ def test_every_class_from_hand_built_relaxed_structures(sacada, cache, relaxed_g
                    5: ("failed", ""), 6: ("failed", "")}
     assert sacada_name.startswith("sacada:")
     assert db["dimension_relaxed"][by_id[0]] == db["dimension_relaxed"][by_id[1]] == 2
+    assert db["class_reason"][by_id[1]] == ("2-periodic net, the net of graphite (AB) in another "
+                                            "stacking or geometry")
     assert "CN [6]" in db["class_reason"][by_id[2]] and not db["motif_kept"][by_id[2]]
     assert db["class_reason"][by_id[5]] == "relaxation failed: energy is not finite"
     assert db["duplicate_of"][by_id[4]] == 3

@@ -1,4 +1,4 @@
-"""Energy stage: batched models, batched FIRE with cell filter, reference, stage, CLI."""
+"""Energy stage: batched models, batched optimisers (L-BFGS, FIRE) with cell filter, reference."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hpcxtal.relax.errors import ModelSetupError
-from hpcxtal.relax.fire import FireParams, relax
+from hpcxtal.relax.engine import OPTIMIZERS, RelaxParams, relax
 from hpcxtal.relax.models import BatchResult, MACE_FOUNDATION_FILES, ModelCalculator, load_model
 
 
@@ -201,7 +201,7 @@ def test_shipped_model_loads_offline_with_its_provenance(monkeypatch):
 def test_shipped_model_ranks_graphite_below_diamond(shipped):
     from hpcxtal.relax.reference import graphite
 
-    params = FireParams(fmax_eV_per_A=0.02, max_steps=300)
+    params = RelaxParams(fmax_eV_per_A=0.02, max_steps=300)
     g, d = relax([graphite(), diamond()], shipped, params)
     assert g.status == d.status == "converged"
     e_g, e_d = g.energy / len(g.atoms), d.energy / len(d.atoms)
@@ -215,14 +215,14 @@ def test_unknown_backend():
         load_model("nequip")
 
 
-# --- batched FIRE ---------------------------------------------------------------------
+# --- batched optimisers ---------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["chgnet", "shipped"])
 def test_relaxation_lowers_energy_and_forces_on_diamond_and_graphite(which, request):
     model = request.getfixturevalue(which)
     images = [diamond(strain=0.04, rattle=0.05, seed=1), graphite_distorted(seed=2)]
     start = model.evaluate(images).energy
-    params = FireParams(fmax_eV_per_A=0.05, max_steps=200)
+    params = RelaxParams(fmax_eV_per_A=0.05, max_steps=200)
     results = relax(images, model, params)
     for r, e0, atoms in zip(results, start, images):
         assert r.status == "converged", r.status
@@ -236,16 +236,24 @@ def test_relaxation_lowers_energy_and_forces_on_diamond_and_graphite(which, requ
     assert 3.50 < a_diamond < 3.65  # CHGNet (and its student): diamond near 3.57 Å
 
 
-def test_batched_fire_follows_ase_fire_with_frechet_filter(chgnet):
+def ase_optimizer(name: str):
+    """ASE's optimiser class that the batched optimiser ``name`` follows."""
+    from ase.optimize import FIRE, LBFGS
+
+    return {"fire": FIRE, "lbfgs": LBFGS}[name]
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_batched_optimizer_follows_ase_with_frechet_filter(chgnet, optimizer):
+    """Step for step: same step count, energy and cell as ASE's optimiser of that name."""
     from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
 
     atoms = diamond(strain=0.03, rattle=0.05, seed=4)
-    params = FireParams(fmax_eV_per_A=0.05, max_steps=100)
+    params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=0.05, max_steps=100)
     (ours,) = relax([atoms], chgnet, params)
     ref = atoms.copy()
     ref.calc = ModelCalculator(chgnet)
-    opt = FIRE(FrechetCellFilter(ref), logfile=None)
+    opt = ase_optimizer(optimizer)(FrechetCellFilter(ref), logfile=None)
     converged = opt.run(fmax=0.05, steps=params.step_cap(len(ref)))
     assert converged and ours.status == "converged"
     assert ours.steps == opt.nsteps
@@ -253,10 +261,35 @@ def test_batched_fire_follows_ase_fire_with_frechet_filter(chgnet):
     np.testing.assert_allclose(ours.atoms.cell, ref.cell, atol=1e-6)
 
 
-def test_mixed_batch_equals_one_by_one(mace_model):
+def test_lbfgs_energies_match_ase_bfgs_and_fire_in_one_batch(shipped):
+    """Batched L-BFGS on a mixed batch of the shipped model ends within 1 meV/atom of
+    ASE's BFGS and FIRE on FrechetCellFilter, in fewer steps than FIRE."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS, FIRE
+
+    images = [diamond(strain=0.03, rattle=0.05, seed=4), graphite_distorted(seed=2),
+              diamond(rattle=0.1, seed=3, repeat=(2, 1, 1))]
+    params = RelaxParams(optimizer="lbfgs", fmax_eV_per_A=0.02)
+    ours = relax(images, shipped, params)
+    fire_steps = 0
+    for atoms, r in zip(images, ours):
+        assert r.status == "converged"
+        for cls in (BFGS, FIRE):
+            ref = atoms.copy()
+            ref.calc = ModelCalculator(shipped)
+            opt = cls(FrechetCellFilter(ref), logfile=None)
+            assert opt.run(fmax=0.02, steps=params.step_cap(len(ref)))
+            assert abs(r.energy - ref.get_potential_energy()) / len(ref) < 1e-3
+            fire_steps += opt.nsteps if cls is FIRE else 0
+    assert sum(r.steps for r in ours) < fire_steps
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_mixed_batch_equals_one_by_one(mace_model, optimizer):
     images = [diamond(rattle=0.05, seed=1), graphite_distorted(seed=2),
               diamond(rattle=0.05, seed=3, repeat=(2, 1, 1)), diamond(rattle=0.04, seed=5)]
-    params = FireParams(max_steps=6, steps_per_atom=1.0, batch_atom_budget=10)
+    params = RelaxParams(optimizer=optimizer, max_steps=6, steps_per_atom=1.0,
+                         batch_atom_budget=10)
     batched = relax(images, mace_model, params)
     for atoms, b in zip(images, batched):
         (single,) = relax([atoms], mace_model, params)
@@ -265,10 +298,11 @@ def test_mixed_batch_equals_one_by_one(mace_model):
         np.testing.assert_allclose(b.atoms.positions, single.atoms.positions, atol=1e-9)
 
 
-def test_float32_model_relaxes_like_float64(mace_file, mace_model):
-    """A float32 model (``relax.dtype: float32``) drives the float64 FIRE state."""
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_float32_model_relaxes_like_float64(mace_file, mace_model, optimizer):
+    """A float32 model (``relax.dtype: float32``) drives the float64 optimiser state."""
     images = [diamond(strain=0.02, rattle=0.05, seed=1), graphite_distorted(seed=2)]
-    params = FireParams(fmax_eV_per_A=0.05, max_steps=200)
+    params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=0.05, max_steps=200)
     single = relax(images, load_model("mace", str(mace_file), dtype="float32"), params)
     double = relax(images, mace_model, params)
     for atoms, s, d in zip(images, single, double):
@@ -276,8 +310,9 @@ def test_float32_model_relaxes_like_float64(mace_file, mace_model):
         assert s.energy / len(atoms) == pytest.approx(d.energy / len(atoms), abs=1e-4)
 
 
-def test_step_cap_gives_not_converged(mace_model):
-    params = FireParams(fmax_eV_per_A=1e-6, max_steps=3, steps_per_atom=0.5)
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_step_cap_gives_not_converged(mace_model, optimizer):
+    params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=1e-6, max_steps=3, steps_per_atom=0.5)
     (r,) = relax([diamond(rattle=0.1, seed=2)], mace_model, params)
     assert r.status == "not_converged" and r.steps == 3 + 1  # 3 + 0.5 * 2 atoms
 
@@ -300,14 +335,15 @@ class FailingModel:
         return out
 
 
-def test_failures_do_not_affect_the_rest(mace_model):
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_failures_do_not_affect_the_rest(mace_model, optimizer):
     good = [diamond(rattle=0.05, seed=1), diamond(rattle=0.05, seed=3, repeat=(3, 1, 1))]
     nan_input = diamond(rattle=0.05, seed=2)
     nan_input.positions[1, 2] = np.nan
     overlap = diamond(repeat=(1, 1, 2))
     overlap.positions[3] = overlap.positions[2] + [0.1, 0.0, 0.0]
     midway = graphite_distorted()  # 4 atoms: its energy turns NaN at the 3rd model call
-    params = FireParams(max_steps=8, steps_per_atom=0)
+    params = RelaxParams(optimizer=optimizer, max_steps=8, steps_per_atom=0)
     clean = relax(good, mace_model, params)
     mixed = relax([good[0], nan_input, overlap, midway, good[1]],
                   FailingModel(mace_model, natoms=4, after=3), params)
@@ -322,7 +358,8 @@ def test_failures_do_not_affect_the_rest(mace_model):
         np.testing.assert_allclose(a.atoms.cell, b.atoms.cell, atol=1e-10)
 
 
-def test_model_error_in_one_structure_fails_only_it(mace_model):
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_model_error_in_one_structure_fails_only_it(mace_model, optimizer):
     class Picky:
         cutoff, device = mace_model.cutoff, mace_model.device
 
@@ -331,14 +368,14 @@ def test_model_error_in_one_structure_fails_only_it(mace_model):
                 raise RuntimeError("cannot handle 4 atoms")
             return mace_model(positions, numbers, cells, batch)
 
-    params = FireParams(max_steps=2, steps_per_atom=0)
+    params = RelaxParams(optimizer=optimizer, max_steps=2, steps_per_atom=0)
     results = relax([diamond(rattle=0.05, seed=1), graphite_distorted()], Picky(), params)
     assert results[0].status == "not_converged"
     assert results[1].status == "failed: model error: RuntimeError: cannot handle 4 atoms"
 
 
 def test_edge_budget_splits_batches_like_the_atom_budget(mace_model):
-    from hpcxtal.relax.fire import _edge_count
+    from hpcxtal.relax.engine import _edge_count
 
     images = [diamond(rattle=0.05, seed=1), diamond(rattle=0.05, seed=3, repeat=(2, 1, 1))]
     edges = [_edge_count(a, mace_model.cutoff) for a in images]
@@ -352,25 +389,98 @@ def test_edge_budget_splits_batches_like_the_atom_budget(mace_model):
             return mace_model(positions, numbers, cells, batch)
 
     counting = Counting()
-    params = FireParams(max_steps=3, steps_per_atom=0, batch_edge_budget=edges[1])
+    params = RelaxParams(max_steps=3, steps_per_atom=0, batch_edge_budget=edges[1])
     split = relax(images, counting, params)  # both do not fit: one structure at a time
     assert max(counting.sizes) == 1
     counting.sizes.clear()
-    together = relax(images, counting, FireParams(max_steps=3, steps_per_atom=0))
+    together = relax(images, counting, RelaxParams(max_steps=3, steps_per_atom=0))
     assert max(counting.sizes) == 2  # the CPU default holds both
     for a, b in zip(split, together):
         assert a.energy == pytest.approx(b.energy, abs=1e-9)
 
 
-def test_default_edge_budget_follows_the_device():
-    from hpcxtal.relax.fire import CPU_EDGE_BUDGET, GPU_EDGE_BUDGET
+def _edge_set(edges):
+    return {(int(i), int(j), *map(int, s)) for (i, j), s in
+            zip(edges.pairs.T.tolist(), edges.unit_shifts.round().tolist())}
 
-    params = FireParams()
+
+def test_verlet_lists_hold_every_pair_and_rebuild_when_moved_too_far():
+    from hpcxtal.relax.neighbours import VerletLists, fresh_edges
+
+    images = [diamond(rattle=0.05, seed=1), graphite_distorted(seed=2)]
+    pos = torch.tensor(np.concatenate([a.positions for a in images]))
+    cells = torch.tensor(np.array([np.asarray(a.cell) for a in images]))
+    batch = torch.tensor([0, 0, 1, 1, 1, 1])
+    lists = VerletLists(cutoff=3.0, skin_A=0.5)
+    gen = torch.Generator().manual_seed(0)
+    strain = torch.eye(3, dtype=torch.float64) + 0.01 * torch.randn(3, 3, generator=gen,
+                                                                     dtype=torch.float64)
+    steps = [(pos, cells), (pos @ strain, cells @ strain),  # affine: still valid
+             (pos @ strain + 0.08 * torch.randn(6, 3, generator=gen, dtype=torch.float64),
+              cells @ strain),  # moved less than half the skin: still valid
+             (pos + torch.tensor([[0.3, 0, 0]] + [[0, 0, 0]] * 5), cells)]  # too far: rebuilt
+    builds = []
+    for p, c in steps:
+        reused, fresh = lists.edges([7, 9], p, c, batch), fresh_edges(p, c, batch, 3.0)
+        assert _edge_set(reused) == _edge_set(fresh)
+        torch.testing.assert_close(reused.min_distance, fresh.min_distance)
+        builds.append(lists.builds)
+    assert builds == [2, 2, 2, 3]  # the first structure alone rebuilt at the last step
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_neighbour_reuse_relaxes_like_fresh_lists(mace_file, optimizer):
+    """Verlet lists (even a thin skin that forces rebuilds) give the relaxation that
+    rebuilding every step gives, to rounding."""
+    images = [diamond(strain=0.03, rattle=0.05, seed=1), graphite_distorted(seed=2),
+              diamond(rattle=0.1, seed=3, repeat=(2, 1, 1))]
+    params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=0.01, max_steps=60)
+    fresh = relax(images, load_model("mace", str(mace_file), neighbour_skin_A=0.0), params)
+    thin = load_model("mace", str(mace_file), neighbour_skin_A=0.02)
+    for model in (thin, load_model("mace", str(mace_file), neighbour_skin_A=1.0)):
+        for a, b in zip(fresh, relax(images, model, params)):
+            assert a.status == b.status and a.steps == b.steps
+            assert a.energy == pytest.approx(b.energy, abs=1e-9)
+            np.testing.assert_allclose(a.atoms.positions, b.atoms.positions, atol=1e-9)
+    assert thin.verlet.builds > len(images)
+
+
+def test_lbfgs_keeps_concave_pairs_out_of_its_history():
+    """A step along which the force grew (y . s < 0) is not stored, so the next step is
+    steepest descent, downhill; a convex pair is stored (rho > 0)."""
+    from hpcxtal.relax.lbfgs import lbfgs_init, lbfgs_step
+
+    params = RelaxParams(optimizer="lbfgs", lbfgs_memory=3)
+    zero_cell = torch.zeros((1, 3, 3), dtype=torch.float64)
+    for grow, stored in ((2.0, False), (0.5, True)):
+        state = lbfgs_init([diamond()], [0], params)
+        force = torch.tensor([[0.7, 0.0, 0.0], [-0.7, 0.0, 0.0]], dtype=torch.float64)
+        lbfgs_step(state, force, zero_cell, params)  # first step: along the force
+        start = state.x.clone()
+        lbfgs_step(state, grow * force, zero_cell, params)
+        assert (state.rho[0, -1] > 0) == stored and (state.rho[0, :-1] == 0).all()
+        move = state.x - start
+        assert (move * force).sum() > 0  # downhill
+        if not stored:
+            torch.testing.assert_close(move, grow * force / params.lbfgs_alpha_eV_per_A2)
+
+
+def test_unknown_optimizer_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="optimizer 'bfgs': use one of .*lbfgs.*fire"):
+        RelaxParams(optimizer="bfgs")
+    with pytest.raises(ValueError, match="lbfgs_memory"):
+        RelaxParams(lbfgs_memory=0)
+
+
+def test_default_edge_budget_follows_the_device():
+    from hpcxtal.relax.engine import CPU_EDGE_BUDGET, GPU_EDGE_BUDGET
+
+    params = RelaxParams()
     assert params.edge_budget(torch.device("cpu")) == CPU_EDGE_BUDGET
     assert params.edge_budget(torch.device("cuda", 1)) == GPU_EDGE_BUDGET > CPU_EDGE_BUDGET
-    assert FireParams(batch_edge_budget=123).edge_budget(torch.device("cuda")) == 123
+    assert RelaxParams(batch_edge_budget=123).edge_budget(torch.device("cuda")) == 123
     with pytest.raises(ValueError, match="at least 1"):
-        FireParams(batch_edge_budget=0)
+        RelaxParams(batch_edge_budget=0)
 
 
 def symmetric_graphite():
@@ -398,18 +508,21 @@ def test_symmetrized_forces_and_stress_are_invariant():
     assert abs(s[0, 1]) < 1e-12 and s[0, 0] == pytest.approx(s[1, 1].item())  # hexagonal
 
 
-def test_symmetrize_keeps_the_space_group(mace_model):
+@pytest.mark.parametrize("optimizer", ["fire", "lbfgs"])
+def test_symmetrize_keeps_the_space_group(mace_model, optimizer):
     import spglib
 
     atoms = symmetric_graphite()
     atoms.rattle(2e-5, seed=3)  # well below symprec: the same group, but not exactly
-    params = FireParams(fmax_eV_per_A=1e-5, max_steps=15, steps_per_atom=0, symmetrize=True)
+    params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=1e-5, max_steps=15,
+                         steps_per_atom=0, symmetrize=True)
     (r,) = relax([atoms], mace_model, params)
-    assert r.steps == 15 and np.isfinite(r.energy)
+    # FIRE runs to its step cap; L-BFGS may converge before it
+    assert (r.steps == 15 or r.status == "converged") and np.isfinite(r.energy)
     assert np.abs(r.atoms.positions - atoms.positions).max() > 1e-3  # it moved
     cell = (np.asarray(r.atoms.cell), r.atoms.get_scaled_positions(), r.atoms.numbers)
     assert spglib.get_symmetry_dataset(cell, symprec=1e-6).number == 194
-    free = relax([atoms], mace_model, FireParams(fmax_eV_per_A=1e-5, max_steps=15,
-                                                 steps_per_atom=0))[0]
+    free = relax([atoms], mace_model, RelaxParams(optimizer=optimizer, fmax_eV_per_A=1e-5,
+                                                 max_steps=15, steps_per_atom=0))[0]
     cell = (np.asarray(free.atoms.cell), free.atoms.get_scaled_positions(), free.atoms.numbers)
     assert spglib.get_symmetry_dataset(cell, symprec=1e-6).number != 194

@@ -130,6 +130,10 @@ def test_relax_config_is_validated(tmp_path):
     path.write_text("name: x\nrelax:\n  fmax: 0.1\n")
     with pytest.raises(ConfigError, match="unknown key 'fmax'"):
         CampaignConfig.from_file(path)
+    path.write_text("name: x\nrelax:\n  optimizer: bfgs\n")
+    with pytest.raises(ConfigError, match="optimizer 'bfgs': use one of .*lbfgs.*fire"):
+        CampaignConfig.from_file(path)
+    assert CampaignConfig(name="x").relax.optimizer == "lbfgs"
 
 
 def test_cli_relax_defaults_to_the_shipped_mace_model(small_pool, tmp_path):
@@ -141,6 +145,16 @@ def test_cli_relax_defaults_to_the_shipped_mace_model(small_pool, tmp_path):
     assert table.attrs["model_backend"] == "mace"
     assert table.attrs["model_file"] == str(BUILTIN_MACE_MODELS["hpcxtal-carbon"].resolve())
     assert np.isfinite(table["e_rel"]).all()
+
+
+def test_cli_relax_optimizer_option_reaches_the_output(small_pool, tmp_path):
+    import json
+
+    dest = tmp_path / "out.h5"
+    assert main(["relax", str(small_pool), "-o", str(dest), "--max-steps", "2",
+                 "--optimizer", "fire"]) == 0
+    table, _ = read_table(dest)
+    assert json.loads(table.attrs["stage_config"])["optimizer"] == "fire"
 
 
 def test_cli_missing_model_is_one_line_error(small_pool, tmp_path, capsys):
@@ -160,11 +174,13 @@ def test_cli_relax_shard_out_of_range(small_pool, relax_cfg, tmp_path, capsys):
     assert "the campaign has shards 0-0" in capsys.readouterr().err
 
 
-def test_relax_config_reaches_fire(relax_cfg):
+def test_relax_config_reaches_the_optimizer(relax_cfg):
     from dataclasses import replace
 
 
-    cfg = replace(relax_cfg, symmetrize=True, symprec_A=1e-4, batch_edge_budget=5000)
+    cfg = replace(relax_cfg, symmetrize=True, symprec_A=1e-4, batch_edge_budget=5000,
+                  optimizer="fire")
     _, params, _ = RelaxRunner(cfg).setup()
+    assert params.optimizer == "fire"
     assert (params.symmetrize, params.symprec_A, params.batch_edge_budget) == (True, 1e-4, 5000)
     assert params.batch_atom_budget == cfg.batch_atom_budget and params.max_steps == 3

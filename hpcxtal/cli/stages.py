@@ -191,7 +191,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
     from hpcxtal.stages import stage_spec
 
     overrides = {"backend": args.backend, "model": args.model, "dtype": args.dtype,
-                 "fmax_eV_per_A": args.fmax, "max_steps": args.max_steps}
+                 "optimizer": args.optimizer, "fmax_eV_per_A": args.fmax,
+                 "max_steps": args.max_steps}
 
     def file_mode():
         cfg = file_mode_config(args, RelaxConfig(), overrides)
@@ -199,7 +200,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
     report = stage_command(args, "relax", args.source, file_mode, {
         "--backend": args.backend, "--model": args.model, "--dtype": args.dtype,
-        "--fmax": args.fmax, "--max-steps": args.max_steps})
+        "--optimizer": args.optimizer, "--fmax": args.fmax, "--max-steps": args.max_steps})
     if report is not None:
         c = report.counts
         log.info("%d rows, %d relaxed: %d converged, %d not converged, %d failed, %d "
@@ -340,7 +341,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_common(p)
 
     p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
-                       description="Relax every row (positions and cell) with batched FIRE and "
+                       description="Relax every row (positions and cell) with batched L-BFGS "
+                                   "(or FIRE) and "
                                    "a machine-learned potential (by default hpcxtal's own small "
                                    "carbon MACE model, shipped with the package; or another "
                                    "MACE model file, or CHGNet with its bundled weights), and "
@@ -362,10 +364,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(mace-mp-0-small ...); chgnet: bundled version (default 0.3.0)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
                    "(default float64)")
+    p.add_argument("--optimizer", choices=["lbfgs", "fire"],
+                   help="batched optimiser (default lbfgs: fewest model calls)")
     p.add_argument("--fmax", type=num.positive_float, metavar="EV_PER_A",
                    help="force convergence threshold in eV/Å (default 0.05)")
     p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
-                   help="FIRE step cap before size scaling (default 300, + 2 per atom)")
+                   help="step cap before size scaling (default 300, + 2 per atom)")
     p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
     p.set_defaults(func=cmd_relax)
     add_common(p)

@@ -26,7 +26,7 @@ so the campaign's accounting can be read from this file alone):
 ``e_rel``              float64   eV/atom above graphite relaxed the same way
 ``status``             str       relax outcome: converged / not_converged / failed / skipped
 ``status_reason``      str       why a row failed or was skipped ("" otherwise)
-``relax_steps``        int32     FIRE steps
+``relax_steps``        int32     optimiser steps
 ``energy_initial``     float64   eV/atom of the structure before relaxation
 ``energy_change``      float64   ``energy - energy_initial`` (eV/atom)
 ``rms_displacement_A`` float64   RMS atomic displacement on relaxation (Å)

@@ -7,19 +7,21 @@ from hpcxtal.config import resource
 
 #: Energy backends the relax stage knows (see hpcxtal.relax.models).
 RELAX_BACKENDS = ("chgnet", "mace")
+#: Optimisers of the relax stage (see hpcxtal.relax.engine.OPTIMIZERS).
+RELAX_OPTIMIZERS = ("lbfgs", "fire")
 
 
 @dataclass(frozen=True, kw_only=True)
 class RelaxConfig:
-    """Energy model and batched FIRE settings of the relax stage.
+    """Energy model and batched optimiser settings of the relax stage.
 
     ``backend``: ``mace`` (the default; ``model``: a model file path, ``hpcxtal-carbon``
     (the default, the small carbon model shipped as package data) or a foundation name
     such as ``mace-mp-0-small``, looked up in ``model_dir`` and mace's cache directory,
     never downloaded) or ``chgnet`` (bundled weights; ``model`` may name a bundled
-    version). A structure of n atoms
-    may take ``max_steps + steps_per_atom * n`` FIRE steps; batches hold at most
-    ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs (unset: 6,000
+    version). ``optimizer``: ``lbfgs`` (the default; fewest model calls) or ``fire``.
+    A structure of n atoms may take ``max_steps + steps_per_atom * n`` steps; batches
+    hold at most ``batch_atom_budget`` atoms and ``batch_edge_budget`` neighbour pairs (unset: 6,000
     on a CPU, where small batches stay in cache, 150,000 on a GPU); ``symmetrize``
     keeps each structure's space group (found within ``symprec_A``) while it relaxes;
     "low energy" means within ``low_energy_window_eV`` per atom of graphite relaxed the
@@ -30,6 +32,7 @@ class RelaxConfig:
     model: str | None = None
     model_dir: str | None = None
     dtype: str = "float64"
+    optimizer: str = "lbfgs"
     fmax_eV_per_A: float = 0.05
     max_steps: int = 300
     steps_per_atom: float = 2.0
@@ -46,6 +49,8 @@ class RelaxConfig:
             raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
+        if self.optimizer not in RELAX_OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r}: use one of {list(RELAX_OPTIMIZERS)}")
         if self.fmax_eV_per_A <= 0:
             raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
         if self.max_steps < 0 or self.steps_per_atom < 0:

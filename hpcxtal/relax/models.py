@@ -3,7 +3,9 @@
 Like an ASE calculator, but for many structures at once: the atoms of all structures
 are concatenated, ``batch[k]`` says which structure atom ``k`` belongs to, and one call
 returns every structure's energy and stress and every atom's force. Neighbour lists
-are built per structure (they are cheap); the network runs once for the whole batch.
+are built per structure (they are cheap); the network runs once for the whole batch. A
+MACE model with ``neighbour_skin_A > 0`` (the default) keeps each structure's list
+across calls that name it by the same key (a Verlet list, :mod:`hpcxtal.relax.neighbours`).
 
 Weights are never downloaded: CHGNet uses the checkpoint its wheel carries, MACE a
 model file given by path, the carbon model hpcxtal ships (``hpcxtal-carbon``, the
@@ -30,11 +32,16 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from hpcxtal.data import DATA_DIR
 from hpcxtal.relax.errors import ModelSetupError
+from hpcxtal.relax.neighbours import VerletLists, fresh_edges
 
 log = logging.getLogger(__name__)
 
 #: Known backends.
 BACKENDS = ("chgnet", "mace")
+#: Verlet-list skin (Å) of MACE models unless told otherwise: lists built at the
+#: cutoff + 1 Å last whole relaxations of these carbon structures and halve the
+#: neighbour search (BENCHMARKS.md "Neighbour-list reuse").
+DEFAULT_NEIGHBOUR_SKIN_A = 1.0
 #: Dtypes a model may run in.
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: MACE models shipped with hpcxtal (``scripts/train_mace_model.py``; provenance in the
@@ -63,10 +70,11 @@ class BatchResult:
     stress: torch.Tensor  # (N, 3, 3)
     min_distance: torch.Tensor  # (N,)
 
-    def to(self, dtype: torch.dtype) -> "BatchResult":
-        """The same result in ``dtype`` (FIRE integrates in float64 whatever the model's)."""
-        return BatchResult(self.energy.to(dtype), self.forces.to(dtype), self.stress.to(dtype),
-                           self.min_distance.to(dtype))
+    def to(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> "BatchResult":
+        """The same result in ``dtype`` on ``device`` (the optimisers keep their float64
+        state on the CPU whatever the model's precision and device)."""
+        return BatchResult(*(t.to(device, dtype) for t in (self.energy, self.forces,
+                                                           self.stress, self.min_distance)))
 
 
 class EnergyModel(ABC):
@@ -78,6 +86,9 @@ class EnergyModel(ABC):
     dtype: torch.dtype
     device: torch.device
     cutoff: float  # Å: pairs further apart do not interact (sizes batches by edge count)
+    #: Whether ``__call__`` takes ``keys``: stable ids of the structures across calls,
+    #: under which it may keep per-structure work (neighbour lists) from call to call.
+    takes_keys: bool = False
 
     @abstractmethod
     def __call__(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
@@ -217,12 +228,15 @@ class MACEModel(EnergyModel):
 
     The batch is assembled the way mace's data loader does it (node one-hot over the
     model's elements, edges with unit-cell shifts, ``batch``/``ptr``), and the model's
-    own force and stress code runs once for the whole batch.
+    own force and stress code runs once for the whole batch. With ``neighbour_skin_A``
+    > 0 (the default), calls given ``keys`` reuse each structure's Verlet list while it
+    is valid; 0 builds every list anew.
     """
 
     backend = "mace"
 
-    def __init__(self, path: str | os.PathLike, dtype: str = "float64", device: str = "cpu"):
+    def __init__(self, path: str | os.PathLike, dtype: str = "float64", device: str = "cpu",
+                 neighbour_skin_A: float = DEFAULT_NEIGHBOUR_SKIN_A):
         path = Path(path)
         if not path.is_file():
             raise ModelSetupError(f"MACE model file {path} not found; copy the model file there "
@@ -241,23 +255,18 @@ class MACEModel(EnergyModel):
             p.requires_grad_(False)
         self.source = str(path.resolve())
         self.cutoff = float(self.model.r_max)
+        self.verlet = VerletLists(self.cutoff, neighbour_skin_A) if neighbour_skin_A > 0 else None
+        self.takes_keys = self.verlet is not None
         self.z_index = torch.full((119,), -1, dtype=torch.long)
         zs = [int(z) for z in self.model.atomic_numbers]
         self.z_index[zs] = torch.arange(len(zs))
 
-    def __call__(self, positions, numbers, cells, batch):
-        from mace.data.neighborhood import get_neighborhood
-
+    def __call__(self, positions, numbers, cells, batch, keys: list[int] | None = None):
         n_struct = len(cells)
-        edges, unit_shifts, dmin = [], [], []
-        lo = 0
-        for p, z, c in self._split(positions, numbers, cells, batch):
-            ei, sh, us, _ = get_neighborhood(p, self.cutoff, (True, True, True), c.copy())
-            d = np.linalg.norm(p[ei[1]] - p[ei[0]] + sh, axis=1)
-            edges.append(ei + lo)
-            unit_shifts.append(us)
-            dmin.append(_min_distance(d))
-            lo += len(p)
+        if self.verlet is not None and keys is not None:
+            graph = self.verlet.edges(keys, positions, cells, batch)
+        else:
+            graph = fresh_edges(positions, cells, batch, self.cutoff)
         idx = self.z_index[numbers.cpu()]
         if (idx < 0).any():
             missing = sorted(set(numbers.cpu()[idx < 0].tolist()))
@@ -265,10 +274,10 @@ class MACEModel(EnergyModel):
         node_attrs = torch.nn.functional.one_hot(idx, len(self.model.atomic_numbers))
         counts = torch.bincount(batch, minlength=n_struct)
         kw = {"device": self.device}
-        us = torch.as_tensor(np.concatenate(unit_shifts), dtype=self.dtype, **kw)
+        us = graph.unit_shifts.to(self.device, self.dtype)
         cel = cells.detach().to(self.device, self.dtype)
         bt = batch.to(self.device)
-        ei = torch.as_tensor(np.concatenate(edges, axis=1), dtype=torch.long, **kw)
+        ei = graph.pairs.to(self.device)
         data = {
             "positions": positions.detach().to(self.device, self.dtype).clone(),
             "node_attrs": node_attrs.to(self.device, self.dtype),
@@ -283,7 +292,7 @@ class MACEModel(EnergyModel):
         out = self.model(data, training=False, compute_force=True, compute_stress=True)
         return BatchResult(out["energy"].detach(), out["forces"].detach(),
                            out["stress"].detach().reshape(n_struct, 3, 3),
-                           torch.tensor(dmin, dtype=self.dtype, **kw))
+                           graph.min_distance.to(self.device, self.dtype))
 
 
 def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) -> Path:
@@ -326,12 +335,14 @@ def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) ->
 
 
 def load_model(backend: str = "mace", model: str | None = None, dtype: str = "float64",
-               device: str = "cpu", model_dir: str | None = None) -> EnergyModel:
+               device: str = "cpu", model_dir: str | None = None,
+               neighbour_skin_A: float = DEFAULT_NEIGHBOUR_SKIN_A) -> EnergyModel:
     """Build the energy model a config names.
 
     ``backend`` is ``mace`` (``model``: a file path, a built-in name, default
     ``hpcxtal-carbon``, or a foundation name resolved offline from ``model_dir`` or
-    mace's cache) or ``chgnet`` (``model``: bundled version, default 0.3.0). Raises
+    mace's cache; ``neighbour_skin_A``: Verlet-list skin, 0 = rebuild every call) or ``chgnet``
+    (``model``: bundled version, default 0.3.0; builds its graphs every call). Raises
     :class:`ModelSetupError` on anything missing.
     """
     if dtype not in DTYPES:
@@ -340,7 +351,7 @@ def load_model(backend: str = "mace", model: str | None = None, dtype: str = "fl
         return CHGNetModel(model or "0.3.0", dtype=dtype, device=device)
     if backend == "mace":
         path = resolve_mace_model(model or DEFAULT_MACE_MODEL, model_dir)
-        return MACEModel(path, dtype=dtype, device=device)
+        return MACEModel(path, dtype=dtype, device=device, neighbour_skin_A=neighbour_skin_A)
     raise ModelSetupError(f"unknown energy backend {backend!r}; backends are {BACKENDS}")
 
 

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from hpcxtal.relax.fire import CONVERGED, FireParams, relax
+from hpcxtal.relax.engine import CONVERGED, RelaxParams, relax
 from hpcxtal.relax.models import EnergyModel
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def graphite():
     return Atoms("C4", scaled_positions=frac, cell=cell, pbc=True)
 
 
-def graphite_energy(model: EnergyModel, params: FireParams) -> float:
+def graphite_energy(model: EnergyModel, params: RelaxParams) -> float:
     """Energy per atom (eV) of graphite relaxed with ``model`` and ``params``."""
     (result,) = relax([graphite()], model, params)
     if not np.isfinite(result.energy):

@@ -11,7 +11,7 @@ log = logging.getLogger(__name__)
 
 
 class RelaxRunner:
-    """The relax stage's energy model, FIRE settings and graphite reference, set up
+    """The relax stage's energy model, optimiser settings and graphite reference, set up
     once (on first use) and reused for every file a process relaxes."""
 
     def __init__(self, cfg: RelaxConfig):
@@ -19,20 +19,20 @@ class RelaxRunner:
         self._setup: tuple | None = None
 
     def setup(self) -> tuple:
-        """(model, FIRE parameters, graphite energy per atom), built on first call."""
+        """(model, optimiser parameters, graphite energy per atom), built on first call."""
         if self._setup is None:
-            from hpcxtal.relax.fire import FireParams
+            from hpcxtal.relax.engine import RelaxParams
             from hpcxtal.relax.models import load_model
             from hpcxtal.relax.reference import graphite_energy
 
             cfg = self.cfg
             model = load_model(cfg.backend, cfg.model, cfg.dtype, cfg.device, cfg.model_dir)
             log.info("energy model: %s (%s)", model.source, cfg.dtype)
-            params = FireParams(fmax_eV_per_A=cfg.fmax_eV_per_A, max_steps=cfg.max_steps,
-                                steps_per_atom=cfg.steps_per_atom,
-                                batch_atom_budget=cfg.batch_atom_budget,
-                                batch_edge_budget=cfg.batch_edge_budget,
-                                symmetrize=cfg.symmetrize, symprec_A=cfg.symprec_A)
+            params = RelaxParams(optimizer=cfg.optimizer, fmax_eV_per_A=cfg.fmax_eV_per_A,
+                                 max_steps=cfg.max_steps, steps_per_atom=cfg.steps_per_atom,
+                                 batch_atom_budget=cfg.batch_atom_budget,
+                                 batch_edge_budget=cfg.batch_edge_budget,
+                                 symmetrize=cfg.symmetrize, symprec_A=cfg.symprec_A)
             self._setup = (model, params, graphite_energy(model, params))
         return self._setup
 

@@ -4,7 +4,7 @@ Input structures are the table's stored structures where it has them, else its r
 expanded to atoms. The output keeps every row and adds ``energy`` (eV/atom), ``e_rel``
 (eV/atom above graphite), ``status`` (a :class:`~hpcxtal.relax.status.RelaxStatus`: converged /
 not_converged / failed / skipped), ``status_reason`` (why a row failed or was skipped,
-"" otherwise), ``relax_steps`` (FIRE steps) and how far relaxation moved each structure
+"" otherwise), ``relax_steps`` (optimiser steps) and how far relaxation moved each structure
 (``energy_initial``, ``rms_displacement_A``, ``volume_change``, see
 :mod:`hpcxtal.screen.closeness`); the relaxed structures (the input structure for
 failed rows, none for skipped ones) become the table's structures.
@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from hpcxtal.progress import progress
-from hpcxtal.relax.fire import FireParams, RelaxResult, iter_relax
+from hpcxtal.relax.engine import RelaxParams, RelaxResult, iter_relax
 from hpcxtal.relax.models import EnergyModel
 from hpcxtal.relax.status import RelaxStatus
 from hpcxtal.screen.closeness import displacement_rms, volume_change
@@ -50,7 +50,7 @@ def relax_selection(table: Table) -> tuple[np.ndarray, dict[int, str]]:
 
 
 def _status(result: RelaxResult) -> tuple[RelaxStatus, str]:
-    """(status, reason) of a FIRE result (FIRE reports "failed: why" as one string)."""
+    """(status, reason) of an optimiser result (it reports "failed: why" as one string)."""
     head, _, reason = result.status.partition(": ")
     return RelaxStatus(head), reason
 
@@ -79,7 +79,7 @@ def initial_energies(images: Sequence[Atoms], model: EnergyModel, atom_budget: i
     return out
 
 
-def relax_table(table: Table, model: EnergyModel, params: FireParams, e_graphite: float,
+def relax_table(table: Table, model: EnergyModel, params: RelaxParams, e_graphite: float,
                 chosen: np.ndarray | None = None, skipped: dict[int, str] | None = None) -> Table:
     """``table`` with rows ``chosen`` (default all) relaxed and the energy columns added:
     ``energy``, ``e_rel`` (NaN where not relaxed), ``status`` and ``status_reason`` (the

@@ -70,6 +70,7 @@ class RelaxedChecks:
     signature_error: list[str]  # why a relaxed structure has no key
     motif_reason: list[str]  # "" where the target's coordination rule holds
     known_phase: np.ndarray  # str: name of the matching known phase
+    known_net: list[str]  # name of the first known phase with the same relaxed key
 
 
 def check_relaxed(structures: Structures, rows: np.ndarray, target: Target,
@@ -84,7 +85,7 @@ def check_relaxed(structures: Structures, rows: np.ndarray, target: Target,
     by_count = by_primitive_count(known, symprec)
     n = len(structures)
     out = RelaxedChecks(str_array([""] * n), np.full(n, -1, np.int8), np.zeros(n, np.int32),
-                        [""] * n, [""] * n, str_array([""] * n))
+                        [""] * n, [""] * n, str_array([""] * n), [""] * n)
     rows = np.asarray(rows, dtype=np.int64)
     sub = Table({"id": rows.astype(np.uint64)}, structures.take(rows))
     keys, names = list(out.topology), list(out.known_phase)
@@ -93,6 +94,7 @@ def check_relaxed(structures: Structures, rows: np.ndarray, target: Target,
         keys[i], out.dimension[i], out.n_prim[i], out.signature_error[i] = key, dim, n_prim, error
         out.motif_reason[i] = coordination_check(atoms, target)
         if key:
+            out.known_net[i] = known[key][0][0] if known.get(key) else ""
             structure = AseAtomsAdaptor.get_structure(atoms)
             names[i] = match_known(key, structure, known, matcher)
             if not names[i] and dim == 3 and not out.motif_reason[i]:
@@ -136,7 +138,9 @@ def classify(*, ids: np.ndarray, valid: np.ndarray, dimension_refined: np.ndarra
         elif checks.motif_reason[i]:
             cls[i], why[i] = RowClass.MOTIF_LOST, checks.motif_reason[i]
         elif checks.dimension[i] < 3:
-            cls[i], why[i] = RowClass.LOW_DIMENSIONAL, f"{checks.dimension[i]}-periodic net"
+            cls[i], why[i] = RowClass.LOW_DIMENSIONAL, f"{checks.dimension[i]}-periodic net" + (
+                f", the net of {checks.known_net[i]} in another stacking or geometry"
+                if checks.known_net[i] else "")
         else:
             cls[i], why[i] = RowClass.NEW, ""
     return str_array(str(c) for c in cls), str_array(why)
