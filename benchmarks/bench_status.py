@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from hpcxtal.campaign import Campaign, CampaignConfig
+from hpcxtal.generate.config import SampleConfig
 from hpcxtal.layout import ledger_path, shard_path, stage_output
-from hpcxtal.store.formats import ImportConfig
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.provenance import Provenance
 from hpcxtal.store.shard import ShardConfig
@@ -36,7 +36,7 @@ def build(root: Path, n_shards: int) -> Campaign:
     """The synthetic campaign: every stage up to relax complete and current."""
     if root.exists():
         shutil.rmtree(root)
-    cfg = CampaignConfig(name="status-bench", import_=ImportConfig(inputs=["sacada"]),
+    cfg = CampaignConfig(name="status-bench", sample=SampleConfig(n=3 * n_shards),
                          shard=ShardConfig(n_shards=n_shards))
     campaign = Campaign.create(root, cfg)
     sacada, _ = read_table(Path(__file__).resolve().parents[1] / "hpcxtal" / "data"
@@ -69,7 +69,7 @@ def status_seconds(root: Path) -> float:
     out = subprocess.run([sys.executable, "-m", "hpcxtal.cli", "status", str(root)],
                          capture_output=True, text=True, check=True).stdout
     seconds = time.perf_counter() - t0
-    for stage in ("refine", "rounds", "topology", "relax"):
+    for stage in ("sample", "shard", "refine", "rounds", "topology", "relax"):
         line = next(l for l in out.splitlines() if l.strip().startswith(stage))
         assert "done" in line, out
     return seconds

@@ -57,13 +57,10 @@ def _write(force: bool = False) -> None:
     if not force and now - _sink["written"] < FILE_INTERVAL_S:
         return
     _sink["written"] = now
-    state = dict(_sink["state"], updated=now)
-    path = _sink["path"]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from hpcxtal.store.hdf5 import write_text_atomic
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+        write_text_atomic(_sink["path"], json.dumps(dict(_sink["state"], updated=now)))
     except OSError:  # progress is a courtesy: never fail a stage over it
         pass
 
