@@ -513,13 +513,14 @@ def test_symmetrize_keeps_the_space_group(mace_model):
 
     atoms = symmetric_graphite()
     atoms.rattle(2e-5, seed=3)  # well below symprec: the same group, but not exactly
-    params = RelaxParams(fmax_eV_per_A=1e-5, max_steps=15, steps_per_atom=0, symmetrize=True)
+    params = RelaxParams(optimizer="fire", fmax_eV_per_A=1e-5, max_steps=15, steps_per_atom=0,
+                         symmetrize=True)
     (r,) = relax([atoms], mace_model, params)
     assert r.steps == 15 and np.isfinite(r.energy)
     assert np.abs(r.atoms.positions - atoms.positions).max() > 1e-3  # it moved
     cell = (np.asarray(r.atoms.cell), r.atoms.get_scaled_positions(), r.atoms.numbers)
     assert spglib.get_symmetry_dataset(cell, symprec=1e-6).number == 194
-    free = relax([atoms], mace_model, RelaxParams(fmax_eV_per_A=1e-5, max_steps=15,
+    free = relax([atoms], mace_model, RelaxParams(optimizer="fire", fmax_eV_per_A=1e-5, max_steps=15,
                                                  steps_per_atom=0))[0]
     cell = (np.asarray(free.atoms.cell), free.atoms.get_scaled_positions(), free.atoms.numbers)
     assert spglib.get_symmetry_dataset(cell, symprec=1e-6).number != 194
