@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from hpcxtal.crystal.row import DecodeError
     from hpcxtal.hpc.driver import StageFailed
     from hpcxtal.hpc.submit import SubmitError
+    from hpcxtal.parallel import WorkerError
     from hpcxtal.relax.errors import ModelSetupError
     from hpcxtal.store.formats import FormatError
     from hpcxtal.store.hdf5 import StoreError
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         parser.error(str(err))
     except (ConfigError, StoreError, FormatError, DecodeError, ModelSetupError, FileNotFoundError,
-            StageFailed, SubmitError) as err:
+            StageFailed, SubmitError, WorkerError) as err:
         print(f"hpcxtal {args.command}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head or less that closed early
