@@ -60,6 +60,31 @@ def test_default_workers_one_per_core_on_a_cpu_one_on_a_gpu():
     assert default_workers("cuda:0") == 1
 
 
+@pytest.mark.parametrize("section", ["refine", "relax"])
+def test_workers_reach_the_section_and_bad_values_are_refused(section):
+    from hpcxtal.relax.config import RelaxConfig
+
+    cls = {"refine": RefineConfig, "relax": RelaxConfig}[section]
+    assert Resources(workers=3).apply(cls()).workers == 3
+    assert cls().workers is None  # default: decided by the machine
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        cls(workers=0)
+    with pytest.raises(ValueError, match="chunk_rows must be at least 1"):
+        cls(chunk_rows=0)
+
+
+def test_mpi_ranks_take_one_worker_each_unless_told():
+    from types import SimpleNamespace
+
+    from hpcxtal.cli.stages import _rank_resources
+
+    campaign = SimpleNamespace(config=SimpleNamespace(refine=RefineConfig(device="cpu")))
+    ranks = SimpleNamespace(Get_size=lambda: 4)
+    assert _rank_resources(campaign, ranks).workers == 1
+    assert _rank_resources(campaign, ranks, 2).workers == 2
+    assert _rank_resources(campaign, None).workers is None  # one process: all cores
+
+
 def _failing_kernel(cfg):
     """A chunk kernel that fails on the row with id ``cfg``."""
     def kernel(table):

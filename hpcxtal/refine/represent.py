@@ -58,7 +58,7 @@ class RefineConfig:
     # is fastest
     workers: int | None = resource(None)  # processes on a file (None: one per usable core,
     # one on a GPU); each pinned to a core with one thread
-    chunk_rows: int = resource(256)  # rows per chunk of a file: chunks are refined apart
+    chunk_rows: int = resource(512)  # rows per chunk of a file: chunks are refined apart
     # (in turn, or by whichever worker is free), so results never depend on the workers
 
     def __post_init__(self) -> None:
