@@ -140,9 +140,11 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _ids(chunk: Table) -> str:
-    ids = np.asarray(chunk["id"])
-    return f"ids {int(ids.min())}-{int(ids.max())}" if len(ids) else "no rows"
+def _ids(chunk: Table, shown: int = 5) -> str:
+    """``chunk``'s rows in words: how many, and the first ids."""
+    ids = [str(int(i)) for i in np.asarray(chunk["id"])[:shown]]
+    more = ", ..." if len(chunk) > shown else ""
+    return f"{len(chunk)} rows (ids {', '.join(ids)}{more})"
 
 
 class Workers:
@@ -201,7 +203,7 @@ class Workers:
                 pool.shutdown(wait=False, cancel_futures=True)
                 part = parts[futures[future]]
                 message = str(err).splitlines()[0] if str(err) else ""
-                raise WorkerError(f"{self.label}: a worker failed on the chunk of rows "
+                raise WorkerError(f"{self.label}: a worker failed on a chunk of "
                                   f"{_ids(part)}: {type(err).__name__}: {message}; nothing "
                                   f"was written") from None
         return results  # type: ignore[return-value]

@@ -108,7 +108,7 @@ def test_a_failing_worker_gives_one_line_naming_its_rows():
         Workers(_failing_kernel, 5, 2, "test").map(table, chunks)
     message = str(err.value)
     assert "\n" not in message
-    assert "ids 4-5" in message and "ValueError: cannot do row 5" in message
+    assert "chunk of 2 rows (ids 4, 5)" in message and "ValueError: cannot do row 5" in message
     with pytest.raises(WorkerError, match="worker process died"):
         Workers(_dying_kernel, None, 2, "test").map(table, chunks)
 
@@ -172,6 +172,6 @@ def test_a_worker_that_fails_in_the_cli_gives_one_line_and_no_output(tmp_path, c
                  str(tmp_path / "missing.model")])  # 144 rows: 5 chunks, 2 workers
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
-    assert err[0].startswith("hpcxtal relax: error: relax: a worker failed on the chunk of rows")
+    assert err[0].startswith("hpcxtal relax: error: relax: a worker failed on a chunk of ")
     assert "missing.model" in err[0] and "nothing was written" in err[0]
     assert not out.exists() and not list(tmp_path.glob("out*"))
