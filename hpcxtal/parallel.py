@@ -149,7 +149,8 @@ def _ids(chunk: Table, shown: int = 5) -> str:
 
 class Workers:
     """Compute a stage's chunks over ``n`` worker processes (``n == 1``: in this
-    process, the kernel built once and kept across calls)."""
+    process, the kernel built once and kept across calls). Workers are spawned, so
+    ``factory`` must be a module-level function and ``cfg`` picklable."""
 
     def __init__(self, factory: KernelFactory, cfg: Any, n: int, label: str = "stage"):
         if n < 1:
