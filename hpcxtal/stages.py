@@ -48,7 +48,7 @@ class StageReport:
 class Resources:
     """How a stage runs in this process; never part of a fingerprint."""
 
-    workers: int | None = None  # processes for stages that fan out (topology, merge)
+    workers: int | None = None  # processes of stages that fan out (refine, topology, relax, merge)
     device: str | None = None  # torch device for this process (an MPI rank's GPU)
     comm: Any = None  # mpi4py communicator of the rounds stage (None: one process)
 

@@ -53,10 +53,11 @@ def test_resources_never_make_outputs_stale(finished):
     try:
         before = _mtimes(finished)
         campaign = _edit(finished, refine={"device": "cuda:3", "threads": 2,
-                                           "max_batch_atoms": 1234},
+                                           "max_batch_atoms": 1234, "workers": 2,
+                                           "chunk_rows": 5},
                          topology={"workers": 2},
                          relax={"device": "cuda:1", "batch_atom_budget": 77,
-                                "batch_edge_budget": 999})
+                                "batch_edge_budget": 999, "workers": 2, "chunk_rows": 5})
         assert _stale(campaign) == set()
         for name in SCREENED:
             assert stage_spec(name).run(campaign, resources=Resources(workers=2)).skipped, name

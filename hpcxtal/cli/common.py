@@ -21,6 +21,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def add_workers(p: argparse.ArgumentParser, what: str) -> None:
+    """-j/--workers N on a stage command; ``what`` says what the processes do."""
+    from hpcxtal import cli_args as num
+
+    p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
+                   help=f"{what} (default: one per usable core; one on a GPU device)")
+
+
 def open_campaign(path: Path, required: bool = False):
     """The campaign at ``path`` with its site's HDF5 file policy applied to this
     process, or None where ``path`` is not a campaign directory (an error if

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from hpcxtal import cli_args as num
-from hpcxtal.cli.common import UsageError, add_common, file_mode_config, open_campaign, stage_command
+from hpcxtal.cli.common import (UsageError, add_common, add_workers, file_mode_config,
+                                open_campaign, stage_command)
 
 log = logging.getLogger("hpcxtal")
 
@@ -109,28 +110,31 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rank_resources(campaign, comm):
-    """This process's resources under MPI: the communicator and, where the refine
-    device is ``auto`` and there are GPUs, the rank's node-local GPU. Devices are
-    resources: they never make an output stale."""
+def _rank_resources(campaign, comm, workers: int | None = None):
+    """This process's resources under MPI: the communicator, where the refine device is
+    ``auto`` and there are GPUs the rank's node-local GPU, and ``workers`` processes
+    (default: one per rank when there are several ranks, whose cores a launcher may
+    not have split). Devices and workers are resources: they never make an output stale."""
     from hpcxtal.hpc import mpi
     from hpcxtal.stages import Resources
 
     auto = comm is not None and campaign.config.refine.device == "auto"
-    return Resources(comm=comm, device=mpi.rank_device(comm) if auto else None)
+    if workers is None and comm is not None and comm.Get_size() > 1:
+        workers = 1
+    return Resources(comm=comm, device=mpi.rank_device(comm) if auto else None, workers=workers)
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
     from hpcxtal.hpc import mpi
     from hpcxtal.refine.config import RefineConfig
-    from hpcxtal.stages import stage_spec
+    from hpcxtal.stages import Resources, stage_spec
 
     campaign = open_campaign(args.source) if args.output is None else None
     if campaign is not None and args.shard is None:
         # The whole stage: round 1 of this rank's shards, then the later rounds.
         comm = mpi.world()
         rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-        resources = _rank_resources(campaign, comm)
+        resources = _rank_resources(campaign, comm, args.workers)
         with mpi.abort_on_error(comm):
             for i in range(rank, campaign.config.shard.n_shards, size):
                 stage_spec("refine").run(campaign, i, args.force, resources)
@@ -143,11 +147,12 @@ def cmd_refine(args: argparse.Namespace) -> int:
         cfg = file_mode_config(args, RefineConfig(), {
             "max_steps": args.steps, "dtype": args.dtype, "device": args.device,
             "threads": args.threads})
-        return stage_spec("refine").run_file(args.source, args.output, cfg)
+        return stage_spec("refine").run_file(args.source, args.output, cfg,
+                                             Resources(workers=args.workers))
 
     stage_command(args, "refine", args.source, file_mode, {
         "--steps": args.steps, "--dtype": args.dtype, "--device": args.device,
-        "--threads": args.threads})
+        "--threads": args.threads}, Resources(workers=args.workers))
     return 0
 
 
@@ -188,7 +193,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
 
 def cmd_relax(args: argparse.Namespace) -> int:
     from hpcxtal.relax.config import RelaxConfig
-    from hpcxtal.stages import stage_spec
+    from hpcxtal.stages import Resources, stage_spec
 
     overrides = {"backend": args.backend, "model": args.model, "dtype": args.dtype,
                  "optimizer": args.optimizer, "fmax_eV_per_A": args.fmax,
@@ -196,11 +201,13 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
     def file_mode():
         cfg = file_mode_config(args, RelaxConfig(), overrides)
-        return stage_spec("relax").run_file(args.source, args.output, cfg)
+        return stage_spec("relax").run_file(args.source, args.output, cfg,
+                                            Resources(workers=args.workers))
 
     report = stage_command(args, "relax", args.source, file_mode, {
         "--backend": args.backend, "--model": args.model, "--dtype": args.dtype,
-        "--optimizer": args.optimizer, "--fmax": args.fmax, "--max-steps": args.max_steps})
+        "--optimizer": args.optimizer, "--fmax": args.fmax, "--max-steps": args.max_steps},
+        Resources(workers=args.workers))
     if report is not None:
         c = report.counts
         log.info("%d rows, %d relaxed: %d converged, %d not converged, %d failed, %d "
@@ -299,7 +306,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
     p.add_argument("--device", type=num.device,
                    help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")
-    p.add_argument("--threads", type=num.threads, help="torch CPU threads (file mode)")
+    p.add_argument("--threads", type=num.threads,
+                   help="torch CPU threads of one worker process (file mode, -j 1; default 1)")
+    add_workers(p, "worker processes, each on one core with one thread")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     p.set_defaults(func=cmd_refine)
     add_common(p)
@@ -334,8 +343,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cutoff", type=num.positive_float, metavar="A",
                    help="C-C bond cutoff in Å (file mode; default 1.872)")
     p.add_argument("--depth", type=num.positive_int, help="coordination-sequence depth (file mode; default 12)")
-    p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
-                   help="worker processes (default: the config's, else all usable cores)")
+    add_workers(p, "worker processes")
     p.add_argument("--force", action="store_true", help="redo outputs that are complete")
     p.set_defaults(func=cmd_topology)
     add_common(p)
@@ -370,6 +378,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="force convergence threshold in eV/Å (default 0.05)")
     p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
                    help="step cap before size scaling (default 300, + 2 per atom)")
+    add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
     p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
     p.set_defaults(func=cmd_relax)
     add_common(p)

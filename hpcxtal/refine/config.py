@@ -65,6 +65,10 @@ class RefineConfig:
     threads: int | None = resource(1)  # torch CPU threads per process (None: torch's
     # default); the kernels are small, so one thread per process and one process per core
     # is fastest
+    workers: int | None = resource(None)  # processes on a file (None: one per usable core,
+    # one on a GPU); each pinned to a core with one thread
+    chunk_rows: int = resource(512)  # rows per chunk of a file: chunks are refined apart
+    # (in turn, or by whichever worker is free), so results never depend on the workers
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.check_every < 1:
@@ -73,6 +77,10 @@ class RefineConfig:
             raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
         if self.max_batch_atoms < 1:
             raise ValueError("max_batch_atoms must be positive")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
         targets = target_names()
         if self.target not in targets:
             raise ValueError(f"target {self.target!r} is not defined; targets are {list(targets)}")

@@ -1,4 +1,9 @@
-"""The refine stage: a pool or shard file in, refined rows out (one file per shard)."""
+"""The refine stage: a pool or shard file in, refined rows out (one file per shard).
+
+The rows are cut into chunks of near-equal estimated cost (:mod:`hpcxtal.parallel`)
+refined by ``cfg.workers`` processes (default: one per usable core, one on a GPU); the
+output does not depend on the number of workers.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,25 +12,40 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.progress import note
+from hpcxtal.parallel import ChunkKernel, Workers, default_workers, n_chunks, plan_chunks
 from hpcxtal.refine.config import RefineConfig
 from hpcxtal.refine.represent import refine_table
 from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.shard import row_cost
 from hpcxtal.store.table import Table, str_array
 
 log = logging.getLogger(__name__)
 
 
+def refine_rows(table: Table, cfg: RefineConfig) -> Table:
+    """``table`` refined, with the columns loss, valid, steps, round (1) and
+    refine_status: one chunk's work, in whichever process it runs."""
+    result = refine_table(table, cfg)
+    out = Table(dict(table.columns), None, dict(table.attrs))
+    out.columns.update({
+        "cell": result.cell, "xyz": result.xyz, "loss": result.loss, "valid": result.valid,
+        "steps": result.steps.astype(np.int32), "round": np.ones(len(table), dtype=np.int8),
+        "refine_status": str_array(result.status),
+    })
+    return out
 
-def _reporter(total: int, label: str):
-    start = time.monotonic()
 
-    def report(done: int, valid: int) -> None:
-        rate = done / max(time.monotonic() - start, 1e-9)
-        note(done, total)
-        log.info("%s: %d/%d rows, %d CN-valid (%.1f%%), %.1f rows/s", label, done, total, valid,
-                 100.0 * valid / max(done, 1), rate)
-    return report
+def refine_kernel(cfg: RefineConfig) -> ChunkKernel:
+    """The chunk kernel of a refine worker (module level, so workers can import it)."""
+    return lambda table: refine_rows(table, cfg)
+
+
+def refine_chunks(table: Table, cfg: RefineConfig) -> list[np.ndarray]:
+    """The chunks a table is refined in: layout order, ``cfg.chunk_rows`` rows each on
+    average, near-equal estimated cost (atoms x free variables)."""
+    order = table.layout_order()
+    cost = row_cost(table["spg"][order], table["wps"][order])
+    return plan_chunks(order, cost, n_chunks(len(table), cfg.chunk_rows))
 
 
 def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> dict[str, int]:
@@ -35,17 +55,15 @@ def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> di
     table, _ = read_table(src)
     if len(table) == 0:
         raise ValueError(f"{src}: no rows to refine")
+    workers = cfg.workers or default_workers(cfg.device)
+    chunks = refine_chunks(table, cfg)
+    log.info("refine %s: %d rows in %d chunks over %d worker process(es)", Path(src).name,
+             len(table), len(chunks), min(workers, len(chunks)))
     t0 = time.monotonic()
-    result = refine_table(table, cfg, _reporter(len(table), f"refine {Path(src).name}"))
+    out = Workers(refine_kernel, cfg, workers, f"refine {Path(src).name}").map(table, chunks)
     seconds = time.monotonic() - t0
-    out = Table(dict(table.columns), None, dict(table.attrs))
-    out.columns.update({
-        "cell": result.cell, "xyz": result.xyz, "loss": result.loss, "valid": result.valid,
-        "steps": result.steps.astype(np.int32), "round": np.ones(len(table), dtype=np.int8),
-        "refine_status": str_array(result.status),
-    })
     write_table(dest, out, kind="refine", source=str(src), refine_seconds=seconds, **attrs)
-    counts = {"rows": len(table), "valid": int(result.valid.sum())}
+    counts = {"rows": len(table), "valid": int(out["valid"].sum())}
     log.info("%s: %d rows refined in %.1f s (%.1f ms/row), %d CN-valid", dest, len(table), seconds,
              1000 * seconds / len(table), counts["valid"])
     return counts

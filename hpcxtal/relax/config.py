@@ -43,6 +43,10 @@ class RelaxConfig:
     device: str = resource("cpu")
     batch_atom_budget: int = resource(2000)
     batch_edge_budget: int | None = resource(None)
+    workers: int | None = resource(None)  # processes on a file (None: one per usable core,
+    # one on a GPU); each pinned to a core with one thread
+    chunk_rows: int = resource(32)  # relaxed rows per chunk of a file: chunks are relaxed
+    # apart (in turn, or by whichever worker is free), so results never depend on workers
 
     def __post_init__(self) -> None:
         if self.backend not in RELAX_BACKENDS:
@@ -58,6 +62,10 @@ class RelaxConfig:
         if self.batch_atom_budget < 1 or (self.batch_edge_budget is not None
                                           and self.batch_edge_budget < 1):
             raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
         if self.symprec_A <= 0:
             raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
         if self.low_energy_window_eV < 0:

@@ -1,11 +1,21 @@
-"""The relax stage on files: a table in, the same rows with energies out."""
+"""The relax stage on files: a table in, the same rows with energies out.
+
+The rows are cut into chunks of near-equal atom count of the rows to relax
+(:mod:`hpcxtal.parallel`) relaxed by ``cfg.workers`` processes (default: one per
+usable core, one on a GPU), each loading the model once; the output does not depend
+on the number of workers.
+"""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
+
+from hpcxtal.parallel import ChunkKernel, Workers, default_workers, n_chunks, plan_chunks
 from hpcxtal.relax.config import RelaxConfig
 from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.table import Table
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +27,8 @@ class RelaxRunner:
     def __init__(self, cfg: RelaxConfig):
         self.cfg = cfg
         self._setup: tuple | None = None
+        self._workers = Workers(relax_kernel, cfg, cfg.workers or default_workers(cfg.device),
+                                "relax")
 
     def setup(self) -> tuple:
         """(model, optimiser parameters, graphite energy per atom), built on first call."""
@@ -36,27 +48,56 @@ class RelaxRunner:
             self._setup = (model, params, graphite_energy(model, params))
         return self._setup
 
+    def relax_rows(self, table: Table) -> Table:
+        """The rows of ``table`` that are worth it relaxed (one chunk's work), with the
+        graphite reference and the model's description in the table's attributes."""
+        from hpcxtal.relax.table import relax_selection, relax_table
+
+        model, params, e_graphite = self.setup()
+        chosen, skipped = relax_selection(table)
+        out = relax_table(table, model, params, e_graphite, chosen, skipped)
+        out.attrs.update(e_graphite_eV_per_atom=e_graphite, **model.describe())
+        return out
+
     def run(self, src: Path, dest: Path, **attrs: object) -> dict[str, int]:
         """Relax the rows of ``src`` that are worth it into ``dest``: every row of a plain
         table, or the CN-valid topology representatives of a topology file (the rest
         pass through with the reason in ``status``); quarantined rows pass through;
         ``attrs`` (e.g. the provenance stamp) are recorded on the file."""
-        from hpcxtal.relax.table import relax_table, relax_selection, status_counts
+        from hpcxtal.relax.table import status_counts
 
         table, quarantine = read_table(src)
-        model, params, e_graphite = self.setup()
-        chosen, skipped = relax_selection(table)
-        out = relax_table(table, model, params, e_graphite, chosen, skipped)
+        chunks = relax_chunks(table, self.cfg)
+        out = self._workers.map(table, chunks)
         counts = status_counts(out, self.cfg.low_energy_window_eV)
         write_table(dest, out, kind="relax", quarantine=quarantine, source=str(src),
-                    e_graphite_eV_per_atom=e_graphite,
                     low_energy_window_eV=self.cfg.low_energy_window_eV,
-                    **model.describe(), **{f"n_{k}": v for k, v in counts.items() if k != "rows"}, **attrs)
+                    **{f"n_{k}": v for k, v in counts.items() if k != "rows"}, **attrs)
         log.info("%s: %d rows, %d relaxed: %d converged, %d not converged, %d failed, %d within "
                  "%.2f eV/atom of graphite", dest, counts["rows"], counts["relaxed"],
                  counts["converged"], counts["not_converged"], counts["failed"],
                  counts["low_energy"], self.cfg.low_energy_window_eV)
         return counts
+
+
+def relax_kernel(cfg: RelaxConfig) -> ChunkKernel:
+    """The chunk kernel of a relax worker: its own runner, the model loaded once."""
+    return RelaxRunner(cfg).relax_rows
+
+
+def relax_chunks(table: Table, cfg: RelaxConfig) -> list[np.ndarray]:
+    """The chunks a table is relaxed in: table order, ``cfg.chunk_rows`` rows to relax
+    each on average, near-equal atoms to relax (skipped rows cost nothing)."""
+    from hpcxtal.crystal.freevars import row_layout
+    from hpcxtal.relax.table import relax_selection
+
+    chosen, _ = relax_selection(table)
+    cost = np.zeros(len(table))
+    if table.structures is not None:
+        cost[chosen] = table.structures.natoms[chosen]
+    else:
+        cost[chosen] = [row_layout(int(table["spg"][i]), table["wps"][i]).n_atoms for i in chosen]
+    return plan_chunks(np.arange(len(table)), cost, n_chunks(len(chosen), cfg.chunk_rows))
 
 
 def relax_file(src: Path, dest: Path, cfg: RelaxConfig, **attrs: object) -> dict[str, int]:

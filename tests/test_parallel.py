@@ -1,0 +1,177 @@
+"""File-mode workers: chunk plans, row-order reassembly, failures, and stage outputs that
+do not depend on the number of worker processes."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from hpcxtal.cli import main
+from hpcxtal.parallel import WorkerError, Workers, default_workers, gather, plan_chunks
+from hpcxtal.refine.represent import RefineConfig
+from hpcxtal.stages import Resources, stage_spec
+from hpcxtal.store.hdf5 import read_table, write_table
+from hpcxtal.store.table import Table
+from hpcxtal.topology.stage import TopologyConfig
+
+
+def assert_same_files(a, b) -> None:
+    """Two stage outputs hold the same rows, in the same order, with equal values in
+    every column and the same structures."""
+    ta, qa = read_table(a)
+    tb, qb = read_table(b)
+    assert list(ta.columns) == list(tb.columns)
+    for name in ta.columns:
+        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
+    assert (ta.structures is None) == (tb.structures is None)
+    if ta.structures is not None:
+        for field in ("natoms", "lattice", "frac", "numbers"):
+            np.testing.assert_array_equal(getattr(ta.structures, field),
+                                          getattr(tb.structures, field), err_msg=field)
+    assert (qa is None) == (qb is None) and (qa is None or len(qa) == len(qb))
+
+
+def test_chunks_cover_every_row_once_in_order_with_balanced_cost():
+    rng = np.random.default_rng(0)
+    order = rng.permutation(100)
+    cost = rng.uniform(1, 3, 100)
+    chunks = plan_chunks(order, cost, 7)
+    assert len(chunks) == 7 and all(len(c) for c in chunks)
+    np.testing.assert_array_equal(np.concatenate(chunks), order)  # contiguous runs of order
+    sums = [cost[np.isin(order, c)].sum() for c in chunks]
+    assert max(sums) - min(sums) <= 2 * cost.max()
+    few = plan_chunks(order[:3], cost[:3], 7)  # never more chunks than rows, none empty
+    assert 1 <= len(few) <= 3 and all(len(c) for c in few)
+    assert [len(c) for c in plan_chunks(np.zeros(0), np.zeros(0), 4)] == [0]
+
+
+def test_gather_puts_results_back_in_row_order():
+    table = Table({"id": np.arange(6, dtype=np.uint64), "x": np.arange(6) * 10})
+    chunks = [np.array([4, 5]), np.array([0, 2]), np.array([1, 3])]
+    out = gather(6, chunks, [table.take(c) for c in chunks])
+    np.testing.assert_array_equal(out["x"], table["x"])
+    with pytest.raises(ValueError, match="exactly once"):
+        gather(6, chunks[:2], [table.take(c) for c in chunks[:2]])
+
+
+def test_default_workers_one_per_core_on_a_cpu_one_on_a_gpu():
+    assert default_workers("cpu") == len(os.sched_getaffinity(0))
+    assert default_workers("cuda:0") == 1
+
+
+@pytest.mark.parametrize("section", ["refine", "relax"])
+def test_workers_reach_the_section_and_bad_values_are_refused(section):
+    from hpcxtal.relax.config import RelaxConfig
+
+    cls = {"refine": RefineConfig, "relax": RelaxConfig}[section]
+    assert Resources(workers=3).apply(cls()).workers == 3
+    assert cls().workers is None  # default: decided by the machine
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        cls(workers=0)
+    with pytest.raises(ValueError, match="chunk_rows must be at least 1"):
+        cls(chunk_rows=0)
+
+
+def test_mpi_ranks_take_one_worker_each_unless_told():
+    from types import SimpleNamespace
+
+    from hpcxtal.cli.stages import _rank_resources
+
+    campaign = SimpleNamespace(config=SimpleNamespace(refine=RefineConfig(device="cpu")))
+    ranks = SimpleNamespace(Get_size=lambda: 4)
+    assert _rank_resources(campaign, ranks).workers == 1
+    assert _rank_resources(campaign, ranks, 2).workers == 2
+    assert _rank_resources(campaign, None).workers is None  # one process: all cores
+
+
+def _failing_kernel(cfg):
+    """A chunk kernel that fails on the row with id ``cfg``."""
+    def kernel(table):
+        if cfg in table["id"]:
+            raise ValueError(f"cannot do row {cfg}\nsecond line")
+        return table
+    return kernel
+
+
+def _dying_kernel(cfg):
+    """A chunk kernel whose process dies (as if killed) on its first chunk."""
+    def kernel(table):
+        os._exit(3)
+    return kernel
+
+
+def test_a_failing_worker_gives_one_line_naming_its_rows():
+    table = Table({"id": np.arange(8, dtype=np.uint64)})
+    chunks = plan_chunks(np.arange(8), np.ones(8), 4)
+    with pytest.raises(WorkerError) as err:
+        Workers(_failing_kernel, 5, 2, "test").map(table, chunks)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "chunk of 2 rows (ids 4, 5)" in message and "ValueError: cannot do row 5" in message
+    with pytest.raises(WorkerError, match="worker process died"):
+        Workers(_dying_kernel, None, 2, "test").map(table, chunks)
+
+
+@pytest.fixture(scope="module")
+def rows_file(generated_csv, tmp_path_factory):
+    """24 generated rows (many layouts) as a pool file."""
+    from hpcxtal.store.formats import read_csv
+
+    table, _ = read_csv(generated_csv)
+    path = tmp_path_factory.mktemp("rows") / "rows.h5"
+    write_table(path, table.take(np.arange(24)), kind="pool")
+    return path
+
+
+def test_refine_with_one_or_two_workers_writes_the_same_file(rows_file, tmp_path):
+    cfg = RefineConfig(max_steps=40, restarts=2, chunk_rows=8)  # 3 chunks
+    for j in (1, 2):
+        stage_spec("refine").run_file(rows_file, tmp_path / f"j{j}.h5", cfg, Resources(workers=j))
+    assert_same_files(tmp_path / "j1.h5", tmp_path / "j2.h5")
+
+
+def test_topology_with_one_or_two_workers_writes_the_same_file(rows_file, tmp_path):
+    for j in (1, 2):
+        stage_spec("topology").run_file(rows_file, tmp_path / f"j{j}.h5", TopologyConfig(),
+                                        Resources(workers=j))
+    assert_same_files(tmp_path / "j1.h5", tmp_path / "j2.h5")
+
+
+def test_relax_with_one_or_two_workers_writes_the_same_file(tmp_path):
+    from hpcxtal.data import SACADA_PATH
+    from hpcxtal.relax.config import RelaxConfig
+
+    from test_relax import tiny_mace
+
+    table, _ = read_table(SACADA_PATH)
+    small = table.take(np.argsort(table.structures.natoms, kind="stable")[:6])
+    write_table(tmp_path / "small.h5", small, kind="pool")
+    cfg = RelaxConfig(model=str(tiny_mace(tmp_path / "tiny.model")), max_steps=3,
+                      steps_per_atom=0, chunk_rows=2)  # 3 chunks
+    for j in (1, 2):
+        stage_spec("relax").run_file(tmp_path / "small.h5", tmp_path / f"j{j}.h5", cfg,
+                                     Resources(workers=j))
+    assert_same_files(tmp_path / "j1.h5", tmp_path / "j2.h5")
+
+
+@pytest.mark.parametrize("command", ["refine", "topology", "relax"])
+def test_workers_below_one_is_a_usage_error(command, rows_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, str(rows_file), "-o", str(tmp_path / "out.h5"), "-j", "0"])
+    assert exit_.value.code == 2
+    assert "-j/--workers: 0 is out of range" in capsys.readouterr().err  # checked at parse time
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_worker_that_fails_in_the_cli_gives_one_line_and_no_output(tmp_path, capsys):
+    from hpcxtal.data import SACADA_PATH
+
+    out = tmp_path / "out.h5"
+    code = main(["relax", str(SACADA_PATH), "-o", str(out), "-j", "2", "--model",
+                 str(tmp_path / "missing.model")])  # 144 rows: 5 chunks, 2 workers
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("hpcxtal relax: error: relax: a worker failed on a chunk of ")
+    assert "missing.model" in err[0] and "nothing was written" in err[0]
+    assert not out.exists() and not list(tmp_path.glob("out*"))
