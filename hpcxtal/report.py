@@ -269,7 +269,9 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     ax = fig.add_subplot()
     spg, count = np.unique(table["spg_relaxed"][unique], return_counts=True)
     top = np.argsort(-count, kind="stable")[:30]
-    ax.bar([str(s) for s in spg[top]], count[top], color="tab:green")
+    x = np.arange(len(top))  # positions, labelled: no categorical-units warning
+    ax.bar(x, count[top], color="tab:green")
+    ax.set_xticks(x, [str(s) for s in spg[top]])
     ax.set(xlabel="space group of the relaxed structure", ylabel="unique structures",
            title="Space groups (most frequent 30)")
     ax.tick_params(axis="x", labelrotation=90)
