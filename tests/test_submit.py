@@ -124,8 +124,9 @@ def test_packed_array_task_refines_two_shards_as_srun_steps(slurm_cluster, small
     camp = tmp_path / "camp"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(small_campaign_text.replace("site: local", "site: packed_slurm"))
-    main(["init", str(camp), "--config", str(cfg), "-q"])
+    camp.mkdir()  # the site lives in the campaign directory; init checks it exists
     (camp / "packed_slurm.yaml").write_text(PACKED_SLURM_SITE)
+    assert main(["init", str(camp), "--config", str(cfg), "-q"]) == 0
     for stage in ("import", "shard"):
         assert main([stage, str(camp), "-q"]) == 0
     assert main(["submit", str(camp), "--stage", "refine", "-q"]) == 0
