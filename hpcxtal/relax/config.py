@@ -11,6 +11,23 @@ RELAX_BACKENDS = ("chgnet", "mace")
 RELAX_OPTIMIZERS = ("lbfgs", "fire")
 
 
+def check_relax_settings(cfg) -> None:
+    """The checks the stage's config section and the engine's parameters share: raise
+    ValueError naming the setting."""
+    if cfg.optimizer not in RELAX_OPTIMIZERS:
+        raise ValueError(f"optimizer {cfg.optimizer!r}: use one of {list(RELAX_OPTIMIZERS)}")
+    if cfg.fmax_eV_per_A <= 0:
+        raise ValueError(f"fmax_eV_per_A must be positive, got {cfg.fmax_eV_per_A}")
+    if cfg.max_steps < 0 or cfg.steps_per_atom < 0:
+        raise ValueError("max_steps and steps_per_atom must not be negative")
+    if cfg.batch_atom_budget < 1 or (cfg.batch_edge_budget is not None
+                                     and cfg.batch_edge_budget < 1):
+        raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1, got "
+                         f"{cfg.batch_atom_budget} and {cfg.batch_edge_budget}")
+    if cfg.symprec_A <= 0:
+        raise ValueError(f"symprec_A must be positive, got {cfg.symprec_A}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RelaxConfig:
     """Energy model and batched optimiser settings of the relax stage.
@@ -53,20 +70,10 @@ class RelaxConfig:
             raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
-        if self.optimizer not in RELAX_OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r}: use one of {list(RELAX_OPTIMIZERS)}")
-        if self.fmax_eV_per_A <= 0:
-            raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
-        if self.max_steps < 0 or self.steps_per_atom < 0:
-            raise ValueError("max_steps and steps_per_atom must not be negative")
-        if self.batch_atom_budget < 1 or (self.batch_edge_budget is not None
-                                          and self.batch_edge_budget < 1):
-            raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1")
+        check_relax_settings(self)
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
         if self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
-        if self.symprec_A <= 0:
-            raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
         if self.low_energy_window_eV < 0:
             raise ValueError("low_energy_window_eV must not be negative")

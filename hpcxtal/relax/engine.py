@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from hpcxtal.relax.cellfilter import CellState, filter_gradients, longest_row, per_structure
+from hpcxtal.relax.config import check_relax_settings
 from hpcxtal.relax.fire import fire_init, fire_step
 from hpcxtal.relax.lbfgs import lbfgs_init, lbfgs_step
 from hpcxtal.relax.models import BatchResult, EnergyModel
@@ -87,21 +88,10 @@ class RelaxParams:
     symprec_A: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r}: use one of {list(OPTIMIZERS)}")
+        check_relax_settings(self)
         if self.lbfgs_memory < 1 or self.lbfgs_alpha_eV_per_A2 <= 0:
             raise ValueError("lbfgs_memory must be at least 1 and lbfgs_alpha_eV_per_A2 "
                              "positive")
-        if self.fmax_eV_per_A <= 0:
-            raise ValueError(f"fmax_eV_per_A must be positive, got {self.fmax_eV_per_A}")
-        if self.max_steps < 0 or self.steps_per_atom < 0:
-            raise ValueError("max_steps and steps_per_atom must not be negative")
-        if self.batch_atom_budget < 1 or (self.batch_edge_budget is not None
-                                           and self.batch_edge_budget < 1):
-            raise ValueError("batch_atom_budget and batch_edge_budget must be at least 1, got "
-                             f"{self.batch_atom_budget} and {self.batch_edge_budget}")
-        if self.symprec_A <= 0:
-            raise ValueError(f"symprec_A must be positive, got {self.symprec_A}")
 
     def edge_budget(self, device: torch.device) -> int:
         """Neighbour pairs a batch may hold on ``device``."""
