@@ -172,9 +172,10 @@ class Stage:
         for i in self._shards(campaign, shard):
             (src,), (dest,) = self.inputs(campaign, i), self.outputs(campaign, i)
             outputs.append(dest)
-            why = f"{dest}: --force" if force else PROVENANCE.stale_reason(dest, [src], cfg)
-            if why is None:
+            stale = [(dest, f"{dest}: --force")] if force else self.stale(campaign, i)
+            if not stale:
                 continue
+            why = stale[0][1]
             problem = PROVENANCE.problem(src)
             if problem is not None:
                 raise FileNotFoundError(f"input of shard {i} is missing or corrupted "
