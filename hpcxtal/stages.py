@@ -322,13 +322,9 @@ def _shard_files(campaign: Campaign) -> list[Path]:
     return [shard_path(campaign.shard_dir, i) for i in range(campaign.config.shard.n_shards)]
 
 
-def _previous(stage: str) -> Callable[[Campaign, int | None], list[Path]]:
-    """Inputs of a per-shard stage: shard i's output of ``stage``."""
-    return lambda c, i: [stage_output(stage, c.root, i)]
-
-
-def _own(stage: str) -> Callable[[Campaign, int], list[Path]]:
-    """Outputs of a per-shard stage: its own file for shard i."""
+def _shard_output(stage: str) -> Callable[[Campaign, int], list[Path]]:
+    """Shard i's output file of ``stage``: a per-shard stage's output, and the input of
+    the stage after it."""
     return lambda c, i: [stage_output(stage, c.root, i)]
 
 
@@ -349,13 +345,13 @@ PIPELINE: tuple[Stage, ...] = (
           run_whole=_whole("shard", _shard, lambda c: [c.pool_path], lambda cfg: cfg.shard),
           science=lambda cfg: cfg.shard),
     Stage("refine", "gpu", True, inputs=lambda c, i: [shard_path(c.shard_dir, i)],
-          outputs=_own("refine"), science=lambda cfg: cfg.refine, kernel=_refine_kernel),
-    Stage("rounds", "gpu", False, inputs=_previous("refine"), outputs=_own("rounds"),
+          outputs=_shard_output("refine"), science=lambda cfg: cfg.refine, kernel=_refine_kernel),
+    Stage("rounds", "gpu", False, inputs=_shard_output("refine"), outputs=_shard_output("rounds"),
           science=lambda cfg: rounds_config(cfg.refine, cfg.rounds), run_whole=_rounds,
           shard_outputs=True),
-    Stage("topology", "cpu", True, inputs=_previous("rounds"), outputs=_own("topology"),
+    Stage("topology", "cpu", True, inputs=_shard_output("rounds"), outputs=_shard_output("topology"),
           science=lambda cfg: cfg.topology, kernel=_topology_kernel),
-    Stage("relax", "cpu", True, inputs=_previous("topology"), outputs=_own("relax"),
+    Stage("relax", "cpu", True, inputs=_shard_output("topology"), outputs=_shard_output("relax"),
           science=lambda cfg: cfg.relax, kernel=_relax_kernel),
     Stage("merge", "cpu", False, inputs=lambda c, i: _merge_inputs(c),
           outputs=lambda c, i: [database_output(c.root)], science=_merge_science,
