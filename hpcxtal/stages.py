@@ -21,7 +21,8 @@ from hpcxtal.campaign import Campaign, CampaignConfig
 from hpcxtal.config import ConfigError
 from hpcxtal.data import resolve_input
 from hpcxtal.generate.config import SampleConfig
-from hpcxtal.layout import database_output, progress_path, shard_path, stage_output
+from hpcxtal.layout import (database_output, ledger_path, progress_path, shard_path,
+                            stage_output)
 from hpcxtal.progress import recording
 from hpcxtal.refine.config import rounds_config
 from hpcxtal.store.formats import ImportConfig, import_files
@@ -149,11 +150,15 @@ class Stage:
     def run(self, campaign: Campaign, shard: int | None = None, force: bool = False,
             resources: Resources | None = None) -> StageReport:
         """Run the stage (one shard of it) on the campaign; complete, current outputs are
-        kept unless ``force``."""
+        kept unless ``force``. What it wrote is left for the next ``status`` (see
+        :mod:`hpcxtal.store.provenance`), which then need not read it again."""
         resources = resources or Resources()
-        if self.run_whole is not None:
-            return self.run_whole(campaign, force, resources)
-        return self._run_shards(campaign, shard, force, resources)
+        try:
+            if self.run_whole is not None:
+                return self.run_whole(campaign, force, resources)
+            return self._run_shards(campaign, shard, force, resources)
+        finally:
+            PROVENANCE.save_written(ledger_path(campaign.root), campaign.root)
 
     def run_file(self, src: Path, dest: Path, cfg: Any,
                  resources: Resources | None = None) -> dict[str, int]:
