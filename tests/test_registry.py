@@ -13,7 +13,7 @@ from hpcxtal.stages import PIPELINE, Resources, stage_spec
 
 from test_driver import small_campaign_text  # noqa: F401  (fixture)
 
-SCREENED = ("import", "shard", "refine", "rounds", "topology", "relax")
+SCREENED = ("import", "shard", "refine", "rounds", "topology", "dedup", "relax")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_resources_never_make_outputs_stale(finished):
     ("refine", {"max_steps": 61}, {"refine", "rounds"}),
     ("refine", {"target": "diamond"}, {"refine", "rounds"}),
     ("rounds", {"later": "perturb"}, {"rounds"}),
-    ("topology", {"depth": 11}, {"topology"}),
+    ("topology", {"depth": 11}, {"topology", "dedup"}),
     ("relax", {"fmax_eV_per_A": 0.04}, {"relax"}),
 ])
 def test_a_science_setting_makes_exactly_its_stages_stale(finished, section, change, stale):

@@ -233,6 +233,28 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    """First de-duplication across shards, before relaxation.
+
+    Compare the topology representatives of every shard by (topology key, dimensionality,
+    atoms per primitive cell) and write DIR/dedup.h5: each representative whose net has a
+    lower-id representative in another shard, with that id. The relax stage then relaxes
+    each net once per campaign, not once per shard.
+    """
+    from hpcxtal.stages import stage_spec
+
+    campaign = open_campaign(args.dir, required=True)
+    report = stage_spec("dedup").run(campaign, None, args.force)
+    if report.skipped:
+        log.info("dedup is complete and current; nothing to do (--force to redo)")
+    else:
+        c = report.counts
+        log.info("%d topology representatives, %d nets: %d duplicates of a net in another "
+                 "shard will not be relaxed", c["representatives"], c["nets"],
+                 c["cross_shard_duplicates"])
+    return 0
+
+
 def cmd_relax(args: argparse.Namespace) -> int:
     """Relax structures with an ML potential; energies vs graphite.
 
@@ -369,6 +391,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="C-C bond cutoff in Å (file mode; default 1.872)")
     p.add_argument("--depth", type=num.positive_int, help="coordination-sequence depth (file mode; default 12)")
     add_workers(p, "worker processes")
+
+    p = command(sub, "dedup", cmd_dedup, force="redo an index that is current")
+    p.add_argument("dir", type=Path, help="campaign directory")
 
     p = command(sub, "relax", cmd_relax,
                 force="redo campaign shards that are complete")
