@@ -26,7 +26,7 @@ import numpy as np
 
 from hpcxtal.campaign import Campaign, CampaignConfig
 from hpcxtal.generate.config import SampleConfig
-from hpcxtal.layout import ledger_path, shard_path, stage_output
+from hpcxtal.layout import dedup_output, ledger_path, shard_path, stage_output
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.provenance import PROVENANCE, Provenance
 from hpcxtal.store.shard import ShardConfig
@@ -50,17 +50,24 @@ def build(root: Path, n_shards: int) -> Campaign:
     cfg = campaign.config
     steps = [("refine", cfg.refine),
              ("rounds", {"refine": cfg.refine, "rounds": cfg.rounds}),
-             ("topology", cfg.topology), ("relax", cfg.relax)]
+             ("topology", cfg.topology)]
     ledger = ledger_path(root)
+
+    def write(dest: Path, kind: str, sources: list[Path], science: object) -> None:
+        """One output as a stage run leaves it: the file and its note for status."""
+        write_table(dest, rows, kind=kind, **prov.stamp(sources, science))
+        PROVENANCE.save_written(ledger, root)
+
     for i in range(n_shards):
         previous = shard_path(campaign.shard_dir, i)
-        write_table(previous, rows, kind="shard", **prov.stamp([campaign.pool_path], cfg.shard))
-        PROVENANCE.save_written(ledger, root)
+        write(previous, "shard", [campaign.pool_path], cfg.shard)
         for stage, science in steps:
-            dest = stage_output(stage, root, i)
-            write_table(dest, rows, kind=stage, **prov.stamp([previous], science))
-            PROVENANCE.save_written(ledger, root)
-            previous = dest
+            write(stage_output(stage, root, i), stage, [previous], science)
+            previous = stage_output(stage, root, i)
+    topology = [stage_output("topology", root, i) for i in range(n_shards)]
+    write(dedup_output(root), "dedup", topology, cfg.topology)
+    for i in range(n_shards):
+        write(stage_output("relax", root, i), "relax", [topology[i], dedup_output(root)], cfg.relax)
     return campaign
 
 
@@ -70,7 +77,7 @@ def status_seconds(root: Path) -> float:
     out = subprocess.run([sys.executable, "-m", "hpcxtal.cli", "status", str(root)],
                          capture_output=True, text=True, check=True).stdout
     seconds = time.perf_counter() - t0
-    for stage in ("sample", "shard", "refine", "rounds", "topology", "relax"):
+    for stage in ("sample", "shard", "refine", "rounds", "topology", "dedup", "relax"):
         line = next(l for l in out.splitlines() if l.strip().startswith(stage))
         assert "done" in line, out
     return seconds
