@@ -200,6 +200,16 @@ class Stage:
         return StageReport(outputs, counts, skipped)
 
 
+def _redo(stage: Stage, campaign: Campaign, force: bool) -> bool:
+    """Whether a whole-campaign stage must run: when ``force``, or when an output is
+    missing or stale (each such output gets one warning naming it and the cause)."""
+    stale = stage.stale(campaign, None)
+    if not force:
+        for dest, why in stale:
+            _log_recomputed(dest, why)
+    return force or bool(stale)
+
+
 def _whole(name: str, make: Callable[[Campaign, Resources], StageReport],
            inputs: Callable[[Campaign], list[Path]],
            section: Callable[[CampaignConfig], Any]) -> Callable[[Campaign, bool, Resources], StageReport]:
@@ -212,12 +222,8 @@ def _whole(name: str, make: Callable[[Campaign, Resources], StageReport],
         if not stage.enabled(campaign.config):
             campaign.record(name, status="off")
             return StageReport([], skipped=True)
-        stale = stage.stale(campaign, None)
-        if not force and not stale:
+        if not _redo(stage, campaign, force):
             return StageReport(outputs, skipped=True)
-        if not force:
-            for dest, why in stale:
-                _log_recomputed(dest, why)
         campaign.start(name, inputs(campaign), section(campaign.config))
         report = make(campaign, resources)
         campaign.finish(name, report.outputs, **report.counts)
@@ -254,17 +260,13 @@ def _rounds(campaign: Campaign, force: bool, resources: Resources) -> StageRepor
     stage = stage_spec("rounds")
     n = campaign.config.shard.n_shards
     outputs = [stage_output("rounds", campaign.root, i) for i in range(n)]
-    stale = stage.stale(campaign, None)
-    if not force and not stale:
-        return StageReport(outputs, skipped=True)
     missing = [i for i in range(n)
                if PROVENANCE.problem(stage_output("refine", campaign.root, i)) is not None]
-    if missing:
+    if missing:  # (then every output is stale too)
         raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
                                 f"{campaign.root}' first")
-    if not force:
-        for dest, why in stale:
-            _log_recomputed(dest, why)
+    if not _redo(stage, campaign, force):
+        return StageReport(outputs, skipped=True)
     from hpcxtal.refine.rounds import run_rounds
 
     refine = resources.apply(campaign.config.refine)
