@@ -175,3 +175,15 @@ def test_a_worker_that_fails_in_the_cli_gives_one_line_and_no_output(tmp_path, c
     assert err[0].startswith("hpcxtal relax: error: relax: a worker failed on a chunk of ")
     assert "missing.model" in err[0] and "nothing was written" in err[0]
     assert not out.exists() and not list(tmp_path.glob("out*"))
+
+
+def test_chunk_rows_from_the_command_line(rows_file, tmp_path, caplog, capsys):
+    """--chunk-rows sets the chunks of a file (24 rows, 8 per chunk: 3), is checked at
+    parse time, and a campaign takes it from its config."""
+    with caplog.at_level("INFO"):
+        assert main(["refine", str(rows_file), "-o", str(tmp_path / "out.h5"), "--steps", "5",
+                     "--chunk-rows", "8", "-j", "1"]) == 0
+    assert "24 rows in 3 chunks over 1 worker" in caplog.text
+    with pytest.raises(SystemExit) as exit_:
+        main(["relax", str(rows_file), "-o", str(tmp_path / "r.h5"), "--chunk-rows", "0"])
+    assert exit_.value.code == 2 and "--chunk-rows: 0 is out of range" in capsys.readouterr().err

@@ -171,13 +171,13 @@ def cmd_refine(args: argparse.Namespace) -> int:
     def file_mode():
         cfg = file_mode_config(args, RefineConfig(), {
             "max_steps": args.steps, "dtype": args.dtype, "device": args.device,
-            "threads": args.threads})
+            "threads": args.threads, "chunk_rows": args.chunk_rows})
         return stage_spec("refine").run_file(args.source, args.output, cfg,
                                              Resources(workers=args.workers))
 
     stage_command(args, "refine", args.source, file_mode, {
         "--steps": args.steps, "--dtype": args.dtype, "--device": args.device,
-        "--threads": args.threads}, Resources(workers=args.workers))
+        "--threads": args.threads, "--chunk-rows": args.chunk_rows}, Resources(workers=args.workers))
     return 0
 
 
@@ -272,7 +272,7 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
     overrides = {"backend": args.backend, "model": args.model, "dtype": args.dtype,
                  "optimizer": args.optimizer, "fmax_eV_per_A": args.fmax,
-                 "max_steps": args.max_steps}
+                 "max_steps": args.max_steps, "chunk_rows": args.chunk_rows}
 
     def file_mode():
         cfg = file_mode_config(args, RelaxConfig(), overrides)
@@ -281,7 +281,8 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
     report = stage_command(args, "relax", args.source, file_mode, {
         "--backend": args.backend, "--model": args.model, "--dtype": args.dtype,
-        "--optimizer": args.optimizer, "--fmax": args.fmax, "--max-steps": args.max_steps},
+        "--optimizer": args.optimizer, "--fmax": args.fmax, "--max-steps": args.max_steps,
+        "--chunk-rows": args.chunk_rows},
         Resources(workers=args.workers))
     if report is not None:
         c = report.counts
@@ -338,6 +339,14 @@ def per_shard_io(p: argparse.ArgumentParser, output: str) -> None:
                    help="campaign: only shard I (one job-array task); default all shards")
 
 
+def add_chunk_rows(p: argparse.ArgumentParser, default: int) -> None:
+    """--chunk-rows on a stage whose rows workers take in chunks."""
+    p.add_argument("--chunk-rows", type=num.positive_int, metavar="N",
+                   help=f"rows per chunk, taken by the next free worker (file mode; default "
+                        f"{default}): smaller chunks balance workers better, but each costs its "
+                        f"own tail of steps; results do not depend on the worker count")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The stages commands' parsers."""
     p = command(sub, "import", cmd_import,
@@ -379,6 +388,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=num.threads,
                    help="torch CPU threads of one worker process (file mode, -j 1; default 1)")
     add_workers(p, "worker processes, each on one core with one thread")
+    add_chunk_rows(p, 512)
 
     p = command(sub, "rounds", cmd_rounds,
                 force="redo rounds that are complete")
@@ -412,6 +422,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
                    help="step cap before size scaling (default 300, + 2 per atom)")
     add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
+    add_chunk_rows(p, 32)
 
     p = command(sub, "merge", cmd_merge,
                 force="redo a campaign database that is current")
