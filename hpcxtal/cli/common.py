@@ -71,11 +71,15 @@ def stage_command(args: argparse.Namespace, name: str, source: Path,
     if campaign is None:
         report = file_mode()
         return report if isinstance(report, StageReport) else StageReport([args.output], report)
+    spec = stage_spec(name)
+    if spec.per_shard and not spec.enabled(campaign.config):
+        raise UsageError(f"{name} is off in this campaign: add a '{name}:' section to "
+                         f"{campaign.root / 'campaign.yaml'} ('{name}: {{}}' for the defaults)")
     given = [opt for opt, value in (campaign_only or {}).items() if value not in (None, False)]
     if given:
         raise UsageError(f"{given[0]}: a campaign takes this from its config; edit the "
                          f"{name} section of {campaign.root / 'campaign.yaml'}")
-    report = stage_spec(name).run(campaign, getattr(args, "shard", None),
+    report = spec.run(campaign, getattr(args, "shard", None),
                                   getattr(args, "force", False), resources)
     if report.skipped:
         log.info("%s: %d output(s) complete and current; nothing to do (--force to redo)",

@@ -216,6 +216,33 @@ def cmd_relax(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from hpcxtal.rescore.config import RescoreConfig
+    from hpcxtal.stages import Resources, stage_spec
+
+    overrides = {"model": args.model, "model_dir": args.model_dir, "margin_eV": args.margin,
+                 "window_eV": args.window, "fmax_eV_per_A": args.fmax,
+                 "max_steps": args.max_steps}
+
+    def file_mode():
+        cfg = file_mode_config(args, RescoreConfig(), overrides)
+        return stage_spec("rescore").run_file(args.source, args.output, cfg,
+                                              Resources(workers=args.workers))
+
+    report = stage_command(args, "rescore", args.source, file_mode, {
+        "--model": args.model, "--model-dir": args.model_dir, "--margin": args.margin,
+        "--window": args.window, "--fmax": args.fmax, "--max-steps": args.max_steps},
+        Resources(workers=args.workers))
+    if report is not None:
+        c = report.counts
+        log.info("%d rows, %d rescored: %d converged, %d not converged, %d failed; %d moved "
+                 "into and %d out of the window; %d low-energy by the best tier",
+                 c.get("rows", 0), c.get("rescored", 0), c.get("converged", 0),
+                 c.get("not_converged", 0), c.get("failed", 0), c.get("moved_in", 0),
+                 c.get("moved_out", 0), c.get("low_energy", 0))
+    return 0
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -381,6 +408,45 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
     p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
     p.set_defaults(func=cmd_relax)
+    add_common(p)
+
+    p = sub.add_parser("rescore", help="re-relax the screen's low-energy rows with a second, "
+                       "more accurate model (CHGNet by default)",
+                       description="The rescoring tier. The relax stage's model screens every "
+                                   "candidate; rows it relaxed to convergence within the "
+                                   "low-energy window plus a margin (default 0.15 eV/atom) "
+                                   "are re-relaxed from their screened structures with a "
+                                   "foundation-grade model: CHGNet with the weights its wheel "
+                                   "carries (default), or a mace-torch model file (e.g. "
+                                   "MACE-MP-0) given by path or foundation name in "
+                                   "--model-dir; nothing is downloaded. Energies are taken "
+                                   "above graphite relaxed with the same model. Both tiers' "
+                                   "energies are kept (energy_screen, e_rel_screen, "
+                                   "energy_rescore, e_rel_rescore, status_rescore); energy, "
+                                   "e_rel, status and the structure are the best tier's "
+                                   "(tier: rescore where the rescore converged, else screen), "
+                                   "which merge ranks and classes. On a campaign DIR with a "
+                                   "'rescore:' section, DIR/relax/relax-I.h5 into "
+                                   "DIR/rescore/rescore-I.h5 (one shard with --shard I).")
+    p.add_argument("source", type=Path, help="relax output (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help="rescored table to write (file mode)")
+    p.add_argument("--shard", type=num.nonnegative_int, metavar="I",
+                   help="campaign: rescore only shard I")
+    p.add_argument("--model", metavar="chgnet|PATH|NAME",
+                   help="rescoring model (file mode): chgnet (default, bundled weights), a "
+                        "MACE model file, or a MACE foundation name found in --model-dir")
+    p.add_argument("--model-dir", metavar="DIR", help="where MACE foundation files are (file mode)")
+    p.add_argument("--margin", type=num.nonnegative_float, metavar="EV",
+                   help="eV/atom above the window still rescored (file mode; default 0.15)")
+    p.add_argument("--window", type=num.nonnegative_float, metavar="EV",
+                   help="low-energy window in eV/atom (file mode; default: the input's)")
+    p.add_argument("--fmax", type=num.positive_float, metavar="EV_PER_A",
+                   help="force convergence threshold in eV/Å (file mode; default 0.05)")
+    p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
+                   help="step cap before size scaling (file mode; default 300, + 2 per atom)")
+    add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
+    p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
+    p.set_defaults(func=cmd_rescore)
     add_common(p)
 
     p = sub.add_parser("merge", help="merge relax outputs into one ranked database",

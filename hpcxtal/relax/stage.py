@@ -59,6 +59,11 @@ class RelaxRunner:
         out.attrs.update(e_graphite_eV_per_atom=e_graphite, **model.describe())
         return out
 
+    def relax(self, table: Table) -> Table:
+        """The rows of ``table`` that are worth it relaxed by this runner's workers, in
+        chunks fixed by the rows (:func:`relax_chunks`); the table needs a row to relax."""
+        return self._workers.map(table, relax_chunks(table, self.cfg))
+
     def run(self, src: Path, dest: Path, **attrs: object) -> dict[str, int]:
         """Relax the rows of ``src`` that are worth it into ``dest``: every row of a plain
         table, or the CN-valid topology representatives of a topology file (the rest
@@ -67,8 +72,7 @@ class RelaxRunner:
         from hpcxtal.relax.table import status_counts
 
         table, quarantine = read_table(src)
-        chunks = relax_chunks(table, self.cfg)
-        out = self._workers.map(table, chunks)
+        out = self.relax(table)
         counts = status_counts(out, self.cfg.low_energy_window_eV)
         write_table(dest, out, kind="relax", quarantine=quarantine, source=str(src),
                     low_energy_window_eV=self.cfg.low_energy_window_eV,
