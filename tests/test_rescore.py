@@ -122,6 +122,11 @@ def test_database_ranks_and_classes_by_the_best_tier(screened, rescored, tmp_pat
     inside_screen = db["e_rel_screen"][row] <= window
     assert bool(db["low_energy"][row]) == (not inside_screen)  # moved across by the rescore
     assert bool(db["low_energy"][row]) == bool(db["e_rel_rescore"][row] <= window)
+    # exports say which tier a structure's energy comes from
+    from hpcxtal.store.formats import table_images
+
+    info = table_images(db.take(np.array([row])))[0].info
+    assert info["tier"] == "rescore" and info["e_rel_screen"] == db["e_rel_screen"][row]
     # ranked by the best tier's e_rel
     assert (np.diff(db["e_rel"]) >= 0).all()
     for name in ("tier", "energy_screen", "e_rel_screen", "energy_rescore", "e_rel_rescore",
@@ -238,6 +243,15 @@ def test_campaign_rescore_stage_provenance_and_staleness(campaign, capsys):
         assert rescore.done(edited, 0) and not merge.done(edited)
         (campaign.root / "campaign.yaml").write_text(original)
         rescore.run(Campaign(campaign.root), shard=0, resources=Resources(workers=1))
+        # job arrays come from the registry: a stale rescore shard is one array task
+        from hpcxtal.hpc.site import load_site
+        from hpcxtal.hpc.submit import submit_campaign
+
+        edited = _edit(campaign, rescore={"margin_eV": 0.5})
+        (sub,) = submit_campaign(edited, load_site("slurm_generic"), ["rescore"], dry_run=True)
+        assert sub.stage == "rescore" and sub.shards == [0, 1]
+        assert f" rescore {campaign.root.resolve()}" in open(sub.script).read()
+        (campaign.root / "campaign.yaml").write_text(original)
         # status lists the stage; with the section removed it is off
         assert main(["status", str(campaign.root)]) == 0
         assert "rescore   " in capsys.readouterr().out
