@@ -79,8 +79,8 @@ def stage_command(args: argparse.Namespace, name: str, source: Path,
     if given:
         raise UsageError(f"{given[0]}: a campaign takes this from its config; edit the "
                          f"{name} section of {campaign.root / 'campaign.yaml'}")
-    report = spec.run(campaign, getattr(args, "shard", None),
-                                  getattr(args, "force", False), resources)
+    report = spec.run(campaign, getattr(args, "shard", None), getattr(args, "force", False),
+                      resources)
     if report.skipped:
         log.info("%s: %d output(s) complete and current; nothing to do (--force to redo)",
                  name, len(report.outputs))
