@@ -31,6 +31,7 @@ from hpcxtal.layout import log_path, pool_path, shard_dir
 from hpcxtal.merge.database import MergeConfig
 from hpcxtal.refine.config import RefineConfig, RoundsConfig
 from hpcxtal.relax.config import RelaxConfig
+from hpcxtal.rescore.config import RescoreConfig
 from hpcxtal.store.formats import ImportConfig
 from hpcxtal.store.hdf5 import atomic_path, write_text_atomic
 from hpcxtal.store.shard import ShardConfig
@@ -54,7 +55,16 @@ class CampaignConfig:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     relax: RelaxConfig = field(default_factory=RelaxConfig)
+    rescore: RescoreConfig | None = None  # set (``rescore: {}`` for the defaults): the
+    # rescoring tier re-relaxes the screen's low-energy rows with a second model
     merge: MergeConfig = field(default_factory=MergeConfig)
+
+    @property
+    def low_energy_window_eV(self) -> float:
+        """The campaign's low-energy window (eV/atom above graphite): the merge
+        section's where set, else the relax section's."""
+        return (self.merge.low_energy_window_eV if self.merge.low_energy_window_eV is not None
+                else self.relax.low_energy_window_eV)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CampaignConfig":

@@ -58,6 +58,7 @@ nonnegative_int = int_range(0)
 seed = int_range(0, MAX_SEED)
 threads = int_range(1, 4096)
 positive_float = float_range(0.0, lo_open=True)
+nonnegative_float = float_range(0.0)
 finite_float = float_range(-math.inf)
 symmetry_tolerance = float_range(*SYMMETRY_TOLERANCE_RANGE_A)
 space_group = int_range(1, 230)
@@ -79,7 +80,8 @@ STAGE_INPUT_KINDS: dict[str, tuple[str, ...]] = {
     "refine": ("pool", "shard", "known_structures"),
     "topology": ("refine", "rounds", "round", "pool", "shard", "known_structures"),
     "relax": ("topology", "refine", "rounds", "round", "pool", "shard", "known_structures"),
-    "merge": ("relax",),
+    "rescore": ("relax",),
+    "merge": ("relax", "rescore"),
     "train": ("training",),
 }
 

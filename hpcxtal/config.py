@@ -39,6 +39,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
+            return None  # optional X: null is None (an optional section stays off)
         if value is not None and len(options) == 1:  # optional X: X's own error is clearer
             return _convert(value, options[0], where)
         for arg in typing.get_args(tp):

@@ -4,7 +4,7 @@
 
     DIR/pool.h5                    the candidate pool (stage ``sample`` or ``import``)
     DIR/shards/shard-NNNN.h5       the pool cut into cost-balanced shards (``shard``)
-    DIR/STAGE/STAGE-NNNN.h5        a per-shard output: refine, rounds, topology, relax
+    DIR/STAGE/STAGE-NNNN.h5        a per-shard output: refine, rounds, topology, relax, rescore
     DIR/rounds/round-R/part-PPPP-of-NNNN.h5   one process's part of refinement round R
     DIR/database.h5                every shard merged and ranked (``merge``)
     DIR/progress/STAGE-NNNN.json   rows done, rate and host of a per-shard stage's run

@@ -168,9 +168,34 @@ def known_refound(table: Table) -> list[dict[str, object]]:
     return list(out.values())
 
 
+def tiers(table: Table, window: float) -> dict[str, object]:
+    """The two energy tiers side by side: rows rescored and how the rescore ended, rows
+    it moved into or out of the window, unique rows within the window by the screen's
+    energy, by the rescore's (rows it reached) and by the best tier (the headline), the
+    Spearman rank correlation of the two tiers' e_rel and the shift rescore - screen."""
+    from scipy.stats import spearmanr
+
+    rescored = table["status_rescore"] != RelaxStatus.SKIPPED
+    both = (table["status_rescore"] == RelaxStatus.CONVERGED) & np.isfinite(table["e_rel_screen"])
+    screen_in, rescore_in = table["e_rel_screen"] <= window, table["e_rel_rescore"] <= window
+    shift = table["e_rel_rescore"][both] - table["e_rel_screen"][both]
+    rho = (float(spearmanr(table["e_rel_screen"][both], table["e_rel_rescore"][both])[0])
+           if both.sum() > 2 else None)
+    unique = table["unique"]
+    return {"rescored": int(rescored.sum()), "converged": int(both.sum()),
+            "not_converged": int((table["status_rescore"] == RelaxStatus.NOT_CONVERGED).sum()),
+            "failed": int((table["status_rescore"] == RelaxStatus.FAILED).sum()),
+            "moved_in": int((both & ~screen_in & rescore_in).sum()),
+            "moved_out": int((both & screen_in & ~rescore_in).sum()),
+            "N_low_E_screen": int((unique & screen_in).sum()),
+            "N_low_E_rescore": int((unique & both & rescore_in).sum()),
+            "N_low_E_best": int(table["low_energy"].sum()),
+            "spearman": rho, "shift_eV_per_atom": _quantiles(shift)}
+
+
 def metrics(table: Table, n_sampled: int, window: float = 0.55) -> dict[str, object]:
     """Headline metrics after the checks (also under ``after``), the same ``before`` them,
-    class counts, known phases re-found, closeness, and per-round rows (``per_round``:
+    class counts, known phases re-found, closeness, the two energy tiers, and per-round rows (``per_round``:
     round, the metrics found in it, and ``cumulative``)."""
     flags = _flags(table, window)
     sides = {side: {k: int(np.sum(v)) for k, v in f.items()} for side, f in flags.items()}
@@ -179,6 +204,7 @@ def metrics(table: Table, n_sampled: int, window: float = 0.55) -> dict[str, obj
                           if c != RowClass.QUARANTINED}
     overall["known_phases"] = known_refound(table)
     overall["closeness"] = closeness(table)
+    overall["tiers"] = tiers(table, window)
     after = flags["after"]
     per_round, running = [], {k: 0 for k in METRICS}
     for r in np.unique(table["round"]).tolist():
@@ -192,7 +218,8 @@ def metrics(table: Table, n_sampled: int, window: float = 0.55) -> dict[str, obj
 
 def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     """The report's PNGs: energy histogram, energy vs volume by class, closeness of
-    refined and relaxed structures, cumulative counts per round, space groups, sizes
+    refined and relaxed structures, cumulative counts per round, space groups, the two
+    energy tiers (where rows were rescored), sizes
     (matplotlib without pyplot: no global state, no display needed)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -277,6 +304,21 @@ def _figures(table: Table, out_dir: Path, window: float) -> dict[str, Path]:
     ax.tick_params(axis="x", labelrotation=90)
     save(fig, "space_groups")
 
+    both = table["status_rescore"] == RelaxStatus.CONVERGED
+    if both.any():
+        fig = Figure(figsize=(5, 5))
+        ax = fig.add_subplot()
+        x, y = table["e_rel_screen"][both], table["e_rel_rescore"][both]
+        ax.scatter(x, y, s=16, color="tab:blue", edgecolors="none")
+        lo, hi = min(x.min(), y.min(), 0.0), max(x.max(), y.max(), window)
+        ax.plot([lo, hi], [lo, hi], color="0.6", lw=0.8)
+        ax.axvline(window, color="tab:red", ls="--", lw=0.8)
+        ax.axhline(window, color="tab:red", ls="--", lw=0.8)
+        ax.set(xlabel="screen: E - E_graphite (eV/atom)",
+               ylabel="rescore: E - E_graphite (eV/atom)",
+               title=f"Two tiers ({int(both.sum())} rows rescored)")
+        save(fig, "tiers", counts=False)
+
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     width = max(1, int(np.ceil(natoms.max(initial=0) / 40)))
@@ -305,13 +347,14 @@ def _cif_link(row_id: int) -> _Html:
 
 
 def top_rows(table: Table, n: int) -> list[list[object]]:
-    """Rank, id, e_rel, energy, space groups, Wyckoff, atoms, relaxed dimension and key,
+    """Rank, id, e_rel with its tier, the screen's e_rel, energy, space groups, Wyckoff, atoms, relaxed dimension and key,
     class, known phase, training overlap, origin and CIF of the ``n`` best unique
     structures."""
     out = []
     for rank, i in enumerate(np.flatnonzero(table["unique"])[:n], 1):
-        out.append([rank, int(table["id"][i]), f"{table['e_rel'][i]:.4f}",
-                    f"{table['energy'][i]:.4f}", int(table["spg"][i]), int(table["spg_relaxed"][i]),
+        out.append([rank, int(table["id"][i]), f"{table['e_rel'][i]:.4f}", table["tier"][i],
+                    f"{table['e_rel_screen'][i]:.4f}", f"{table['energy'][i]:.4f}",
+                    int(table["spg"][i]), int(table["spg_relaxed"][i]),
                     table["wyckoff_relaxed"][i], int(table.structures.natoms[i]),
                     int(table["dimension_relaxed"][i]), table["topology_relaxed"][i],
                     table["class"][i], table["known_phase"][i] or "-",
@@ -320,7 +363,8 @@ def top_rows(table: Table, n: int) -> list[list[object]]:
     return out
 
 
-TOP_HEADER = ["rank", "id", "E - E_graphite (eV/atom)", "E (eV/atom)", "spg (refined)",
+TOP_HEADER = ["rank", "id", "E - E_graphite (eV/atom)", "tier", "screen E - E_graphite",
+              "E (eV/atom)", "spg (refined)",
               "spg (relaxed)", "Wyckoff (relaxed)", "atoms", "dim", "topology (relaxed)",
               "class", "known phase", "training match", "origin", "CIF"]
 
@@ -418,6 +462,28 @@ def write_report(db_path: Path, out_dir: Path, n_sampled: int | None = None,
         f"{_cif_link(rid)} e_rel {table['e_rel'][table['id'] == rid][0]:.3f}</figcaption></figure>"
         for rid, path in thumbs.items()) or "<p>No structure of class new.</p>"
     model = ", ".join(f"{k[6:]} {v}" for k, v in attrs.items() if k.startswith("model_"))
+    rescore_model = ", ".join(f"{k[14:]} {v}" for k, v in attrs.items()
+                              if k.startswith("rescore_model_"))
+    tier = values["tiers"]
+    tier_rows = [["screen (relax)", model or "unknown",
+                  f"{attrs.get('e_graphite_eV_per_atom', float('nan')):.4f}",
+                  tier["N_low_E_screen"]],  # type: ignore[index]
+                 ["rescore", rescore_model or "off",
+                  f"{attrs.get('rescore_e_graphite_eV_per_atom', float('nan')):.4f}",
+                  tier["N_low_E_rescore"]],  # type: ignore[index]
+                 ["best tier (headline)", "-", "-", tier["N_low_E_best"]]]  # type: ignore[index]
+    shift = tier["shift_eV_per_atom"]  # type: ignore[index]
+    rho = "-" if tier["spearman"] is None else f"{tier['spearman']:.3f}"  # type: ignore[index]
+    tier_text = (f"{tier['rescored']} rows rescored (screen e_rel within "  # type: ignore[index]
+                 f"{attrs.get('rescore_window_eV', window):g} + "
+                 f"{attrs.get('rescore_margin_eV', float('nan')):g} eV/atom), "
+                 f"{tier['converged']} converged, {tier['not_converged']} not converged, "
+                 f"{tier['failed']} failed; the rescore moved {tier['moved_in']} rows into "
+                 f"and {tier['moved_out']} out of the window. Spearman (screen vs rescore "
+                 f"e_rel): {rho}; shift rescore - screen: median "
+                 f"{shift.get('median', float('nan')):.3f}, range "
+                 f"{shift.get('min', float('nan')):.3f} to {shift.get('max', float('nan')):.3f}"
+                 " eV/atom.")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>hpcxtal report: {html.escape(db_path.name)}</title>
 <style>
@@ -439,6 +505,11 @@ low energy = within {window:g} eV/atom. Target environment: {html.escape(str(att
 representatives). After: on relaxed, re-validated structures (motif kept, 3-D, relaxed
 de-duplication across shards; new = matches no known phase).</p>
 {_table_html(["metric", "before", "after"], headline)}
+<h2>Energy tiers</h2>
+<p>Each row is ranked and classed by the best tier it reached (rescore where the rescore
+converged, else screen); each tier's energies are above graphite relaxed with its own
+model. {html.escape(tier_text)}</p>
+{_table_html(["tier", "model", "E_graphite (eV/atom)", "unique within the window"], tier_rows)}
 <h2>Per round, after the checks (cumulative in brackets)</h2>{_table_html(["round", *METRICS], rounds)}
 <h2>Accounting</h2>{_table_html(["class", "rows", "kinds"], books_rows)}{verdict}
 <h2>Known phases re-found</h2>{_table_html(["phase", "rows", "best id", "E - E_graphite (eV/atom)", "dim"], known)}

@@ -171,7 +171,10 @@ class Stage:
     def _run_shards(self, campaign: Campaign, shard: int | None, force: bool,
                     resources: Resources) -> StageReport:
         """Run a per-shard stage on shard ``shard`` (None: all in turn). Writes no
-        manifest: array tasks run this concurrently, each on its own output file."""
+        manifest: array tasks run this concurrently, each on its own output file; a stage
+        that is off in the config does nothing."""
+        if not self.enabled(campaign.config):
+            return StageReport([], skipped=True)
         cfg = self.science(campaign.config)
         kernel = None
         outputs, counts, skipped = [], {}, True
@@ -279,12 +282,13 @@ def _merge(campaign: Campaign, resources: Resources) -> StageReport:
     from hpcxtal.merge.stage import merge_files
 
     cfg = campaign.config
-    sources = _relax_outputs(campaign)
+    energy = _energy_stage(cfg)
+    sources = _energy_outputs(campaign)
     for i, path in enumerate(sources):
-        stale = stage_spec("relax").stale(campaign, i)
+        stale = stage_spec(energy).stale(campaign, i)
         if stale:
-            raise FileNotFoundError(f"relax output of shard {i} is missing, corrupted or stale "
-                                    f"({stale[0][1]}); run 'hpcxtal relax {campaign.root} "
+            raise FileNotFoundError(f"{energy} output of shard {i} is missing, corrupted or stale "
+                                    f"({stale[0][1]}); run 'hpcxtal {energy} {campaign.root} "
                                     f"--shard {i}' first")
     dest = database_output(campaign.root)
     stamp = PROVENANCE.stamp(_merge_inputs(campaign), _merge_science(cfg))
@@ -313,12 +317,33 @@ def _topology_outputs(campaign: Campaign) -> list[Path]:
             for i in range(campaign.config.shard.n_shards)]
 
 
-def _relax_outputs(campaign: Campaign) -> list[Path]:
-    return [stage_output("relax", campaign.root, i) for i in range(campaign.config.shard.n_shards)]
+
+def _energy_stage(cfg: CampaignConfig) -> str:
+    """The last stage that gives rows energies: rescore where it is on, else relax."""
+    return "rescore" if cfg.rescore is not None else "relax"
+
+
+def _energy_outputs(campaign: Campaign) -> list[Path]:
+    stage = _energy_stage(campaign.config)
+    return [stage_output(stage, campaign.root, i) for i in range(campaign.config.shard.n_shards)]
 
 
 def _merge_inputs(campaign: Campaign) -> list[Path]:
-    return [*_relax_outputs(campaign), campaign.pool_path]
+    return [*_energy_outputs(campaign), campaign.pool_path]
+
+
+def _rescore_science(cfg: CampaignConfig) -> Any:
+    """The rescore section with its window resolved to the campaign's low-energy window
+    (the rows it picks depend on it)."""
+    window = cfg.rescore.window_eV
+    return dataclasses.replace(cfg.rescore, window_eV=cfg.low_energy_window_eV
+                               if window is None else window)
+
+
+def _rescore_kernel(cfg: Any) -> Kernel:
+    from hpcxtal.rescore.stage import rescore_kernel
+
+    return rescore_kernel(cfg)
 
 
 def _merge_science(cfg: CampaignConfig) -> dict:
@@ -385,6 +410,9 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("relax", "cpu", True,
           inputs=lambda c, i: [stage_output("topology", c.root, i), dedup_output(c.root)],
           outputs=_shard_output("relax"), science=lambda cfg: cfg.relax, kernel=_relax_kernel),
+    Stage("rescore", "cpu", True, inputs=_shard_output("relax"), outputs=_shard_output("rescore"),
+          science=_rescore_science, kernel=_rescore_kernel,
+          enabled=lambda cfg: cfg.rescore is not None),
     Stage("merge", "cpu", False, inputs=lambda c, i: _merge_inputs(c),
           outputs=lambda c, i: [database_output(c.root)], science=_merge_science,
           run_whole=_whole("merge", _merge, _merge_inputs, _merge_science)),

@@ -3,6 +3,7 @@ import pytest
 
 from hpcxtal.campaign import Campaign
 from hpcxtal.cli import main
+from hpcxtal.merge.database import read_database
 from hpcxtal.stages import PIPELINE
 
 from test_relax import tiny_mace
@@ -35,12 +36,17 @@ def _all_done(camp):
 
 def test_run_whole_pipeline_on_local_site_then_resume_is_a_no_op(small_campaign_text,
                                                                   tmp_path, caplog):
-    camp = _init(tmp_path, small_campaign_text)
+    model = small_campaign_text.split("model: ")[1].split("\n")[0]  # the rescore: same file
+    camp = _init(tmp_path, small_campaign_text + "  fmax_eV_per_A: 1000\n"  # relax converges
+                 f"rescore:\n  model: {model}\n  margin_eV: 100\n"
+                 "  max_steps: 3\n  steps_per_atom: 0\n  fmax_eV_per_A: 1000\n")
     assert main(["run", str(camp), "-q"]) == 0
     assert all(_all_done(camp).values()), _all_done(camp)
     stages = Campaign(camp).manifest()["stages"]  # per-shard stages recorded by the driver
     assert all(stages[s]["status"] == "done" and stages[s]["shards_complete"] == 2
-               for s in ("refine", "topology", "relax")), stages
+               for s in ("refine", "topology", "relax", "rescore")), stages
+    db, _ = read_database(camp / "database.h5")  # merged from the rescore outputs
+    assert (db["tier"] == "rescore").sum() == (db["status_rescore"] == "converged").sum() > 0
     with caplog.at_level("INFO"):
         assert main(["resume", str(camp)]) == 0
     assert "import: complete already" in caplog.text

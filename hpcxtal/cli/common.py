@@ -84,14 +84,36 @@ def stage_command(args: argparse.Namespace, name: str, source: Path,
     if campaign is None:
         report = file_mode()
         return report if isinstance(report, StageReport) else StageReport([args.output], report)
+    spec = stage_spec(name)
+    if spec.per_shard and not spec.enabled(campaign.config):
+        raise UsageError(f"{name} is off in this campaign: add a '{name}:' section to "
+                         f"{campaign.root / 'campaign.yaml'} ('{name}: {{}}' for the defaults)")
     given = [opt for opt, value in (campaign_only or {}).items() if value not in (None, False)]
     if given:
         raise UsageError(f"{given[0]}: a campaign takes this from its config; edit the "
                          f"{name} section of {campaign.root / 'campaign.yaml'}")
-    report = stage_spec(name).run(campaign, getattr(args, "shard", None),
-                                  getattr(args, "force", False), resources)
+    report = spec.run(campaign, getattr(args, "shard", None), getattr(args, "force", False),
+                      resources)
     if report.skipped:
         log.info("%s: %d output(s) complete and current; nothing to do (--force to redo)",
                  name, len(report.outputs))
         return None
     return report
+
+
+def per_shard_stage(args: argparse.Namespace, name: str, section: Any,
+                    options: dict[str, tuple[str, Any]]):
+    """Run per-shard stage ``name`` from its command line: on explicit files, the config
+    section ``section`` (its defaults) with the given ``options`` (field -> (flag, value);
+    value None = not given) applied; on a campaign, its config, refusing those options.
+    Workers come from ``-j``. Returns what :func:`stage_command` returns."""
+    from hpcxtal.stages import Resources, stage_spec
+
+    resources = Resources(workers=args.workers)
+
+    def file_mode():
+        cfg = file_mode_config(args, section, {f: value for f, (_, value) in options.items()})
+        return stage_spec(name).run_file(args.source, args.output, cfg, resources)
+
+    return stage_command(args, name, args.source, file_mode,
+                         {flag: value for flag, value in options.values()}, resources)

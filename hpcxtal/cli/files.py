@@ -178,6 +178,12 @@ def _print_report(db: Path, out: Path, n_sampled: int | None, top: int) -> int:
     for phase in m["known_phases"]:
         print(f"  known phase re-found: {phase['phase']} ({phase['rows']} rows, best id "
               f"{phase['id']}, e_rel {phase['e_rel']:.4f} eV/atom)")
+    t = m["tiers"]
+    if t["rescored"]:
+        print(f"tiers: {t['rescored']} rows rescored ({t['converged']} converged), "
+              f"{t['moved_in']} moved into and {t['moved_out']} out of the window; N_low_E "
+              f"by the screen {t['N_low_E_screen']}, by the rescore {t['N_low_E_rescore']}, "
+              f"best tier {t['N_low_E_best']}")
     for r in m["per_round"]:
         print(f"  round {r['round']}: " + ", ".join(
             f"{k} {r[k]} (cumulative {r['cumulative'][k]})" for k in METRICS))

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from hpcxtal import cli_args as num
-from hpcxtal.cli.common import (UsageError, add_workers, command, file_mode_config,
-                                open_campaign, stage_command)
+from hpcxtal.cli.common import (UsageError, add_workers, command, open_campaign,
+                                per_shard_stage, stage_command)
 
 log = logging.getLogger("hpcxtal")
 
@@ -152,7 +152,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     """
     from hpcxtal.hpc import mpi
     from hpcxtal.refine.config import RefineConfig
-    from hpcxtal.stages import Resources, stage_spec
+    from hpcxtal.stages import stage_spec
 
     campaign = open_campaign(args.source) if args.output is None else None
     if campaign is not None and args.shard is None:
@@ -168,16 +168,10 @@ def cmd_refine(args: argparse.Namespace) -> int:
             stage_spec("rounds").run(campaign, None, args.force, resources)
         return 0
 
-    def file_mode():
-        cfg = file_mode_config(args, RefineConfig(), {
-            "max_steps": args.steps, "dtype": args.dtype, "device": args.device,
-            "threads": args.threads, "chunk_rows": args.chunk_rows})
-        return stage_spec("refine").run_file(args.source, args.output, cfg,
-                                             Resources(workers=args.workers))
-
-    stage_command(args, "refine", args.source, file_mode, {
-        "--steps": args.steps, "--dtype": args.dtype, "--device": args.device,
-        "--threads": args.threads, "--chunk-rows": args.chunk_rows}, Resources(workers=args.workers))
+    per_shard_stage(args, "refine", RefineConfig(), {
+        "max_steps": ("--steps", args.steps), "dtype": ("--dtype", args.dtype),
+        "device": ("--device", args.device), "threads": ("--threads", args.threads),
+        "chunk_rows": ("--chunk-rows", args.chunk_rows)})
     return 0
 
 
@@ -213,18 +207,10 @@ def cmd_topology(args: argparse.Namespace) -> int:
     campaign DIR: DIR/rounds/rounds-I.h5 -> DIR/topology/topology-I.h5, skipping outputs
     that verify.
     """
-    from hpcxtal.stages import Resources, stage_spec
     from hpcxtal.topology.stage import TopologyConfig
 
-    def file_mode():
-        cfg = file_mode_config(args, TopologyConfig(), {"cutoff_A": args.cutoff,
-                                                        "depth": args.depth})
-        return stage_spec("topology").run_file(args.source, args.output, cfg,
-                                               Resources(workers=args.workers))
-
-    report = stage_command(args, "topology", args.source, file_mode,
-                           {"--cutoff": args.cutoff, "--depth": args.depth},
-                           Resources(workers=args.workers))
+    report = per_shard_stage(args, "topology", TopologyConfig(), {
+        "cutoff_A": ("--cutoff", args.cutoff), "depth": ("--depth", args.depth)})
     if report is not None:
         c = report.counts
         log.info("%d rows in %d file(s), %d signed: %d unique, %d duplicates, %d without "
@@ -268,27 +254,46 @@ def cmd_relax(args: argparse.Namespace) -> int:
     --shard I, as one task of a job array); outputs that are current are not redone.
     """
     from hpcxtal.relax.config import RelaxConfig
-    from hpcxtal.stages import Resources, stage_spec
 
-    overrides = {"backend": args.backend, "model": args.model, "dtype": args.dtype,
-                 "optimizer": args.optimizer, "fmax_eV_per_A": args.fmax,
-                 "max_steps": args.max_steps, "chunk_rows": args.chunk_rows}
-
-    def file_mode():
-        cfg = file_mode_config(args, RelaxConfig(), overrides)
-        return stage_spec("relax").run_file(args.source, args.output, cfg,
-                                            Resources(workers=args.workers))
-
-    report = stage_command(args, "relax", args.source, file_mode, {
-        "--backend": args.backend, "--model": args.model, "--dtype": args.dtype,
-        "--optimizer": args.optimizer, "--fmax": args.fmax, "--max-steps": args.max_steps,
-        "--chunk-rows": args.chunk_rows},
-        Resources(workers=args.workers))
+    report = per_shard_stage(args, "relax", RelaxConfig(), {
+        "backend": ("--backend", args.backend), "model": ("--model", args.model),
+        **relax_settings(args)})
     if report is not None:
         c = report.counts
         log.info("%d rows, %d relaxed: %d converged, %d not converged, %d failed, %d "
                  "low-energy", c.get("rows", 0), c.get("relaxed", 0), c.get("converged", 0),
                  c.get("not_converged", 0), c.get("failed", 0), c.get("low_energy", 0))
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """Re-relax the screen's low-energy rows with a second, more accurate model (CHGNet by default).
+
+    The rescoring tier. The relax stage's model screens every candidate; rows it relaxed to
+    convergence within the low-energy window plus a margin (default 0.15 eV/atom) are
+    re-relaxed from their screened structures with a foundation-grade model: CHGNet with the
+    weights its wheel carries (default), or a mace-torch model file (e.g. MACE-MP-0) given
+    by path or foundation name in --model-dir; nothing is downloaded. Energies are taken
+    above graphite relaxed with the same model. Both tiers' energies are kept
+    (energy_screen, e_rel_screen, energy_rescore, e_rel_rescore, status_rescore); energy,
+    e_rel, status and the structure are the best tier's (tier: rescore where the rescore
+    converged, else screen), which merge ranks and classes. On a campaign DIR with a
+    'rescore:' section, DIR/relax/relax-I.h5 into DIR/rescore/rescore-I.h5 (one shard with
+    --shard I).
+    """
+    from hpcxtal.rescore.config import RescoreConfig
+
+    report = per_shard_stage(args, "rescore", RescoreConfig(), {
+        "model": ("--model", args.model), "model_dir": ("--model-dir", args.model_dir),
+        "margin_eV": ("--margin", args.margin), "window_eV": ("--window", args.window),
+        **relax_settings(args)})
+    if report is not None:
+        c = report.counts
+        log.info("%d rows, %d rescored: %d converged, %d not converged, %d failed; %d moved "
+                 "into and %d out of the window; %d low-energy by the best tier",
+                 c.get("rows", 0), c.get("rescored", 0), c.get("converged", 0),
+                 c.get("not_converged", 0), c.get("failed", 0), c.get("moved_in", 0),
+                 c.get("moved_out", 0), c.get("low_energy", 0))
     return 0
 
 
@@ -345,6 +350,28 @@ def add_chunk_rows(p: argparse.ArgumentParser, default: int) -> None:
                    help=f"rows per chunk, taken by the next free worker (file mode; default "
                         f"{default}): smaller chunks balance workers better, but each costs its "
                         f"own tail of steps; results do not depend on the worker count")
+
+
+def add_relax_settings(p: argparse.ArgumentParser, chunk_rows: int) -> None:
+    """The optimiser options of a relaxing stage (relax, rescore; file mode) and its
+    workers."""
+    p.add_argument("--dtype", choices=["float64", "float32"],
+                   help="model precision (file mode; default float64)")
+    p.add_argument("--optimizer", choices=["lbfgs", "fire"],
+                   help="batched optimiser (file mode; default lbfgs: fewest model calls)")
+    p.add_argument("--fmax", type=num.positive_float, metavar="EV_PER_A",
+                   help="force convergence threshold in eV/Å (file mode; default 0.05)")
+    p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
+                   help="step cap before size scaling (file mode; default 300, + 2 per atom)")
+    add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
+    add_chunk_rows(p, chunk_rows)
+
+
+def relax_settings(args: argparse.Namespace) -> dict[str, tuple[str, object]]:
+    """What :func:`add_relax_settings` read, as :func:`per_shard_stage` options."""
+    return {"dtype": ("--dtype", args.dtype), "optimizer": ("--optimizer", args.optimizer),
+            "fmax_eV_per_A": ("--fmax", args.fmax), "max_steps": ("--max-steps", args.max_steps),
+            "chunk_rows": ("--chunk-rows", args.chunk_rows)}
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -413,16 +440,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="PATH|NAME",
                    help="mace: model file, hpcxtal-carbon (default) or foundation name "
                         "(mace-mp-0-small ...); chgnet: bundled version (default 0.3.0)")
-    p.add_argument("--dtype", choices=["float64", "float32"], help="model precision "
-                   "(default float64)")
-    p.add_argument("--optimizer", choices=["lbfgs", "fire"],
-                   help="batched optimiser (default lbfgs: fewest model calls)")
-    p.add_argument("--fmax", type=num.positive_float, metavar="EV_PER_A",
-                   help="force convergence threshold in eV/Å (default 0.05)")
-    p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
-                   help="step cap before size scaling (default 300, + 2 per atom)")
-    add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
-    add_chunk_rows(p, 32)
+    add_relax_settings(p, 32)
+
+    p = command(sub, "rescore", cmd_rescore, force="redo campaign shards that are complete")
+    per_shard_io(p, "rescored table")
+    p.add_argument("--model", metavar="chgnet|PATH|NAME",
+                   help="rescoring model (file mode): chgnet (default, bundled weights), a "
+                        "MACE model file, or a MACE foundation name found in --model-dir")
+    p.add_argument("--model-dir", metavar="DIR", help="where MACE foundation files are (file mode)")
+    p.add_argument("--margin", type=num.nonnegative_float, metavar="EV",
+                   help="eV/atom above the window still rescored (file mode; default 0.15)")
+    p.add_argument("--window", type=num.nonnegative_float, metavar="EV",
+                   help="low-energy window in eV/atom (file mode; default: the input's)")
+    add_relax_settings(p, 8)
 
     p = command(sub, "merge", cmd_merge,
                 force="redo a campaign database that is current")

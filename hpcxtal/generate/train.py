@@ -25,7 +25,7 @@ from hpcxtal.config import to_mapping
 from hpcxtal.generate.conditions import ConditionSampler
 from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot, model_size
 from hpcxtal.generate.gmm import ColumnGMM, free_mask, row_values
-from hpcxtal.store.hdf5 import atomic_path, read_table
+from hpcxtal.store.hdf5 import atomic_path, file_sha256, read_table
 
 log = logging.getLogger(__name__)
 MODEL_FORMAT = "hpcxtal-generator"
@@ -64,14 +64,6 @@ def encode_table(table, gmm: ColumnGMM | None, k: int, seed: int) -> tuple[dict[
             "mask": torch.as_tensor(mask), "cond": condition_onehot(spg, wps)}, gmm
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -93,7 +85,7 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     table, _ = read_table(src)
-    data_sha = _file_sha(src)
+    data_sha = file_sha256(src)
     data, gmm = encode_table(table, None, cfg.model.n_components, cfg.seed)
     sampler = ConditionSampler.fit(table["spg"], table["wps"])
     active = torch.as_tensor(gmm.active)

@@ -104,7 +104,9 @@ def _record_shards(campaign: Campaign, specs: list) -> None:
     complete) in the manifest; only this driver writes it, the apps never do."""
     n = campaign.config.shard.n_shards
     for spec in specs:
-        if spec.per_shard:
+        if spec.per_shard and not spec.enabled(campaign.config):
+            campaign.record(spec.name, status="off")
+        elif spec.per_shard:
             good = sum(spec.done(campaign, i) for i in range(n))
             campaign.record(spec.name, status="done" if good == n else "partial",
                             shards_complete=good, shards=n)

@@ -22,15 +22,27 @@ so the campaign's accounting can be read from this file alone):
 ``topology``           str       topology key before relaxation ("" where none)
 ``dimension``          int8      periodicity of that net (-1: none)
 ``n_prim``             int32     atoms per primitive cell of that net (0: none)
-``energy``             float64   eV/atom of the relaxed structure (NaN: not relaxed)
-``e_rel``              float64   eV/atom above graphite relaxed the same way
-``status``             str       relax outcome: converged / not_converged / failed / skipped
+``energy``             float64   eV/atom of the relaxed structure (NaN: not relaxed),
+                                 from the best tier the row reached (``tier``)
+``e_rel``              float64   eV/atom above graphite relaxed the same way (same model)
+``status``             str       that tier's relax outcome: converged / not_converged /
+                                 failed / skipped
 ``status_reason``      str       why a row failed or was skipped ("" otherwise)
 ``relax_steps``        int32     optimiser steps
-``energy_initial``     float64   eV/atom of the structure before relaxation
-``energy_change``      float64   ``energy - energy_initial`` (eV/atom)
-``rms_displacement_A`` float64   RMS atomic displacement on relaxation (Å)
-``volume_change``      float64   relative volume change on relaxation
+``tier``               str       ``screen`` (the relax stage's model, attributes
+                                 ``model_*``) or ``rescore`` (the rescoring model,
+                                 ``rescore_model_*``): the model of the row's energy,
+                                 ``e_rel``, relaxed structure and so its class
+``energy_screen``      float64   the screen's energy and e_rel (every relaxed row)
+``e_rel_screen``       float64
+``energy_rescore``     float64   the rescoring model's (NaN where not rescored)
+``e_rel_rescore``      float64
+``status_rescore``     str       rescore outcome (skipped where not rescored) and why
+``status_reason_rescore`` str
+``energy_initial``     float64   eV/atom of the structure before relaxation (screen)
+``energy_change``      float64   ``energy_screen - energy_initial`` (eV/atom)
+``rms_displacement_A`` float64   RMS atomic displacement on the screen's relaxation (Å)
+``volume_change``      float64   relative volume change on the screen's relaxation
 ``relaxed_match``      bool      StructureMatcher still matches refined and relaxed
 ``topology_relaxed``   str       topology key of the relaxed structure ("": none)
 ``dimension_relaxed``  int8      its periodicity (-1: none)
@@ -57,7 +69,7 @@ so the campaign's accounting can be read from this file alone):
 ``in_training``        bool      unique and ``training_match``
 =====================  ========  ======================================================
 
-Relaxed structures (natoms 0 where a row was not relaxed) are the table's ragged
+Relaxed structures (the best tier's; natoms 0 where a row was not relaxed) are the table's ragged
 ``structures``; the quarantine holds ``id origin reason`` of every sampled row that
 never decoded, so ``rows + quarantined = sampled``.
 """
@@ -81,8 +93,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND = "database"
-#: Columns a relax output must have for a merge.
+#: Columns a relax (or rescore) output must have for a merge.
 REQUIRED = tuple(ROW_COLUMNS) + ("energy", "e_rel", "status", "status_reason")
+#: Graphite references every input must share: the screen's, the rescoring model's.
+REFERENCES = ("e_graphite_eV_per_atom", "rescore_e_graphite_eV_per_atom")
 #: Space groups from here up are cubic.
 FIRST_CUBIC_SPG = 195
 
@@ -133,15 +147,20 @@ def read_relax_outputs(paths: Sequence[Path]) -> list[tuple[Table, Table | None]
         if missing or table.structures is None:
             raise StoreError(f"{path}: not a relax output (missing {missing or ['structures']}); "
                              "run 'hpcxtal relax' on it first")
-        e_ref = float(table.attrs.get("e_graphite_eV_per_atom", np.nan))
+        e_ref = tuple(float(table.attrs.get(k, np.nan)) for k in REFERENCES)
         if reference is None:
             reference = (Path(path), e_ref)
-        elif not np.isclose(e_ref, reference[1], rtol=0, atol=1e-9):
-            raise StoreError(f"{path}: graphite reference {e_ref:.6f} eV/atom differs from "
-                             f"{reference[1]:.6f} in {reference[0]}; energies of different "
+        elif not np.allclose(e_ref, reference[1], rtol=0, atol=1e-9, equal_nan=True):
+            raise StoreError(f"{path}: graphite reference {_eV(e_ref)} eV/atom differs from "
+                             f"{_eV(reference[1])} in {reference[0]}; energies of different "
                              "models cannot be ranked together")
         out.append((table, quarantine))
     return out
+
+
+def _eV(values: tuple[float, ...]) -> str:
+    """Graphite references (screen, rescore) in words."""
+    return " / ".join(f"{v:.6f}" for v in values if not np.isnan(v))
 
 
 def _column(table: Table, name: str, default: object, dtype: str) -> np.ndarray:
@@ -165,6 +184,15 @@ def _base_columns(table: Table) -> dict[str, np.ndarray]:
         n_prim=_column(table, "n_prim", 0, "int32"),
         energy=np.asarray(table["energy"], dtype=np.float64),
         e_rel=np.asarray(table["e_rel"], dtype=np.float64),
+        tier=_column(table, "tier", "screen", "str"),
+        energy_screen=_column(table, "energy_screen", np.nan, "float64") if "tier" in table
+        else np.asarray(table["energy"], dtype=np.float64),
+        e_rel_screen=_column(table, "e_rel_screen", np.nan, "float64") if "tier" in table
+        else np.asarray(table["e_rel"], dtype=np.float64),
+        energy_rescore=_column(table, "energy_rescore", np.nan, "float64"),
+        e_rel_rescore=_column(table, "e_rel_rescore", np.nan, "float64"),
+        status_rescore=_column(table, "status_rescore", RelaxStatus.SKIPPED.value, "str"),
+        status_reason_rescore=_column(table, "status_reason_rescore", "no rescore stage", "str"),
         status=table["status"],
         status_reason=table["status_reason"],
         relax_steps=_column(table, "relax_steps", 0, "int32"),
@@ -232,12 +260,13 @@ def to_pymatgen(structures: Structures, i: int):
                      structures.frac[lo:hi])
 
 
-def second_duplicates(ids: np.ndarray, keys: np.ndarray, energy: np.ndarray,
+def second_duplicates(ids: np.ndarray, keys: np.ndarray, e_rel: np.ndarray,
                       candidates: np.ndarray, structures: Structures, cfg: MergeConfig
                       ) -> np.ndarray:
     """``duplicate_of`` after relaxation: within each bucket ``keys`` (the relaxed
     topology key and atoms per primitive cell), the ``candidates`` (row indices) are
-    taken by increasing (energy, id); each is compared with the representatives kept so
+    taken by increasing (energy above graphite, id: rows of two tiers compare by
+    their own model's reference); each is compared with the representatives kept so
     far and becomes a duplicate of the first that matches, else a representative. Other
     rows keep their own id."""
     out = np.asarray(ids, dtype=np.uint64).copy()
@@ -247,7 +276,7 @@ def second_duplicates(ids: np.ndarray, keys: np.ndarray, energy: np.ndarray,
         if keys[i]:
             buckets.setdefault(str(keys[i]), []).append(int(i))
     for key in sorted(buckets):
-        rows = sorted(buckets[key], key=lambda i: (energy[i], int(ids[i])))
+        rows = sorted(buckets[key], key=lambda i: (e_rel[i], int(ids[i])))
         reps: list[tuple[int, object]] = []
         for i in rows:
             s = to_pymatgen(structures, i)
@@ -362,7 +391,7 @@ def build_database(inputs: Sequence[tuple[Table, Table | None]], cfg: MergeConfi
     keyed = converged[checks.topology[converged] != ""]
     buckets = str_array(f"{k}:{n}" if k else "" for k, n in zip(checks.topology, checks.n_prim))
     topo_dup = np.asarray(table["duplicate_of"], np.uint64)
-    second = second_duplicates(ids, buckets, table["energy"], keyed, s, cfg)
+    second = second_duplicates(ids, buckets, table["e_rel"], keyed, s, cfg)
     dup = _resolve(ids, np.where(second != ids, second, topo_dup))
     classes, reasons = classify(ids=ids, valid=table["valid"], dimension_refined=table["dimension"],
                                 first_duplicate_of=topo_dup, status=status,
@@ -379,7 +408,7 @@ def build_database(inputs: Sequence[tuple[Table, Table | None]], cfg: MergeConfi
     match = training_overlap(checks.topology, keyed, s, training or {}, cfg)
     table.columns.update(
         spg_refined=spg_refined, valid_xtal=spg_refined == table["spg"],
-        energy_change=table["energy"] - table["energy_initial"],
+        energy_change=table["energy_screen"] - table["energy_initial"],
         relaxed_match=relaxed_matches(table, converged, cfg),
         topology_relaxed=checks.topology, dimension_relaxed=checks.dimension,
         n_prim_relaxed=checks.n_prim, motif_kept=motif_kept,

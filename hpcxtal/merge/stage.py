@@ -52,7 +52,7 @@ def merge_files(sources: list[Path], dest: Path, cfg: MergeConfig,
     table, quarantine = build_database(inputs, cfg, training, window, pool_quarantine,
                                        target=targets[target], params=params,
                                        known=known_phases(params, workers), workers=workers)
-    model = {k: v for k, v in first.items() if k.startswith("model_")}
+    model = {k: v for k, v in first.items() if k.startswith(("model_", "rescore_"))}
     n_sampled = (len(table) + len(quarantine) if pool is None
                  else len(pool_table) + len(pool_quarantine or []))
     counts = {"rows": len(table), "quarantined": len(quarantine),
@@ -60,7 +60,8 @@ def merge_files(sources: list[Path], dest: Path, cfg: MergeConfig,
               "unique": int(table["unique"].sum()), "low_energy": int(table["low_energy"].sum()),
               "in_training": int(table["in_training"].sum()),
               "new": int((table["class"] == RowClass.NEW).sum()),
-              "known": int((table["class"] == RowClass.KNOWN).sum())}
+              "known": int((table["class"] == RowClass.KNOWN).sum()),
+              "rescored": int((table["tier"] == "rescore").sum())}
     write_table(dest, table, kind="database", quarantine=quarantine,
                 sources=json.dumps([str(p) for p in sources]), target=target,
                 symprec_A=cfg.symprec_A,

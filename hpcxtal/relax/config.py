@@ -29,7 +29,38 @@ def check_relax_settings(cfg) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RelaxConfig:
+class RelaxSettings:
+    """The optimiser settings and resources every relaxing stage shares (relax, rescore);
+    each stage adds its model and what it selects."""
+
+    dtype: str = "float64"
+    optimizer: str = "lbfgs"
+    fmax_eV_per_A: float = 0.05
+    max_steps: int = 300
+    steps_per_atom: float = 2.0
+    symmetrize: bool = False
+    symprec_A: float = 1e-3
+    # Resources (how it runs, never in a fingerprint):
+    device: str = resource("cpu")
+    batch_atom_budget: int = resource(2000)
+    batch_edge_budget: int | None = resource(None)
+    workers: int | None = resource(None)  # processes on a file (None: one per usable core,
+    # one on a GPU); each pinned to a core with one thread
+    chunk_rows: int = resource(32)  # rows to relax per chunk of a file: chunks are relaxed
+    # apart (in turn, or by whichever worker is free), so results never depend on workers
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
+        check_relax_settings(self)
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelaxConfig(RelaxSettings):
     """Energy model and batched optimiser settings of the relax stage.
 
     ``backend``: ``mace`` (the default; ``model``: a model file path, ``hpcxtal-carbon``
@@ -48,32 +79,11 @@ class RelaxConfig:
     backend: str = "mace"
     model: str | None = None
     model_dir: str | None = None
-    dtype: str = "float64"
-    optimizer: str = "lbfgs"
-    fmax_eV_per_A: float = 0.05
-    max_steps: int = 300
-    steps_per_atom: float = 2.0
-    symmetrize: bool = False
-    symprec_A: float = 1e-3
     low_energy_window_eV: float = 0.55
-    # Resources (how it runs, never in a fingerprint):
-    device: str = resource("cpu")
-    batch_atom_budget: int = resource(2000)
-    batch_edge_budget: int | None = resource(None)
-    workers: int | None = resource(None)  # processes on a file (None: one per usable core,
-    # one on a GPU); each pinned to a core with one thread
-    chunk_rows: int = resource(32)  # relaxed rows per chunk of a file: chunks are relaxed
-    # apart (in turn, or by whichever worker is free), so results never depend on workers
 
     def __post_init__(self) -> None:
         if self.backend not in RELAX_BACKENDS:
             raise ValueError(f"backend {self.backend!r}: use one of {list(RELAX_BACKENDS)}")
-        if self.dtype not in ("float64", "float32"):
-            raise ValueError(f"dtype {self.dtype!r}: use float64 or float32")
-        check_relax_settings(self)
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be at least 1 or null (all cores), got {self.workers}")
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
+        super().__post_init__()
         if self.low_energy_window_eV < 0:
             raise ValueError("low_energy_window_eV must not be negative")

@@ -16,6 +16,7 @@ to put it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -103,9 +104,14 @@ class EnergyModel(ABC):
                     torch.tensor(np.array([np.asarray(a.cell) for a in images])),
                     torch.repeat_interleave(torch.arange(len(images)), counts))
 
+    #: The file the weights were read from (its SHA-256 identifies the model).
+    weights: Path
+
     def describe(self) -> dict[str, str]:
-        """Backend, model file and dtype, for logs and file attributes."""
+        """Backend, model file, the SHA-256 of its weights file and dtype, for logs and
+        file attributes (which model produced a number)."""
         return {"model_backend": self.backend, "model_file": self.source,
+                "model_sha256": _sha256(self.weights),
                 "model_dtype": str(self.dtype).removeprefix("torch.")}
 
     def _split(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
@@ -120,6 +126,27 @@ class EnergyModel(ABC):
             out.append((pos[lo:lo + c], num[lo:lo + c], cel[i]))
             lo += c
         return out
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256(path: Path) -> str:
+    """SHA-256 of a weights file, hashed once per process."""
+    from hpcxtal.store.hdf5 import file_sha256
+
+    return file_sha256(path)
+
+
+def chgnet_weights(version: str) -> Path:
+    """The checkpoint the chgnet wheel carries for ``version`` (what ``CHGNet.load``
+    reads); :class:`ModelSetupError` if the wheel lacks it."""
+    import chgnet
+
+    folder = Path(chgnet.__file__).parent / "pretrained" / version
+    found = sorted(folder.glob("*.pth.tar"))
+    if len(found) != 1:
+        raise ModelSetupError(f"CHGNet {version}: expected one checkpoint in {folder}, found "
+                              f"{len(found)}; reinstall the chgnet wheel, which carries them")
+    return found[0]
 
 
 def _min_distance(distances: np.ndarray) -> float:
@@ -156,6 +183,7 @@ class CHGNetModel(EnergyModel):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.source = f"chgnet {version} (bundled weights)"
+        self.weights = chgnet_weights(version)
         self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
         self.bond_cutoff = float(self.model.graph_converter.bond_graph_cutoff)
 
@@ -254,6 +282,7 @@ class MACEModel(EnergyModel):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.source = str(path.resolve())
+        self.weights = path.resolve()
         self.cutoff = float(self.model.r_max)
         self.verlet = VerletLists(self.cutoff, neighbour_skin_A) if neighbour_skin_A > 0 else None
         self.takes_keys = self.verlet is not None

@@ -59,6 +59,11 @@ class RelaxRunner:
         out.attrs.update(e_graphite_eV_per_atom=e_graphite, **model.describe())
         return out
 
+    def relax(self, table: Table) -> Table:
+        """The rows of ``table`` that are worth it relaxed by this runner's workers, in
+        chunks fixed by the rows (:func:`relax_chunks`); the table needs a row to relax."""
+        return self._workers.map(table, relax_chunks(table, self.cfg))
+
     def run(self, src: Path, dest: Path, dedup: Path | None = None,
             **attrs: object) -> dict[str, int]:
         """Relax the rows of ``src`` that are worth it into ``dest``: every row of a plain
@@ -72,8 +77,7 @@ class RelaxRunner:
         table, quarantine = read_table(src)
         if dedup is not None:
             table = apply_index(table, read_table(dedup)[0])
-        chunks = relax_chunks(table, self.cfg)
-        out = self._workers.map(table, chunks)
+        out = self.relax(table)
         counts = status_counts(out, self.cfg.low_energy_window_eV)
         write_table(dest, out, kind="relax", quarantine=quarantine, source=str(src),
                     low_energy_window_eV=self.cfg.low_energy_window_eV,

@@ -309,7 +309,8 @@ def _empty_structures(n: int) -> Structures:
 INFO_COLUMNS = {"energy_per_atom": "energy", "e_rel": "e_rel", "class": "class",
                 "topology": "topology_relaxed", "known_phase": "known_phase",
                 "dimension": "dimension_relaxed", "spg_relaxed": "spg_relaxed",
-                "status": "status"}
+                "status": "status", "tier": "tier", "e_rel_screen": "e_rel_screen",
+                "e_rel_rescore": "e_rel_rescore"}
 
 
 def _info(table: Table, i: int) -> dict[str, object]:

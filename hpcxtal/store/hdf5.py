@@ -154,6 +154,15 @@ def atomic_dir(path: str | os.PathLike, replaceable: tuple[str, ...]) -> Iterato
                 shutil.rmtree(leftover)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks (model and training files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _hash_dataset(h: "hashlib._Hash", name: str, data: np.ndarray) -> None:
     h.update(f"{name}|{data.dtype.str if data.dtype != object else 'str'}|{data.shape}".encode())
     if data.dtype == object:
