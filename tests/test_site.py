@@ -166,7 +166,7 @@ BAD = [
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {gpu_order: [1, 1]}}\n",
      "launch.gpu_order [1, 1] must list each GPU 0-1 once"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {ranks_per_node: 2}}\n",
-     "launch.ranks_per_node > 1 needs an MPI launcher"),
+     "more than one MPI rank needs an MPI launcher"),
     ("name: s\nstages: {topology: gpu}\n",
      "stages.topology: gpu, but topology cannot use a GPU; only refine, rounds, relax can"),
     ("name: s\nstages: {polish: cpu}\n", "stages: unknown stage 'polish'; stages are"),
@@ -309,7 +309,7 @@ def test_rounds_job_spans_the_gpu_block_with_one_rank_per_gpu(tmp_path):
     """A SLURM site with 2-node GPU blocks and 2 GPUs per node: the rounds job asks for
     2 nodes and 4 tasks, 2 per node, one GPU each, started by srun; the Parsl MPI app asks
     for the same layout."""
-    from hpcxtal.hpc.parsl_config import rounds_ranks
+    from hpcxtal.hpc.parsl_config import mpi_ranks
 
     path = tmp_path / "two_nodes.yaml"
     path.write_text("name: two\nscheduler: slurm\n"
@@ -323,7 +323,7 @@ def test_rounds_job_spans_the_gpu_block_with_one_rank_per_gpu(tmp_path):
                  "#SBATCH --gpus-per-task=1",
                  f"exec srun --ntasks=4 --cpus-per-task=4 hpcxtal rounds {tmp_path}"):
         assert line in text.splitlines(), (line, text)
-    assert rounds_ranks(site) == {"num_nodes": 2, "ranks_per_node": 2, "num_ranks": 4}
+    assert mpi_ranks(site, "gpu") == {"num_nodes": 2, "ranks_per_node": 2, "num_ranks": 4}
     relax = render_job(site, "gpu", "relax", tmp_path, None, None, tmp_path / "l")
     assert "#SBATCH --nodes=1" in relax and "srun" not in relax  # not an MPI stage
 

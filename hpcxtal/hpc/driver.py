@@ -4,7 +4,7 @@ Whole-campaign stages run once; per-shard stages fan out one app per shard, and 
 ``i`` of a later stage waits only for shard ``i`` of the stage before it. Each app runs
 on the executor the site places its stage on (``SiteConfig.stage_executor``); the
 rounds stage runs as an MPI application on the ``mpi`` executor, its ranks spread over
-a block of GPU nodes (``parsl_config.rounds_ranks``). Apps take a
+a block of its nodes (GPU nodes by default; ``parsl_config.mpi_ranks``). Apps take a
 campaign path and return counts; everything else passes through the campaign's HDF5
 files, so an interrupted run resumes by running again (complete outputs are skipped).
 """
@@ -89,12 +89,12 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
     import parsl
     from parsl.app.python import PythonApp
 
-    from hpcxtal.hpc.parsl_config import make_parsl_config, rounds_ranks
+    from hpcxtal.hpc.parsl_config import make_parsl_config, mpi_ranks
     from hpcxtal.stages import PIPELINE
 
     site = site or apply_site(campaign)
     specs = [s for s in PIPELINE if stages is None or s.name in stages]
-    mpi = any(s.mpi for s in specs)
+    mpi = next((site.stage_executor(s.name) for s in specs if s.mpi), None)  # its nodes
     config = make_parsl_config(site, campaign.root / "runinfo", mpi=mpi)
     root = str(campaign.root.resolve())
     results: list[dict[str, Any]] = []
@@ -107,7 +107,7 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
             app = apps[site.stage_executor(spec.name)]
             if spec.mpi:
                 futures = [mpi_app(root, spec.name, inputs=previous,
-                                   parsl_resource_specification=rounds_ranks(site))]
+                                   parsl_resource_specification=mpi_ranks(site, mpi))]
             elif not spec.per_shard:
                 futures = [app(root, spec.name, None, inputs=previous)]
             else:

@@ -110,12 +110,13 @@ def make_executor(site: SiteConfig, kind: str):
 MPI_LAUNCHERS = {"mpiexec": "mpiexec", "srun": "srun", "ibrun": "srun", "single": "mpiexec"}
 
 
-def make_mpi_executor(site: SiteConfig, run_dir: Path):
-    """Parsl's MPIExecutor labelled ``mpi`` on blocks of the site's GPU nodes: one MPI
-    application (the rounds stage) at a time per block, spanning all of its nodes."""
+def make_mpi_executor(site: SiteConfig, kind: str, run_dir: Path):
+    """Parsl's MPIExecutor labelled ``mpi`` on blocks of the site's ``kind`` nodes (those
+    of the MPI stage, rounds: GPU nodes by default): one MPI application at a time per
+    block, spanning all of its nodes."""
     from parsl.executors import MPIExecutor
 
-    ex = site.gpu
+    ex = site.executor(kind)
     common = _common(site)
     # MPIExecutor annotates interchange_launch_cmd as a str, yet starts it as an argument
     # list like HighThroughputExecutor: set after construction (type-checked arguments).
@@ -127,21 +128,22 @@ def make_mpi_executor(site: SiteConfig, run_dir: Path):
     return executor
 
 
-def rounds_ranks(site: SiteConfig) -> dict[str, int]:
-    """The rounds stage's MPI layout under ``hpcxtal run``: a Parsl resource
-    specification spanning one block of GPU nodes, ``launch.ranks_per_node`` ranks each."""
-    ex = site.gpu
+def mpi_ranks(site: SiteConfig, kind: str) -> dict[str, int]:
+    """An MPI stage's layout under ``hpcxtal run``: a Parsl resource specification
+    spanning one block of the ``kind`` nodes, ``launch.ranks_per_node`` ranks each."""
+    ex = site.executor(kind)
     return {"num_nodes": ex.nodes_per_block, "ranks_per_node": ex.launch.ranks_per_node,
             "num_ranks": ex.nodes_per_block * ex.launch.ranks_per_node}
 
 
-def make_parsl_config(site: SiteConfig, run_dir: Path, retries: int = 1, mpi: bool = False):
-    """The whole Parsl config (with the ``mpi`` executor when ``mpi``); ``run_dir`` keeps
-    Parsl's logs inside the campaign."""
+def make_parsl_config(site: SiteConfig, run_dir: Path, retries: int = 1,
+                      mpi: str | None = None):
+    """The whole Parsl config, with the ``mpi`` executor on the ``mpi`` nodes (``gpu`` or
+    ``cpu``) when given; ``run_dir`` keeps Parsl's logs inside the campaign."""
     from parsl.config import Config
 
     executors = [make_executor(site, "gpu"), make_executor(site, "cpu")]
     if mpi:
-        executors.append(make_mpi_executor(site, run_dir))
+        executors.append(make_mpi_executor(site, mpi, run_dir))
     return Config(executors=executors, run_dir=str(run_dir), retries=retries,
                   strategy="simple", max_idletime=30, usage_tracking=0, initialize_logging=True)

@@ -150,9 +150,11 @@ class ExecutorSite:
         if order is not None and sorted(order) != list(range(self.gpus_per_node)):
             raise ValueError(f"launch.gpu_order {order} must list each GPU 0-"
                              f"{self.gpus_per_node - 1} once (gpus_per_node {self.gpus_per_node})")
-        if self.launch.ranks_per_node > 1 and self.mpi_command() is None:
-            raise ValueError(f"launch.ranks_per_node > 1 needs an MPI launcher (srun, mpiexec, "
-                             f"ibrun) or launch.mpi_command; launcher is {self.launcher!r}")
+        if self.launch.ranks_per_node * self.nodes_per_block > 1 and self.mpi_command() is None:
+            raise ValueError(f"{self.nodes_per_block} node(s) per block x launch.ranks_per_node "
+                             f"{self.launch.ranks_per_node}: more than one MPI rank needs an MPI "
+                             "launcher (srun, mpiexec, ibrun) or launch.mpi_command; launcher is "
+                             f"{self.launcher!r}")
         if self.launch.overrides and self.launcher == "single":
             raise ValueError("launch.overrides needs launcher srun, mpiexec or ibrun (Parsl's "
                              "single-node launcher takes no arguments)")

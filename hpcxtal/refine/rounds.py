@@ -107,6 +107,9 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
     parts_by_round: list[list[Path]] = []
     counts: dict[str, int] = {}
     config = rounds_config(cfg, rounds)
+    if comm is not None:  # the campaign log's host column then says where each rank ran
+        log.info("MPI rank %d of %d: part %d of each round, final files of shards %s", rank,
+                 size, rank, list(range(rank, n_shards, size)))
     for r in range(2, rounds.n_rounds + 1):
         parts = [part_path(root, r, p, size) for p in range(size)]
         inputs = _round_inputs([round1(i) for i in range(n_shards)], parts_by_round)
