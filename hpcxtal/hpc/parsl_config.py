@@ -4,11 +4,12 @@ one for MPI stages.
 ``gpu`` runs the stages the site places on GPU nodes (refinement by default; one worker
 per ``gpus_per_task`` GPUs, pinned with ``available_accelerators``), ``cpu`` the others
 (``cores_per_node / cores_per_task`` workers per node). ``mpi`` is Parsl's MPIExecutor
-on a block of the GPU nodes: one worker on the block's first node starts the rounds
-stage's ranks over all of the block's nodes with the site's MPI launcher. Every worker is pinned to its own
-block of cores (``cpu_affinity="block"``: Parsl sets the affinity and ``OMP_NUM_THREADS``),
-so torch in a worker uses that worker's cores and no more (on a CPU, threads beyond a
-worker's cores only slow it down: BENCHMARKS.md, "Relaxation"). Providers and launchers
+on a block of the rounds stage's nodes (GPU nodes by default): one worker on the
+block's first node starts the stage's ranks over all of the block's nodes with the
+site's MPI launcher. Every worker is pinned to its own block of cores
+(``cpu_affinity="block"``: Parsl sets the affinity and ``OMP_NUM_THREADS``), so torch in
+a worker uses that worker's cores and no more (on a CPU, threads beyond a worker's
+cores only slow it down: BENCHMARKS.md, "Relaxation"). Providers and launchers
 follow the site's scheduler and launcher; the workflow code never names a partition.
 """
 from __future__ import annotations
@@ -45,10 +46,10 @@ def _provider(site: SiteConfig, ex: ExecutorSite, mpi_run_dir: Path | None = Non
     """The provider of ``ex``'s blocks; with ``mpi_run_dir`` (Parsl's run folder), blocks
     for MPI mode: one at a time with one worker pool on its first node (Parsl's
     SimpleLauncher)."""
-    mpi = mpi_run_dir is not None
     from parsl.launchers import SimpleLauncher, SingleNodeLauncher
     from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
+    mpi = mpi_run_dir is not None
     worker_init = _worker_init(ex)
     if mpi and site.scheduler == "local":
         # Parsl's MPI mode reads the block's nodes from the scheduler; a local block is
