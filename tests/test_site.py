@@ -167,6 +167,8 @@ BAD = [
      "launch.gpu_order [1, 1] must list each GPU 0-1 once"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {ranks_per_node: 2}}\n",
      "more than one MPI rank needs an MPI launcher"),
+    ("name: s\ngpu: {nodes_per_block: 2}\n",
+     "gpu: rounds would run 2 node(s) x launch.ranks_per_node 1: more than one MPI rank needs"),
     ("name: s\nstages: {topology: gpu}\n",
      "stages.topology: gpu, but topology cannot use a GPU; only refine, rounds, relax can"),
     ("name: s\nstages: {polish: cpu}\n", "stages: unknown stage 'polish'; stages are"),
@@ -175,7 +177,7 @@ BAD = [
      "shards_per_task 3 x 2 GPU(s) per process is more than gpus_per_node (4)"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 4, gpus_per_task: 5}\n",
      "gpus_per_task must be within 1-4 (gpus_per_node), got 5"),
-    ("name: s\nscheduler: pbs\ngpu: {account: a, nodes_per_block: 5, walltime: '03:00:00', "
+    ("name: s\nscheduler: pbs\ngpu: {account: a, nodes_per_block: 5, launcher: mpiexec, walltime: '03:00:00', "
      "queues: [{name: prod, min_nodes: 10}]}\ncpu: {partition: c, account: a}\n",
      "gpu.queues: no queue takes an array task of 1 node(s) for 03:00:00"),
 ]

@@ -150,11 +150,6 @@ class ExecutorSite:
         if order is not None and sorted(order) != list(range(self.gpus_per_node)):
             raise ValueError(f"launch.gpu_order {order} must list each GPU 0-"
                              f"{self.gpus_per_node - 1} once (gpus_per_node {self.gpus_per_node})")
-        if self.launch.ranks_per_node * self.nodes_per_block > 1 and self.mpi_command() is None:
-            raise ValueError(f"{self.nodes_per_block} node(s) per block x launch.ranks_per_node "
-                             f"{self.launch.ranks_per_node}: more than one MPI rank needs an MPI "
-                             "launcher (srun, mpiexec, ibrun) or launch.mpi_command; launcher is "
-                             f"{self.launcher!r}")
         if self.launch.overrides and self.launcher == "single":
             raise ValueError("launch.overrides needs launcher srun, mpiexec or ibrun (Parsl's "
                              "single-node launcher takes no arguments)")
@@ -230,6 +225,14 @@ class SiteConfig:
                 gpu_ok = [s.name for s in PIPELINE if s.uses_gpu]
                 raise ValueError(f"stages.{name}: gpu, but {name} cannot use a GPU; only "
                                  f"{', '.join(gpu_ok)} can run on the gpu executor")
+        for spec in (s for s in PIPELINE if s.mpi):
+            kind = self.stage_executor(spec.name)
+            ex = self.executor(kind)
+            if ex.launch.ranks_per_node * ex.nodes_per_block > 1 and ex.mpi_command() is None:
+                raise ValueError(f"{kind}: {spec.name} would run {ex.nodes_per_block} node(s) x "
+                                 f"launch.ranks_per_node {ex.launch.ranks_per_node}: more than "
+                                 "one MPI rank needs an MPI launcher (srun, mpiexec, ibrun) or "
+                                 f"launch.mpi_command; launcher is {ex.launcher!r}")
 
     def executor(self, kind: str) -> ExecutorSite:
         """The ``gpu`` or ``cpu`` executor."""
