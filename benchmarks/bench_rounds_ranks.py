@@ -45,7 +45,7 @@ def _site(nodes: int, per_node: int) -> str:
     text = text.replace("name: local_slurm_multinode", f"name: bench_r{nodes * per_node}")
     text = text.replace("  nodes_per_block: 2 ", f"  nodes_per_block: {nodes} ")
     text = text.replace("  cores_per_node: 1\n  gpus_per_node: 0",
-                        f"  cores_per_node: {per_node}\n  gpus_per_node: 0")
+                        f"  cores_per_node: {per_node}\n  cores_per_task: 1\n  gpus_per_node: 0")
     return text.replace("    ranks_per_node: 1", f"    ranks_per_node: {per_node}")
 
 

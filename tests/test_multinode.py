@@ -60,19 +60,26 @@ def test_submitted_campaign_runs_rounds_on_both_nodes_and_equals_one_process(
     _tables_equal(database_output(one), database_output(camp))
 
 
-def test_parsl_run_starts_rounds_as_an_mpi_app_over_a_two_node_block(
+def _block_script(camp, label: str) -> str:
+    """The batch script of Parsl's first block of executor ``label``."""
+    scripts = [p for p in (camp / "runinfo").glob(f"*/submit_scripts/parsl.{label}.*")
+               if p.suffix not in (".stdout", ".stderr")]
+    assert scripts, f"Parsl submitted no {label} block"
+    return scripts[0].read_text()
+
+
+def test_parsl_run_on_two_node_blocks_gives_the_rounds_of_one_process(
         multinode_cluster, small_campaign_text, tmp_path):
+    """Refinement on a 2-node block of the gpu executor (a worker pool per node), then
+    rounds as a Parsl MPI app whose ranks span a 2-node block."""
     one = _one_process(tmp_path, small_campaign_text, ["import", "shard", "refine"])
     (tmp_path / "two").mkdir()
     camp = _init(tmp_path / "two", small_campaign_text, site=SITE)
     for stage in ("import", "shard"):
         assert main([stage, str(camp), "-q"]) == 0
-    for i in range(2):
-        assert main(["refine", str(camp), "--shard", str(i), "-q"]) == 0
-    assert main(["run", str(camp), "--stage", "rounds", "-q"]) == 0
-    scripts = [p for p in (camp / "runinfo").glob("*/submit_scripts/parsl.mpi.*")
-               if p.suffix not in (".stdout", ".stderr")]
-    assert scripts and "#SBATCH --nodes=2" in scripts[0].read_text()
+    assert main(["run", str(camp), "--stage", "refine", "--stage", "rounds", "-q"]) == 0
+    assert "#SBATCH --nodes=2" in _block_script(camp, "gpu")
+    assert "#SBATCH --nodes=2" in _block_script(camp, "mpi")
     assert all(part_path(camp, 2, p, 2).exists() for p in range(2))
     assert _hosts_of_rounds(camp) == {"hxn1", "hxn2"}
     for i in range(2):

@@ -85,8 +85,8 @@ class LaunchOptions:
     shard_command: str = ""
     # Prefix that starts an MPI stage's ranks in a batch job; null: the launcher's default.
     mpi_command: str | None = None
-    ranks_per_node: int = 1  # MPI ranks of the GPU executor's whole-campaign stage (rounds)
-    gpu_order: list[int] | None = None  # the GPU of worker / slot k (closest to its cores)
+    ranks_per_node: int = 1  # MPI ranks per node of the MPI stage (rounds), one per GPU
+    gpu_order: list[int] | None = None  # GPUs in worker / slot order (closest to its cores)
 
     def __post_init__(self) -> None:
         _check_template("launch.shard_command", self.shard_command)
