@@ -36,6 +36,11 @@ def stage_output(stage: str, root: Path, shard: int) -> Path:
     return Path(root) / stage / f"{stage}-{shard:04d}.h5"
 
 
+def dedup_output(root: Path) -> Path:
+    """The campaign's cross-shard de-duplication index (see :mod:`hpcxtal.topology.dedup`)."""
+    return Path(root) / "dedup.h5"
+
+
 def part_path(root: Path, round_: int, part: int, n_parts: int) -> Path:
     """One process's part of refinement round ``round_`` (of ``n_parts`` processes)."""
     return Path(root) / "rounds" / f"round-{round_}" / f"part-{part:04d}-of-{n_parts:04d}.h5"

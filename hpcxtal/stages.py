@@ -21,7 +21,8 @@ from hpcxtal.campaign import Campaign, CampaignConfig
 from hpcxtal.config import ConfigError
 from hpcxtal.data import resolve_input
 from hpcxtal.generate.config import SampleConfig
-from hpcxtal.layout import database_output, progress_path, shard_path, stage_output
+from hpcxtal.layout import (database_output, dedup_output, ledger_path, progress_path,
+                            shard_path, stage_output)
 from hpcxtal.progress import recording
 from hpcxtal.refine.config import rounds_config
 from hpcxtal.store.formats import ImportConfig, import_files
@@ -31,8 +32,9 @@ from hpcxtal.store.shard import ShardConfig, write_shards
 
 log = logging.getLogger(__name__)
 
-#: A stage's kernel on files: (input, output, attributes to record) -> row counts.
-Kernel = Callable[[Path, Path, dict], dict[str, int]]
+#: A stage's kernel on files: (inputs, output, attributes to record) -> row counts; the
+#: first input is the table it works on, any others are what it consults.
+Kernel = Callable[[list[Path], Path, dict], dict[str, int]]
 
 
 @dataclass
@@ -151,18 +153,22 @@ class Stage:
     def run(self, campaign: Campaign, shard: int | None = None, force: bool = False,
             resources: Resources | None = None) -> StageReport:
         """Run the stage (one shard of it) on the campaign; complete, current outputs are
-        kept unless ``force``."""
+        kept unless ``force``. What it wrote is left for the next ``status`` (see
+        :mod:`hpcxtal.store.provenance`), which then need not read it again."""
         resources = resources or Resources()
-        if self.run_whole is not None:
-            return self.run_whole(campaign, force, resources)
-        return self._run_shards(campaign, shard, force, resources)
+        try:
+            if self.run_whole is not None:
+                return self.run_whole(campaign, force, resources)
+            return self._run_shards(campaign, shard, force, resources)
+        finally:
+            PROVENANCE.save_written(ledger_path(campaign.root), campaign.root)
 
     def run_file(self, src: Path, dest: Path, cfg: Any,
                  resources: Resources | None = None) -> dict[str, int]:
         """A per-shard stage on explicit files: ``src`` into ``dest`` with the section
         ``cfg``, its provenance recorded as in a campaign; returns row counts."""
         kernel = self.kernel((resources or Resources()).apply(cfg))
-        return kernel(Path(src), Path(dest), PROVENANCE.stamp([Path(src)], cfg))
+        return kernel([Path(src)], Path(dest), PROVENANCE.stamp([Path(src)], cfg))
 
     def _run_shards(self, campaign: Campaign, shard: int | None, force: bool,
                     resources: Resources) -> StageReport:
@@ -172,27 +178,38 @@ class Stage:
         kernel = None
         outputs, counts, skipped = [], {}, True
         for i in self._shards(campaign, shard):
-            (src,), (dest,) = self.inputs(campaign, i), self.outputs(campaign, i)
+            sources, (dest,) = self.inputs(campaign, i), self.outputs(campaign, i)
             outputs.append(dest)
             stale = [(dest, f"{dest}: --force")] if force else self.stale(campaign, i)
             if not stale:
                 continue
             why = stale[0][1]
-            problem = PROVENANCE.problem(src)
-            if problem is not None:
-                raise FileNotFoundError(f"input of shard {i} is missing or corrupted "
-                                        f"({problem}); run the stage before this one for it")
+            for src in sources:
+                problem = PROVENANCE.problem(src)
+                if problem is not None:
+                    raise FileNotFoundError(f"input of shard {i} is missing or corrupted "
+                                            f"({problem}); run the stage before this one")
             if not force:
                 _log_recomputed(dest, why)
             kernel = kernel or self.kernel(resources.apply(cfg))
             skipped = False
-            stamp = dict(PROVENANCE.stamp([src], cfg), campaign_id=campaign.campaign_id)
-            log.info("%s shard %d: %s -> %s", self.name, i, src, dest)
+            stamp = dict(PROVENANCE.stamp(sources, cfg), campaign_id=campaign.campaign_id)
+            log.info("%s shard %d: %s -> %s", self.name, i, sources[0], dest)
             with recording(progress_path(campaign.root, self.name, i), self.name, i):
-                done = kernel(src, dest, stamp)
+                done = kernel(sources, dest, stamp)
             for key, value in done.items():
                 counts[key] = counts.get(key, 0) + value
         return StageReport(outputs, counts, skipped)
+
+
+def _redo(stage: Stage, campaign: Campaign, force: bool) -> bool:
+    """Whether a whole-campaign stage must run: when ``force``, or when an output is
+    missing or stale (each such output gets one warning naming it and the cause)."""
+    stale = stage.stale(campaign, None)
+    if not force:
+        for dest, why in stale:
+            _log_recomputed(dest, why)
+    return force or bool(stale)
 
 
 def _whole(name: str, make: Callable[[Campaign, Resources], StageReport],
@@ -207,12 +224,8 @@ def _whole(name: str, make: Callable[[Campaign, Resources], StageReport],
         if not stage.enabled(campaign.config):
             campaign.record(name, status="off")
             return StageReport([], skipped=True)
-        stale = stage.stale(campaign, None)
-        if not force and not stale:
+        if not _redo(stage, campaign, force):
             return StageReport(outputs, skipped=True)
-        if not force:
-            for dest, why in stale:
-                _log_recomputed(dest, why)
         campaign.start(name, inputs(campaign), section(campaign.config))
         report = make(campaign, resources)
         campaign.finish(name, report.outputs, **report.counts)
@@ -249,17 +262,13 @@ def _rounds(campaign: Campaign, force: bool, resources: Resources) -> StageRepor
     stage = stage_spec("rounds")
     n = campaign.config.shard.n_shards
     outputs = [stage_output("rounds", campaign.root, i) for i in range(n)]
-    stale = stage.stale(campaign, None)
-    if not force and not stale:
-        return StageReport(outputs, skipped=True)
     missing = [i for i in range(n)
                if PROVENANCE.problem(stage_output("refine", campaign.root, i)) is not None]
-    if missing:
+    if missing:  # (then every output is stale too)
         raise FileNotFoundError(f"round 1 is missing for shards {missing}; run 'hpcxtal refine "
                                 f"{campaign.root}' first")
-    if not force:
-        for dest, why in stale:
-            _log_recomputed(dest, why)
+    if not _redo(stage, campaign, force):
+        return StageReport(outputs, skipped=True)
     from hpcxtal.refine.rounds import run_rounds
 
     refine = resources.apply(campaign.config.refine)
@@ -287,6 +296,25 @@ def _merge(campaign: Campaign, resources: Resources) -> StageReport:
     return StageReport([dest], counts)
 
 
+def _dedup(campaign: Campaign, resources: Resources) -> StageReport:
+    from hpcxtal.topology.dedup import cross_shard_index
+
+    sources = _topology_outputs(campaign)
+    missing = [i for i, p in enumerate(sources) if PROVENANCE.problem(p) is not None]
+    if missing:
+        raise FileNotFoundError(f"topology is missing or corrupted for shards {missing}; run "
+                                f"'hpcxtal topology {campaign.root}' first")
+    dest = dedup_output(campaign.root)
+    counts = cross_shard_index(sources, dest, campaign_id=campaign.campaign_id,
+                               **PROVENANCE.stamp(sources, campaign.config.topology))
+    return StageReport([dest], counts)
+
+
+def _topology_outputs(campaign: Campaign) -> list[Path]:
+    return [stage_output("topology", campaign.root, i)
+            for i in range(campaign.config.shard.n_shards)]
+
+
 def _relax_outputs(campaign: Campaign) -> list[Path]:
     return [stage_output("relax", campaign.root, i) for i in range(campaign.config.shard.n_shards)]
 
@@ -305,19 +333,19 @@ def _relax_kernel(cfg: Any) -> Kernel:
     from hpcxtal.relax.stage import RelaxRunner
 
     runner = RelaxRunner(cfg)
-    return lambda src, dest, attrs: runner.run(src, dest, **attrs)
+    return lambda sources, dest, attrs: runner.run(sources[0], dest, *sources[1:], **attrs)
 
 
 def _refine_kernel(cfg: Any) -> Kernel:
     from hpcxtal.refine.stage import refine_file
 
-    return lambda src, dest, attrs: refine_file(src, dest, cfg, **attrs)
+    return lambda sources, dest, attrs: refine_file(sources[0], dest, cfg, **attrs)
 
 
 def _topology_kernel(cfg: Any) -> Kernel:
     from hpcxtal.topology.stage import topology_file
 
-    return lambda src, dest, attrs: topology_file(src, dest, cfg, cfg.workers, **attrs)
+    return lambda sources, dest, attrs: topology_file(sources[0], dest, cfg, cfg.workers, **attrs)
 
 
 def _shard_files(campaign: Campaign) -> list[Path]:
@@ -354,8 +382,13 @@ PIPELINE: tuple[Stage, ...] = (
           shard_outputs=True, uses_gpu=True, mpi=True),
     Stage("topology", "cpu", True, inputs=_shard_output("rounds"), outputs=_shard_output("topology"),
           science=lambda cfg: cfg.topology, kernel=_topology_kernel),
-    Stage("relax", "cpu", True, inputs=_shard_output("topology"), outputs=_shard_output("relax"),
-          science=lambda cfg: cfg.relax, kernel=_relax_kernel, uses_gpu=True),
+    Stage("dedup", "cpu", False, inputs=lambda c, i: _topology_outputs(c),
+          outputs=lambda c, i: [dedup_output(c.root)], science=lambda cfg: cfg.topology,
+          run_whole=_whole("dedup", _dedup, _topology_outputs, lambda cfg: cfg.topology)),
+    Stage("relax", "cpu", True,
+          inputs=lambda c, i: [stage_output("topology", c.root, i), dedup_output(c.root)],
+          outputs=_shard_output("relax"), science=lambda cfg: cfg.relax, kernel=_relax_kernel,
+          uses_gpu=True),
     Stage("merge", "cpu", False, inputs=lambda c, i: _merge_inputs(c),
           outputs=lambda c, i: [database_output(c.root)], science=_merge_science,
           run_whole=_whole("merge", _merge, _merge_inputs, _merge_science)),

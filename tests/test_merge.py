@@ -86,6 +86,7 @@ def campaign(pool, relax_cfg, cache, tmp_path_factory):
     for i in range(2):
         topology_file(shard_path(camp.shard_dir, i), stage_output("topology", camp.root, i), cfg.topology,
                       workers=1)
+    stage_spec("dedup").run(camp)
     stage_spec("relax").run(camp, None)
     stage_spec("merge").run(camp)
     return camp

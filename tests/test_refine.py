@@ -9,8 +9,9 @@ import torch
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
 from hpcxtal.descriptor.batch import build_batch, rows_from_R
 from hpcxtal.descriptor.target import Environment
-from hpcxtal.refine.represent import (FAILED, RefineConfig, _restart_noise, plan_batches,
+from hpcxtal.refine.represent import (RefineConfig, _restart_noise, plan_batches,
                                       refine_batch, refine_table)
+from hpcxtal.refine.status import RefineStatus
 from hpcxtal.store.table import Table
 from hpcxtal.store.formats import read_csv
 
@@ -51,8 +52,10 @@ def test_a_broken_row_does_not_affect_the_others(rows):
     R0 = broken.R0.clone()
     R0[2, 0] = float("nan")  # a row whose first free variable is NaN
     broken = dataclasses.replace(broken, R0=R0)
-    R, loss, valid, steps, status = refine_batch(broken, np.asarray(good["id"]), env, CFG)
-    assert status[2] == FAILED and not valid[2]
+    R, loss, valid, steps, status, reason = refine_batch(broken, np.asarray(good["id"]), env, CFG)
+    assert status[2] == RefineStatus.FAILED and not valid[2]
+    assert reason[2] == "non-finite coordinates at step 0"
+    assert [reason[k] for k in (0, 1, 3, 4, 5)] == [""] * 5
     others = [0, 1, 3, 4, 5]
     np.testing.assert_allclose(R[others].numpy(), clean[0][others].numpy(), rtol=1e-9, atol=1e-12)
     assert [status[k] for k in others] == [clean[4][k] for k in others]

@@ -13,7 +13,7 @@ from hpcxtal.stages import PIPELINE, Resources, stage_spec
 
 from test_driver import small_campaign_text  # noqa: F401  (fixture)
 
-SCREENED = ("import", "shard", "refine", "rounds", "topology", "relax")
+SCREENED = ("import", "shard", "refine", "rounds", "topology", "dedup", "relax")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_resources_never_make_outputs_stale(finished):
     ("refine", {"max_steps": 61}, {"refine", "rounds"}),
     ("refine", {"target": "diamond"}, {"refine", "rounds"}),
     ("rounds", {"later": "perturb"}, {"rounds"}),
-    ("topology", {"depth": 11}, {"topology"}),
+    ("topology", {"depth": 11}, {"topology", "dedup"}),
     ("relax", {"fmax_eV_per_A": 0.04}, {"relax"}),
 ])
 def test_a_science_setting_makes_exactly_its_stages_stale(finished, section, change, stale):
@@ -156,3 +156,39 @@ def test_progress_files_log_and_status(finished, capsys):
         assert "shard 0: running: 3/10 rows" in shown and "ETA" in shown
     finally:
         out.write_bytes(kept)
+
+
+def test_status_trusts_what_stage_runs_wrote_and_rereads_what_changed(finished, monkeypatch):
+    """A stage run leaves what it wrote beside the ledger; the next status (a fresh
+    process: a fresh Provenance) folds it in and does not read those files, yet reads
+    every other file, and a file changed since is read again."""
+    import shutil
+
+    from hpcxtal.layout import ledger_path
+    from hpcxtal.store import provenance
+
+    ledger = ledger_path(finished)
+    shutil.rmtree(ledger.parent)
+    assert main(["topology", str(finished), "--shard", "0", "--force", "-q"]) == 0
+    written = ledger.with_name("written")
+    assert len(list(written.glob("*.json"))) == 1
+    reads = []
+    real = provenance.checked_attrs
+    monkeypatch.setattr(provenance, "checked_attrs", lambda p: reads.append(p) or real(p))
+    fresh = provenance.Provenance()
+    fresh.load_ledger(ledger)
+    ran, other = finished / "topology" / "topology-0000.h5", finished / "relax" / "relax-0000.h5"
+    assert fresh.problem(ran) is None and fresh.problem(other) is None
+    assert reads == [other]
+
+    fresh.save_ledger(ledger, finished)
+    assert not any(written.glob("*.json"))  # folded into the ledger
+    again = provenance.Provenance()
+    again.load_ledger(ledger)
+    kept = ran.read_bytes()
+    try:
+        ran.write_bytes(kept[:-1] + bytes([kept[-1] ^ 1]))  # same size, new mtime
+        assert again.problem(ran) is not None and reads[-1] == ran
+        assert again.problem(other) is None and reads[-1] == ran
+    finally:
+        ran.write_bytes(kept)

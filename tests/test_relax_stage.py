@@ -73,7 +73,7 @@ def test_relax_file_adds_energy_columns_and_model_attributes(small_pool, relax_c
 
 def test_campaign_relax_by_shard_and_noop_rerun(small_pool, relax_cfg, tmp_path):
     names = [s.name for s in PIPELINE]
-    assert names.index("relax") == names.index("topology") + 1
+    assert names.index("relax") == names.index("dedup") + 1 == names.index("topology") + 2
     cfg = CampaignConfig(name="t", import_=ImportConfig(inputs=[str(small_pool)]),
                          shard=ShardConfig(n_shards=2), relax=relax_cfg)
     campaign = Campaign.create(tmp_path / "camp", cfg)
@@ -83,6 +83,7 @@ def test_campaign_relax_by_shard_and_noop_rerun(small_pool, relax_cfg, tmp_path)
     for i in range(2):  # topology straight on the shards (every row signed)
         topology_file(shard_path(campaign.shard_dir, i), stage_output("topology", campaign.root, i),
                       cfg.topology, workers=1)
+    stage_spec("dedup").run(campaign)
     relax = stage_spec("relax")
 
     report = stage_spec("relax").run(campaign, shard=1)  # one array task

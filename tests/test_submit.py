@@ -67,7 +67,7 @@ def test_failed_array_task_is_resubmitted_alone(slurm_cluster, small_campaign_te
     cfg.write_text(small_campaign_text.replace("site: local", "site: local_slurm"))
     camp = tmp_path / "camp"
     main(["init", str(camp), "--config", str(cfg), "-q"])
-    for stage in ("import", "shard", "refine", "rounds", "topology"):
+    for stage in ("import", "shard", "refine", "rounds", "topology", "dedup"):
         assert main([stage, str(camp), "-q"]) == 0
     broken = stage_output("topology", camp, 1)
     with open(broken, "r+b") as fh:

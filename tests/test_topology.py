@@ -288,3 +288,39 @@ def test_cli_topology(tmp_path, capsys):
     assert err.value.code == 2
     with pytest.raises(SystemExit):
         main(["topology", str(src), "-o", str(tmp_path / "y.h5"), "--depth", "3"])
+
+
+def test_a_net_in_two_shards_is_relaxed_once(tmp_path, caplog):
+    """The dedup stage finds a net that two shards both hold: relax relaxes only the
+    lower id; the other row names it; an unrelated campaign net is kept."""
+    from hpcxtal.layout import dedup_output
+    from hpcxtal.relax.table import relax_selection
+    from hpcxtal.topology.dedup import apply_index
+
+    campaign = Campaign.create(tmp_path / "camp", CampaignConfig(
+        name="t", shard=ShardConfig(n_shards=2)))
+    rows = _sacada_table(4).take(np.array([0, 1, 2, 0, 3, 3]))
+    rows.columns["id"] = np.array([10, 11, 12, 5, 13, 14], dtype=np.uint64)
+    rows.columns["valid"] = np.ones(6, dtype=bool)
+    for i, idx in enumerate((np.arange(3), np.arange(3, 6))):
+        write_table(stage_output("rounds", campaign.root, i), rows.take(idx), kind="rounds")
+    stage_spec("topology").run(campaign, None)
+    assert not stage_spec("dedup").done(campaign)
+    with caplog.at_level("INFO"):
+        assert main(["dedup", str(campaign.root)]) == 0
+    assert "4 nets: 1 duplicates of a net in another shard" in caplog.text
+    index, _ = read_table(dedup_output(campaign.root))
+    assert index["id"].tolist() == [10] and index["duplicate_of"].tolist() == [5]
+    assert index["shard"].tolist() == [0]
+    assert stage_spec("relax").inputs(campaign, 0)[-1] == dedup_output(campaign.root)
+
+    first, _ = read_table(stage_output("topology", campaign.root, 0))
+    chosen, skipped = relax_selection(apply_index(first, index))
+    assert chosen.tolist() == [1, 2] and skipped == {0: "topology duplicate of id 5"}
+    second, _ = read_table(stage_output("topology", campaign.root, 1))
+    assert relax_selection(apply_index(second, index))[0].tolist() == [0, 1]
+    assert relax_selection(second)[1] == {2: "topology duplicate of id 13"}
+    # A changed topology output makes the index stale.
+    assert stage_spec("dedup").done(campaign)
+    write_table(stage_output("topology", campaign.root, 1), second.take(np.arange(2)), kind="topology")
+    assert not stage_spec("dedup").done(campaign)

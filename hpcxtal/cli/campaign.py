@@ -8,12 +8,17 @@ import logging
 from pathlib import Path
 
 from hpcxtal import cli_args as num
-from hpcxtal.cli.common import UsageError, add_common, open_campaign
+from hpcxtal.cli.common import UsageError, command, open_campaign
 
 log = logging.getLogger("hpcxtal")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    """Create a campaign directory with a validated config.
+
+    Create a campaign directory: campaign.yaml (edit it, or start from --config) and an
+    empty manifest of stages.
+    """
     from hpcxtal.campaign import Campaign, CampaignConfig
     from hpcxtal.generate.config import SampleConfig
 
@@ -42,8 +47,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Each stage: done, partial or pending, from the files themselves (verified once;
-    files unchanged since an earlier status verified them are taken from its ledger)."""
+    """Where a campaign stands.
+
+    Print each stage of a campaign: status, counts, and whether its output files exist and
+    verify.
+    """
     from hpcxtal.hpc.site import apply_site
     from hpcxtal.hpc.submit import job_states, submitted
     from hpcxtal.layout import ledger_path, progress_path
@@ -119,6 +127,12 @@ def _campaign_site_stages(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run a campaign's stages with Parsl on its site.
+
+    Each stage runs as Parsl apps on the site's executors (gpu: refinement; cpu: the rest);
+    stages whose output files exist and verify are skipped, so an interrupted campaign
+    resumes from its HDF5 files.
+    """
     from hpcxtal.cli.files import report_campaign
     from hpcxtal.hpc.driver import run_campaign
     from hpcxtal.store.tempfiles import remove_stale_temp_files
@@ -136,6 +150,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    """Submit stages to SLURM/PBS as chained job arrays.
+
+    Render batch scripts into DIR/jobs/ from the templates in hpcxtal/jobs/ and submit them:
+    per-shard stages as job arrays over their unfinished shards (submit again to resubmit
+    failed tasks alone), whole-campaign stages as single jobs, each waiting for the one
+    before (afterok).
+    """
     from hpcxtal.hpc.submit import submit_campaign
 
     campaign, site, names = _campaign_site_stages(args)
@@ -150,9 +171,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The campaign commands' parsers."""
-    p = sub.add_parser("init", help="create a campaign directory with a validated config",
-                       description="Create a campaign directory: campaign.yaml (edit it, or "
-                                   "start from --config) and an empty manifest of stages.")
+    p = command(sub, "init", cmd_init)
     p.add_argument("dir", type=Path, help="campaign directory to create")
     p.add_argument("--config", type=Path, help="start from this campaign YAML instead of defaults")
     p.add_argument("--name", help="campaign name (default: the directory name)")
@@ -164,39 +183,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(sets the config's 'sample' section)")
     p.add_argument("--shards", type=num.positive_int, help="number of shards for parallel stages")
     p.add_argument("--seed", type=num.seed, help="campaign random seed")
-    p.set_defaults(func=cmd_init)
-    add_common(p)
 
-    for name, text in (("run", "run a campaign's stages with Parsl on its site"),
-                       ("resume", "finish an interrupted campaign (same as run: done work is kept)")):
-        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ". Each stage "
-                           "runs as Parsl apps on the site's executors (gpu: refinement; cpu: the "
-                           "rest); stages whose output files exist and verify are skipped, so an "
-                           "interrupted campaign resumes from its HDF5 files.")
+    for name, text in (("run", "Run a campaign's stages with Parsl on its site"),
+                       ("resume", "Finish an interrupted campaign (same as run: done work is kept)")):
+        p = command(sub, name, cmd_run, help=text)
         p.add_argument("dir", type=Path, help="campaign directory")
         p.add_argument("--site", help="site config name or path (default: the campaign's)")
         p.add_argument("--stage", dest="stages", action="append", metavar="STAGE",
                        help="run only this stage (repeatable)")
-        p.set_defaults(func=cmd_run)
-        add_common(p)
 
-    p = sub.add_parser("submit", help="submit stages to SLURM/PBS as chained job arrays",
-                       description="Render batch scripts into DIR/jobs/ from the templates in "
-                                   "hpcxtal/jobs/ and submit them: per-shard stages as job arrays over "
-                                   "their unfinished shards (submit again to resubmit failed "
-                                   "tasks alone), whole-campaign stages as single jobs, each "
-                                   "waiting for the one before (afterok).")
+    p = command(sub, "submit", cmd_submit)
     p.add_argument("dir", type=Path, help="campaign directory")
     p.add_argument("--stage", dest="stages", action="append", metavar="STAGE",
                    help="stage to submit (repeatable; default: every stage)")
     p.add_argument("--site", help="site config name or path (default: the campaign's)")
     p.add_argument("--dry-run", action="store_true", help="write the scripts, submit nothing")
-    p.set_defaults(func=cmd_submit)
-    add_common(p)
 
-    p = sub.add_parser("status", help="where a campaign stands",
-                       description="Print each stage of a campaign: status, counts, and "
-                                   "whether its output files exist and verify.")
+    p = command(sub, "status", cmd_status)
     p.add_argument("dir", type=Path)
-    p.set_defaults(func=cmd_status)
-    add_common(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -15,10 +16,22 @@ class UsageError(Exception):
     """Wrong combination of command-line arguments."""
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """-v/-q on every command."""
+def command(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+            force: str | None = None, help: str | None = None,
+            description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``, which runs ``func``: its help is the first line
+    of ``func``'s docstring and its description the rest (unless given), -v/-q as on
+    every command, and ``--force`` (what it redoes: ``force``) on a command that keeps
+    finished work."""
+    first, _, rest = inspect.cleandoc(func.__doc__ or "").partition("\n\n")
+    p = sub.add_parser(name, help=help or first.rstrip("."),
+                       description=description or " ".join(rest.split()))
+    p.set_defaults(func=func)
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    if force is not None:
+        p.add_argument("--force", action="store_true", help=force)
+    return p
 
 
 def add_workers(p: argparse.ArgumentParser, what: str) -> None:

@@ -8,12 +8,19 @@ import sys
 from pathlib import Path
 
 from hpcxtal import cli_args as num
-from hpcxtal.cli.common import UsageError, add_common, open_campaign
+from hpcxtal.cli.common import UsageError, command, open_campaign
 
 log = logging.getLogger("hpcxtal")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    """Augment known crystals into a generator training table.
+
+    Describe every crystal in its subgroups (translationengleiche and klassengleiche,
+    pyxtal) and with other generator choices per Wyckoff site; keep rows that decode back to
+    the same crystal (at most 500 atoms, 8 sites, lengths < 50 Å, angles 30-150 degrees).
+    Parallel over crystals; deterministic for a seed.
+    """
     import dataclasses
 
     from hpcxtal.data import resolve_input
@@ -29,6 +36,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train the generator (CVAE or unconditional VAE).
+
+    Train a conditional VAE (or with --unconditional the VAE baseline) on a training table.
+    A checkpoint MODEL.pt.ckpt is written every epoch; running again resumes from it. The
+    model file records config, seed and the data checksum.
+    """
     from hpcxtal.config import ConfigError
     from hpcxtal.generate.cvae import ModelConfig
     from hpcxtal.generate.train import TrainConfig, train
@@ -76,6 +89,11 @@ def _merge_symprec(path: Path) -> float | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Export a table to CSV, CIF, extxyz or an ASE db.
+
+    Export rows (or the stored structures, where the file has them) to the published CSV
+    layout, a folder of CIF files named by id, one extxyz file, or an ASE SQLite database.
+    """
     from hpcxtal.store.hdf5 import read_table
 
     table, _ = read_table(args.file)
@@ -91,6 +109,11 @@ def _database_path(source: Path) -> Path:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
+    """Query a database: top N, energy window, symmetry, size.
+
+    Print the rows of a database that pass every filter, in rank order (lowest energy above
+    graphite first); with -f and -o, export their relaxed structures instead.
+    """
     from hpcxtal.merge.database import query, read_database
 
     if (args.format is None) != (args.output is None):
@@ -119,6 +142,13 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Metrics, accounting, plots and an HTML page.
+
+    From a database: N_sampled, N_valid_xtal, N_valid_env, N_unique, N_train, N_low_E (and
+    cubic) before and after the post-relax checks, N_new, known phases re-found, per round
+    and cumulative; the accounting of every sampled row (exit status 1 if it does not
+    close); PNG plots, metrics.json and a self-contained report.html.
+    """
     campaign = open_campaign(args.source)
     if campaign is not None:
         return report_campaign(campaign, args.output, args.top)
@@ -162,6 +192,11 @@ def _print_report(db: Path, out: Path, n_sampled: int | None, top: int) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Rows, columns, attributes and verification of a file.
+
+    Describe an hpcxtal HDF5 file and verify it (row count and checksum); exit status 1 if
+    it does not verify.
+    """
     from hpcxtal.store.hdf5 import StoreError, file_summary, verify_file
 
     problem = verify_file(args.file)
@@ -193,13 +228,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The files commands' parsers."""
-    p = sub.add_parser("prepare", help="augment known crystals into a generator training table",
-                       description="Describe every crystal in its subgroups (translationengleiche "
-                                   "and klassengleiche, pyxtal) and with other generator choices "
-                                   "per Wyckoff site; keep rows that decode back to the same "
-                                   "crystal (at most 500 atoms, 8 sites, lengths < 50 Å, angles "
-                                   "30-150 degrees). Parallel over crystals; deterministic for "
-                                   "a seed.")
+    p = command(sub, "prepare", cmd_prepare)
     p.add_argument("source", nargs="?", default="sacada",
                    help="hpcxtal .h5 table of known crystals (default: the bundled SACADA set)")
     p.add_argument("-o", "--output", required=True, type=Path, help="training table to write")
@@ -210,14 +239,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--choices", type=num.positive_int, metavar="N", help="generator choices per description")
     p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=num.positive_int, help="processes (default: one per core)")
-    p.set_defaults(func=cmd_prepare)
-    add_common(p)
 
-    p = sub.add_parser("train", help="train the generator (CVAE or unconditional VAE)",
-                       description="Train a conditional VAE (or with --unconditional the VAE "
-                                   "baseline) on a training table. A checkpoint MODEL.pt.ckpt is "
-                                   "written every epoch; running again resumes from it. The "
-                                   "model file records config, seed and the data checksum.")
+    p = command(sub, "train", cmd_train)
     p.add_argument("source", type=Path, help="training table (from 'hpcxtal prepare')")
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
     p.add_argument("--epochs", type=num.positive_int, default=20, help="epochs (default 20; published 250)")
@@ -233,13 +256,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--stop-after", type=num.positive_int, metavar="N",
                    help="stop after N epochs in this call (short walltimes); run again to continue")
-    p.set_defaults(func=cmd_train)
-    add_common(p)
 
-    p = sub.add_parser("db", help="query a database: top N, energy window, symmetry, size",
-                       description="Print the rows of a database that pass every filter, in "
-                                   "rank order (lowest energy above graphite first); with -f "
-                                   "and -o, export their relaxed structures instead.")
+    p = command(sub, "db", cmd_db)
     p.add_argument("file", type=Path, help="database (.h5) from 'hpcxtal merge', or a campaign "
                    "directory")
     p.add_argument("--top", type=num.nonnegative_int, default=20, metavar="N", help="at most N rows (default 20; "
@@ -261,37 +279,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--format", choices=["csv", "cif", "extxyz", "ase"],
                    help="export the selection in this format (with -o)")
     p.add_argument("-o", "--output", type=Path, help="export destination (with -f)")
-    p.set_defaults(func=cmd_db)
-    add_common(p)
 
-    p = sub.add_parser("report", help="metrics, accounting, plots and an HTML page",
-                       description="From a database: N_sampled, N_valid_xtal, N_valid_env, "
-                                   "N_unique, N_train, N_low_E (and cubic) before and after the "
-                                   "post-relax checks, N_new, known phases re-found, per round "
-                                   "and cumulative; the accounting of every sampled row (exit status "
-                                   "1 if it does not close); PNG plots, metrics.json and a "
-                                   "self-contained report.html.")
+    p = command(sub, "report", cmd_report)
     p.add_argument("source", type=Path, help="campaign directory or database (.h5)")
     p.add_argument("-o", "--output", type=Path,
                    help="folder for the report (default: DIR/report, or beside the database)")
     p.add_argument("--top", type=num.nonnegative_int, default=25, metavar="N", help="structures listed (default 25)")
-    p.set_defaults(func=cmd_report)
-    add_common(p)
 
-    p = sub.add_parser("export", help="export a table to CSV, CIF, extxyz or an ASE db",
-                       description="Export rows (or the stored structures, where the file has "
-                                   "them) to the published CSV layout, a folder of CIF files "
-                                   "named by id, one extxyz file, or an ASE SQLite database.")
+    p = command(sub, "export", cmd_export)
     p.add_argument("file", type=Path, help="hpcxtal .h5 table")
     p.add_argument("-f", "--format", required=True, choices=["csv", "cif", "extxyz", "ase"])
     p.add_argument("-o", "--output", required=True, type=Path, help="destination file or folder")
-    p.set_defaults(func=cmd_export)
-    add_common(p)
 
-    p = sub.add_parser("info", help="rows, columns, attributes and verification of a file",
-                       description="Describe an hpcxtal HDF5 file and verify it (row count and "
-                                   "checksum); exit status 1 if it does not verify.")
+    p = command(sub, "info", cmd_info)
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_info)
-    add_common(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hpcxtal.cli.common import add_common
+from hpcxtal.cli.common import command
 
 
 def placement_rows(site) -> list[tuple[str, ...]]:
@@ -40,6 +40,14 @@ def print_table(rows: list[tuple[str, ...]], indent: str = "  ") -> None:
 
 
 def cmd_site(args: argparse.Namespace) -> int:
+    """Validate a site config and print where stages run and its job scripts.
+
+    Validate a site config (a path, or a name looked up in ./site_configs, $HPCXTAL_SITE_DIR
+    and the shipped sites), name the MPI library mpi4py is bound to, and print which stage
+    runs on which executor and partition with how many processes (shards, workers or MPI
+    ranks) per node and GPUs each, then the batch script each executor would submit.
+    Without a site: that table for every shipped site.
+    """
     from hpcxtal.hpc.jobs import render_job
     from hpcxtal.hpc.mpi import mpi_library
     from hpcxtal.hpc.site import load_site, shipped_sites, site_path
@@ -83,22 +91,11 @@ def cmd_site(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The site commands' parsers."""
-    p = sub.add_parser("site", help="site configs: validate and show what would be submitted",
+    p = sub.add_parser("site", help="Site configs: validate and show what would be submitted",
                        description="Site configs (YAML) say where stages run: shipped ones, "
                                    "yours in $HPCXTAL_SITE_DIR or the campaign directory.")
     site_sub = p.add_subparsers(dest="site_command", required=True, metavar="ACTION")
-    q = site_sub.add_parser("check", help="validate a site config and print where stages run "
-                                          "and its job scripts",
-                            description="Validate a site config (a path, or a name looked up "
-                                        "in ./site_configs, $HPCXTAL_SITE_DIR and the shipped "
-                                        "sites), name the MPI library mpi4py is bound to, and "
-                                        "print which stage runs on which executor and "
-                                        "partition with how many processes (shards, workers "
-                                        "or MPI ranks) per node and GPUs each, then the batch "
-                                        "script each executor would submit. Without a site: "
-                                        "that table for every shipped site.")
+    q = command(site_sub, "check", cmd_site)
     q.add_argument("site", nargs="?", default=None,
                    help="site name (e.g. local, slurm_generic) or YAML path; omit for all "
                         "shipped sites")
-    q.set_defaults(func=cmd_site)
-    add_common(q)

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from hpcxtal import cli_args as num
-from hpcxtal.cli.common import (UsageError, add_common, add_workers, file_mode_config,
+from hpcxtal.cli.common import (UsageError, add_workers, command, file_mode_config,
                                 open_campaign, stage_command)
 
 log = logging.getLogger("hpcxtal")
@@ -36,6 +36,13 @@ def _pool_report(report) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    """Import crystals into a pool (HDF5).
+
+    Import published tabular CSV (angles in radians), CIF, extxyz, ASE db or hpcxtal .h5
+    files into one pool. Rows that cannot be decoded are kept in the pool's quarantine with
+    the reason. With a campaign DIR and no -o, imports the campaign's configured inputs into
+    DIR/pool.h5.
+    """
     from hpcxtal.stages import import_pool
     from hpcxtal.store.formats import ImportConfig
 
@@ -57,6 +64,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample a candidate pool from a trained generator.
+
+    Draw N conditions (training set and/or the learned condition model), latent vectors and
+    mixture components; decode rows. Rows that do not decode go to the pool's quarantine
+    with the reason. With a campaign DIR, uses its 'sample' section and writes DIR/pool.h5.
+    """
     from hpcxtal.generate.config import SampleConfig
     from hpcxtal.stages import sample_to_pool
 
@@ -85,6 +98,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
+    """Cut a pool into cost-balanced shard files.
+
+    Sort rows by space group and Wyckoff layout and cut them into K shards of near-equal
+    estimated cost (atoms x free variables), one file each.
+    """
     import numpy as np
 
     from hpcxtal.stages import shard_pool
@@ -125,6 +143,13 @@ def _rank_resources(campaign, comm, workers: int | None = None):
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
+    """Pull candidates toward the target environment (Algorithm 1).
+
+    Representation-space refinement: batched gradient descent of each row's free variables
+    so every Wyckoff site's SO(3) spectrum approaches the target's (default graphite), with
+    per-sample clipping, plateau step control and perturbed restarts. Writes every row with
+    loss, valid (CN), steps, round and refine_status.
+    """
     from hpcxtal.hpc import mpi
     from hpcxtal.refine.config import RefineConfig
     from hpcxtal.stages import Resources, stage_spec
@@ -157,6 +182,13 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def cmd_rounds(args: argparse.Namespace) -> int:
+    """Later refinement rounds over all shards' invalid rows.
+
+    Rounds 2..n_rounds (campaign config, section rounds): gather the rows still invalid
+    after round 1 from every shard, rebalance them by cost over the processes (MPI ranks
+    under mpiexec or srun), refine them again from perturbed starts, and write each shard's
+    final rows to DIR/rounds/. Finished rounds are kept, so an interrupted run resumes.
+    """
     from hpcxtal.hpc import mpi
     from hpcxtal.stages import stage_spec
 
@@ -171,6 +203,16 @@ def cmd_rounds(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
+    """Net signature, dimensionality and first de-duplication.
+
+    Build the periodic C-C bond graph of every row (stored structure, else the expanded row;
+    only CN-valid rows of a refined file), its dimensionality (0-3 periodic) and a cell-
+    independent topology key (coordination sequences + shortest-ring counts), and mark rows
+    sharing (key, dimensionality, atoms per primitive cell) as duplicates of the lowest id.
+    Adds the columns topology, dimension, n_prim and duplicate_of; no row is dropped. With a
+    campaign DIR: DIR/rounds/rounds-I.h5 -> DIR/topology/topology-I.h5, skipping outputs
+    that verify.
+    """
     from hpcxtal.stages import Resources, stage_spec
     from hpcxtal.topology.stage import TopologyConfig
 
@@ -191,7 +233,40 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dedup(args: argparse.Namespace) -> int:
+    """First de-duplication across shards, before relaxation.
+
+    Compare the topology representatives of every shard by (topology key, dimensionality,
+    atoms per primitive cell) and write DIR/dedup.h5: each representative whose net has a
+    lower-id representative in another shard, with that id. The relax stage then relaxes
+    each net once per campaign, not once per shard.
+    """
+    from hpcxtal.stages import stage_spec
+
+    campaign = open_campaign(args.dir, required=True)
+    report = stage_spec("dedup").run(campaign, None, args.force)
+    if report.skipped:
+        log.info("dedup is complete and current; nothing to do (--force to redo)")
+    else:
+        c = report.counts
+        log.info("%d topology representatives, %d nets: %d duplicates of a net in another "
+                 "shard will not be relaxed", c["representatives"], c["nets"],
+                 c["cross_shard_duplicates"])
+    return 0
+
+
 def cmd_relax(args: argparse.Namespace) -> int:
+    """Relax structures with an ML potential; energies vs graphite.
+
+    Relax every row (positions and cell) with batched L-BFGS (or FIRE) and a machine-learned
+    potential (by default hpcxtal's own small carbon MACE model, shipped with the package;
+    or another MACE model file, or CHGNet with its bundled weights), and add the columns
+    energy (eV/atom), e_rel (eV/atom above graphite relaxed the same way), status (converged
+    / not_converged / failed / skipped), status_reason, relax_steps, energy_initial,
+    rms_displacement_A and volume_change. On a campaign DIR, relaxes the CN-valid topology
+    representatives of DIR/topology/topology-I.h5 into DIR/relax/relax-I.h5 (one shard with
+    --shard I, as one task of a job array); outputs that are current are not redone.
+    """
     from hpcxtal.relax.config import RelaxConfig
     from hpcxtal.stages import Resources, stage_spec
 
@@ -217,6 +292,18 @@ def cmd_relax(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge relax outputs into one ranked database.
+
+    Merge relax outputs into ONE database ranked by energy above graphite: every input is
+    verified; every converged relaxed structure is re-validated (the target's coordination
+    rule, topology key and dimensionality recomputed, space group by spglib at 0.1 Å, match
+    with graphite, diamond, lonsdaleite and the SACADA nets), de-duplicated a second time
+    across all inputs (StructureMatcher stol 0.3, ltol 0.2, angle_tol 5, within a relaxed
+    topology key and atoms per primitive cell), compared with the training structures and
+    given a class (new, known, motif_lost, low_dimensional, duplicate, invalid, failed).
+    With a campaign DIR: DIR/relax/relax-*.h5 and the pool's quarantine into DIR/database.h5
+    (skipped when current).
+    """
     import dataclasses
 
     from hpcxtal.merge.database import MergeConfig
@@ -242,14 +329,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def per_shard_io(p: argparse.ArgumentParser, output: str) -> None:
+    """What a per-shard stage runs on: a table file with ``-o`` (``output``: what it
+    writes), or a campaign directory, all shards or ``--shard I``."""
+    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
+    p.add_argument("-o", "--output", type=Path, help=f"{output} to write (file mode)")
+    p.add_argument("--shard", type=num.nonnegative_int, metavar="I",
+                   help="campaign: only shard I (one job-array task); default all shards")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The stages commands' parsers."""
-    p = sub.add_parser("import", help="import crystals into a pool (HDF5)",
-                       description="Import published tabular CSV (angles in radians), CIF, "
-                                   "extxyz, ASE db or hpcxtal .h5 files into one pool. Rows that "
-                                   "cannot be decoded are kept in the pool's quarantine with "
-                                   "the reason. With a campaign DIR and no -o, imports the "
-                                   "campaign's configured inputs into DIR/pool.h5.")
+    p = command(sub, "import", cmd_import,
+                force="redo a campaign stage that is complete")
     p.add_argument("sources", nargs="+", metavar="SRC",
                    help="input files ('sacada' = bundled set), or one campaign directory")
     p.add_argument("-o", "--output", type=Path, help="pool file to write")
@@ -259,16 +351,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symmetry-tolerance", type=num.symmetry_tolerance, default=0.01, metavar="A",
                    help="symmetry-finding tolerance for structure files (default 0.01 Å; "
                         "1e-05-1 Å)")
-    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
-    p.set_defaults(func=cmd_import)
-    add_common(p)
 
-    p = sub.add_parser("sample", help="sample a candidate pool from a trained generator",
-                       description="Draw N conditions (training set and/or the learned condition "
-                                   "model), latent vectors and mixture components; decode rows. "
-                                   "Rows that do not decode go to the pool's quarantine with the "
-                                   "reason. With a campaign DIR, uses its 'sample' section and "
-                                   "writes DIR/pool.h5.")
+    p = command(sub, "sample", cmd_sample,
+                force="redo a campaign stage that is complete")
     p.add_argument("dir", nargs="?", type=Path, help="campaign directory (instead of -o)")
     p.add_argument("-n", type=num.positive_int, help="number of candidates")
     p.add_argument("-o", "--output", type=Path, help="pool file to write")
@@ -277,31 +362,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conditions", default="mix", choices=["train", "learned", "mix"],
                    help="where conditions come from (default mix: half each)")
     p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
-    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
-    p.set_defaults(func=cmd_sample)
-    add_common(p)
 
-    p = sub.add_parser("shard", help="cut a pool into cost-balanced shard files",
-                       description="Sort rows by space group and Wyckoff layout and cut them "
-                                   "into K shards of near-equal estimated cost (atoms x free "
-                                   "variables), one file each.")
+    p = command(sub, "shard", cmd_shard,
+                force="redo a campaign stage that is complete")
     p.add_argument("source", type=Path, help="pool file, or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="directory for shard-NNNN.h5 files")
     p.add_argument("-k", "--shards", type=num.positive_int, help="number of shards (campaign: from its config)")
-    p.add_argument("--force", action="store_true", help="redo a campaign stage that is complete")
-    p.set_defaults(func=cmd_shard)
-    add_common(p)
 
-    p = sub.add_parser("refine", help="pull candidates toward the target environment (Algorithm 1)",
-                       description="Representation-space refinement: batched gradient descent "
-                                   "of each row's free variables so every Wyckoff site's SO(3) "
-                                   "spectrum approaches the target's (default graphite), with "
-                                   "per-sample clipping, plateau step control and perturbed "
-                                   "restarts. Writes every row with loss, valid (CN), steps, "
-                                   "round and refine_status.")
-    p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
-    p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
-    p.add_argument("--shard", type=num.nonnegative_int, help="campaign: refine only this shard")
+    p = command(sub, "refine", cmd_refine,
+                force="redo outputs that are complete")
+    per_shard_io(p, "refined table")
     p.add_argument("--steps", type=num.positive_int, help="step cap per row (file mode; default 1000)")
     p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
     p.add_argument("--device", type=num.device,
@@ -309,62 +379,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=num.threads,
                    help="torch CPU threads of one worker process (file mode, -j 1; default 1)")
     add_workers(p, "worker processes, each on one core with one thread")
-    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
-    p.set_defaults(func=cmd_refine)
-    add_common(p)
 
-    p = sub.add_parser("rounds", help="later refinement rounds over all shards' invalid rows",
-                       description="Rounds 2..n_rounds (campaign config, section rounds): gather "
-                                   "the rows still invalid after round 1 from every shard, "
-                                   "rebalance them by cost over the processes (MPI ranks under "
-                                   "mpiexec or srun), refine them again from perturbed starts, "
-                                   "and write each shard's final rows to DIR/rounds/. Finished "
-                                   "rounds are kept, so an interrupted run resumes.")
+    p = command(sub, "rounds", cmd_rounds,
+                force="redo rounds that are complete")
     p.add_argument("dir", type=Path, help="campaign directory")
-    p.add_argument("--force", action="store_true", help="redo rounds that are complete")
-    p.set_defaults(func=cmd_rounds)
-    add_common(p)
 
-    p = sub.add_parser("topology", help="net signature, dimensionality and first de-duplication",
-                       description="Build the periodic C-C bond graph of every row (stored "
-                                   "structure, else the expanded row; only CN-valid rows of a "
-                                   "refined file), its dimensionality "
-                                   "(0-3 periodic) and a cell-independent topology key "
-                                   "(coordination sequences + shortest-ring counts), and mark "
-                                   "rows sharing (key, dimensionality, atoms per primitive cell) "
-                                   "as duplicates of the lowest id. Adds the columns topology, "
-                                   "dimension, n_prim and duplicate_of; no row is dropped. With a "
-                                   "campaign DIR: DIR/refine/refine-I.h5 -> "
-                                   "DIR/topology/topology-I.h5, skipping outputs that verify.")
-    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
-    p.add_argument("-o", "--output", type=Path, help="table file to write (file mode)")
-    p.add_argument("--shard", type=num.nonnegative_int, metavar="I",
-                   help="campaign: only shard I (one job-array task); default all shards")
+    p = command(sub, "topology", cmd_topology,
+                force="redo outputs that are complete")
+    per_shard_io(p, "table")
     p.add_argument("--cutoff", type=num.positive_float, metavar="A",
                    help="C-C bond cutoff in Å (file mode; default 1.872)")
     p.add_argument("--depth", type=num.positive_int, help="coordination-sequence depth (file mode; default 12)")
     add_workers(p, "worker processes")
-    p.add_argument("--force", action="store_true", help="redo outputs that are complete")
-    p.set_defaults(func=cmd_topology)
-    add_common(p)
 
-    p = sub.add_parser("relax", help="relax structures with an ML potential; energies vs graphite",
-                       description="Relax every row (positions and cell) with batched L-BFGS "
-                                   "(or FIRE) and "
-                                   "a machine-learned potential (by default hpcxtal's own small "
-                                   "carbon MACE model, shipped with the package; or another "
-                                   "MACE model file, or CHGNet with its bundled weights), and "
-                                   "add the columns energy (eV/atom), e_rel (eV/atom above "
-                                   "graphite relaxed the same way), status (converged / not_converged / "
-                                   "failed / skipped), status_reason, relax_steps, "
-                                   "energy_initial, rms_displacement_A and volume_change. On a campaign "
-                                   "DIR, relaxes the CN-valid topology representatives of "
-                                   "DIR/topology/topology-I.h5 into DIR/relax/relax-I.h5 (one "
-                                   "shard with --shard I, as one task of a job array); outputs "
-                                   "that are current are not redone.")
-    p.add_argument("source", type=Path, help="table file (.h5), or a campaign directory")
-    p.add_argument("-o", "--output", type=Path, help="relaxed table to write (file mode)")
-    p.add_argument("--shard", type=num.nonnegative_int, metavar="I", help="campaign: relax only shard I")
+    p = command(sub, "dedup", cmd_dedup, force="redo an index that is current")
+    p.add_argument("dir", type=Path, help="campaign directory")
+
+    p = command(sub, "relax", cmd_relax,
+                force="redo campaign shards that are complete")
+    per_shard_io(p, "relaxed table")
     p.add_argument("--backend", choices=["chgnet", "mace"],
                    help="energy model (file mode; default mace, campaign: from its config)")
     p.add_argument("--model", metavar="PATH|NAME",
@@ -379,24 +412,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=num.nonnegative_int, metavar="N",
                    help="step cap before size scaling (default 300, + 2 per atom)")
     add_workers(p, "worker processes, each on one core with one thread, the model loaded once")
-    p.add_argument("--force", action="store_true", help="redo campaign shards that are complete")
-    p.set_defaults(func=cmd_relax)
-    add_common(p)
 
-    p = sub.add_parser("merge", help="merge relax outputs into one ranked database",
-                       description="Merge relax outputs into ONE database ranked by energy above "
-                                   "graphite: every input is verified; every converged relaxed "
-                                   "structure is re-validated (the target's coordination rule, "
-                                   "topology key and dimensionality recomputed, space group by "
-                                   "spglib at 0.1 Å, match with graphite, diamond, lonsdaleite "
-                                   "and the SACADA nets), de-duplicated a second time across "
-                                   "all inputs (StructureMatcher stol 0.3, ltol 0.2, angle_tol "
-                                   "5, within a relaxed topology key and atoms per primitive "
-                                   "cell), compared with the training structures and given a "
-                                   "class (new, known, motif_lost, low_dimensional, duplicate, "
-                                   "invalid, failed). "
-                                   "With a campaign DIR: DIR/relax/relax-*.h5 and the pool's "
-                                   "quarantine into DIR/database.h5 (skipped when current).")
+    p = command(sub, "merge", cmd_merge,
+                force="redo a campaign database that is current")
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC",
                    help="relax outputs (.h5), or one campaign directory")
     p.add_argument("-o", "--output", type=Path, help="database to write (file mode)")
@@ -409,6 +427,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "uses its refine target)")
     p.add_argument("-j", "--workers", type=num.positive_int, metavar="N",
                    help="processes for the training structures' topology keys (first run only)")
-    p.add_argument("--force", action="store_true", help="redo a campaign database that is current")
-    p.set_defaults(func=cmd_merge)
-    add_common(p)

@@ -21,12 +21,10 @@ from hpcxtal.descriptor.neighbors import plane_reach
 from hpcxtal.descriptor.target import Environment
 from hpcxtal.refine.config import RefineConfig
 from hpcxtal.refine.optim import adam_init, adam_step
+from hpcxtal.refine.status import RefineStatus
 
 log = logging.getLogger(__name__)
 
-#: Status strings of refined rows.
-CONVERGED, VALID_FLAT, STALLED, MAX_STEPS = "converged", "valid_flat", "stalled", "max_steps"
-FAILED = "failed: non-finite loss or gradient"
 
 
 @dataclass
@@ -38,7 +36,8 @@ class RefineResult:
     loss: np.ndarray  # (N,)
     valid: np.ndarray  # (N,) bool
     steps: np.ndarray  # (N,) int
-    status: list[str]
+    status: list[RefineStatus]
+    reason: list[str]  # why a row failed ("" otherwise)
 
 
 def plan_batches(n_atoms: np.ndarray, max_atoms: int) -> list[np.ndarray]:
@@ -123,7 +122,8 @@ def _restart(R: torch.Tensor, kind: torch.Tensor, state, hop: torch.Tensor, nois
 
 def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineConfig,
                  on_step: Callable[[int], None] | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                            list[RefineStatus], list[str]]:
     """Refine one batch (``ids``: the rows' stable ids, which seed their restarts).
 
     Every ``cfg.check_every`` steps (from step 0, so a valid input counts) each sample's
@@ -132,12 +132,14 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
     lowest-loss state, the noise growing with the restart number) or, once it has had a
     valid state or used its ``cfg.restarts``, stalls. A row ends in its last state if
     valid, else in its lowest-loss valid state seen at a check, else in its lowest-loss
-    state. Returns final R (B, D), loss (B,), valid (B,), steps (B,) and a status per row.
+    state. Returns final R (B, D), loss (B,), valid (B,), steps (B,), a status per row
+    and why a row failed ("" for the others).
     """
     n = len(batch)
     R_all = batch.R0.detach().clone()
     steps = torch.zeros(n, dtype=torch.long, device=batch.device)
-    status = [MAX_STEPS] * n
+    status = [RefineStatus.MAX_STEPS] * n
+    reason = [""] * n
     work = torch.arange(n, device=batch.device)  # rows of the full batch still refined
     wb, R = batch, R_all.clone()
     state = adam_init(R)
@@ -155,15 +157,18 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
         loss = env.loss(wb, Rg, pairs)
         grad, = torch.autograd.grad(loss.sum(), Rg)
         loss = loss.detach()
-        bad = ~torch.isfinite(loss) | ~torch.isfinite(grad).all(1) | ~torch.isfinite(R).all(1)
+        bad_R, bad_loss = ~torch.isfinite(R).all(1), ~torch.isfinite(loss)
+        bad = bad_R | bad_loss | ~torch.isfinite(grad).all(1)
         better = loss < best_loss[work]
         best_loss[work] = torch.where(better, loss, best_loss[work])
         best_R[work] = torch.where(better[:, None], R, best_R[work])
         stop = bad | (loss < cfg.loss_tolerance)
         for k in torch.nonzero(bad).flatten().tolist():
-            status[int(work[k])] = FAILED
+            status[int(work[k])] = RefineStatus.FAILED
+            what = "coordinates" if bad_R[k] else "loss" if bad_loss[k] else "gradient"
+            reason[int(work[k])] = f"non-finite {what} at step {step}"
         for k in torch.nonzero(stop & ~bad).flatten().tolist():
-            status[int(work[k])] = CONVERGED
+            status[int(work[k])] = RefineStatus.CONVERGED
         hop = torch.zeros_like(stop)
         if step % cfg.check_every == 0:
             valid = env.validity(wb, R) & ~bad
@@ -177,9 +182,9 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
             may_hop = (restarts[work_np] < cfg.restarts) & ~np.isfinite(valid_loss[work].cpu().numpy())
             hop = stuck & torch.as_tensor(may_hop, device=stuck.device)
             for k in torch.nonzero(flat).flatten().tolist():
-                status[int(work[k])] = VALID_FLAT
+                status[int(work[k])] = RefineStatus.VALID_FLAT
             for k in torch.nonzero(stuck & ~hop).flatten().tolist():
-                status[int(work[k])] = STALLED
+                status[int(work[k])] = RefineStatus.STALLED
             stop = stop | flat | (stuck & ~hop)
             last_check[work] = torch.where(hop, torch.full_like(loss, float("inf")), loss)
         active = ~stop & ~hop
@@ -207,7 +212,7 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
         R_all = torch.where(valid[:, None], R_all, fallback)
         valid = env.validity(batch, R_all)
         final_loss = env.loss(batch, R_all)
-    return R_all, final_loss, valid, steps, status
+    return R_all, final_loss, valid, steps, status, reason
 
 
 def use_threads(cfg: RefineConfig) -> None:
@@ -238,22 +243,22 @@ def refine_table(table, cfg: RefineConfig, progress: Callable[[int, int], None] 
     loss = np.full(n, np.nan)
     valid = np.zeros(n, dtype=bool)
     steps = np.zeros(n, dtype=np.int64)
-    status = [""] * n
+    status, reason = [RefineStatus.MAX_STEPS] * n, [""] * n
     done = n_valid = 0
     for idx in plan_batches(atoms, cfg.max_batch_atoms):
         rows = order[idx]
         batch = build_batch(ordered.take(idx), dtype=dtype, device=device)
-        R, b_loss, b_valid, b_steps, b_status = refine_batch(
+        R, b_loss, b_valid, b_steps, b_status, b_reason = refine_batch(
             batch, np.asarray(ordered["id"])[idx], env, cfg)
         c, x = rows_from_R(batch, R)
         cell[rows], xyz[rows] = c, x
         loss[rows] = b_loss.cpu().double().numpy()
         valid[rows] = b_valid.cpu().numpy()
         steps[rows] = b_steps.cpu().numpy()
-        for r, s in zip(rows, b_status):
-            status[r] = s
+        for r, s, why in zip(rows, b_status, b_reason):
+            status[r], reason[r] = s, why
         done += len(rows)
         n_valid += int(b_valid.sum())
         if progress is not None:
             progress(done, n_valid)
-    return RefineResult(cell, xyz, loss, valid, steps, status)
+    return RefineResult(cell, xyz, loss, valid, steps, status, reason)

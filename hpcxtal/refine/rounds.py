@@ -35,7 +35,8 @@ from hpcxtal.store.table import Table, str_array
 
 log = logging.getLogger(__name__)
 #: Columns a later round may change in a row.
-ROUND_COLUMNS = ("cell", "xyz", "loss", "valid", "steps", "round", "refine_status")
+ROUND_COLUMNS = ("cell", "xyz", "loss", "valid", "steps", "round", "refine_status",
+                 "refine_reason")
 
 
 
@@ -91,7 +92,8 @@ def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: 
         improved = result.valid
         table.columns.update(cell=result.cell, xyz=result.xyz, loss=result.loss, valid=improved,
                              steps=table["steps"] + result.steps.astype(np.int32),
-                             refine_status=str_array(result.status))
+                             refine_status=str_array(result.status),
+                             refine_reason=str_array(result.reason))
         table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
     write_table(dest, table, kind="round", round=round_, n_parts=n_parts,
                 **PROVENANCE.stamp(inputs, rounds_config(cfg, rounds)))

@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def refine_rows(table: Table, cfg: RefineConfig) -> Table:
-    """``table`` refined, with the columns loss, valid, steps, round (1) and
-    refine_status: one chunk's work, in whichever process it runs."""
+    """``table`` refined, with the columns loss, valid, steps, round (1), refine_status
+    and refine_reason: one chunk's work, in whichever process it runs."""
     result = refine_table(table, cfg)
     out = Table(dict(table.columns), None, dict(table.attrs))
     out.columns.update({
         "cell": result.cell, "xyz": result.xyz, "loss": result.loss, "valid": result.valid,
         "steps": result.steps.astype(np.int32), "round": np.ones(len(table), dtype=np.int8),
-        "refine_status": str_array(result.status),
+        "refine_status": str_array(result.status), "refine_reason": str_array(result.reason),
     })
     return out
 

@@ -59,14 +59,19 @@ class RelaxRunner:
         out.attrs.update(e_graphite_eV_per_atom=e_graphite, **model.describe())
         return out
 
-    def run(self, src: Path, dest: Path, **attrs: object) -> dict[str, int]:
+    def run(self, src: Path, dest: Path, dedup: Path | None = None,
+            **attrs: object) -> dict[str, int]:
         """Relax the rows of ``src`` that are worth it into ``dest``: every row of a plain
         table, or the CN-valid topology representatives of a topology file (the rest
-        pass through with the reason in ``status``); quarantined rows pass through;
-        ``attrs`` (e.g. the provenance stamp) are recorded on the file."""
+        pass through with the reason in ``status``), leaving out those the campaign's
+        cross-shard index ``dedup`` names as duplicates of another shard's; quarantined
+        rows pass through; ``attrs`` (e.g. the provenance stamp) are recorded on the file."""
         from hpcxtal.relax.table import status_counts
+        from hpcxtal.topology.dedup import apply_index
 
         table, quarantine = read_table(src)
+        if dedup is not None:
+            table = apply_index(table, read_table(dedup)[0])
         chunks = relax_chunks(table, self.cfg)
         out = self._workers.map(table, chunks)
         counts = status_counts(out, self.cfg.low_energy_window_eV)

@@ -27,7 +27,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -50,6 +50,17 @@ CHECKSUM_SCOPE = "datasets+" + ",".join(CHECKSUM_ATTRS)
 
 class StoreError(OSError):
     """A file that is missing, truncated, corrupted or not an hpcxtal table."""
+
+
+#: Called as ``listener(path, attrs)`` after each table file is in place: a
+#: :class:`hpcxtal.store.provenance.Provenance` notes what this process wrote, so it
+#: never re-reads its own outputs.
+_write_listeners: list[Callable[[Path, dict[str, object]], None]] = []
+
+
+def on_write(listener: Callable[[Path, dict[str, object]], None]) -> None:
+    """Call ``listener(path, root attributes)`` after every :func:`write_table`."""
+    _write_listeners.append(listener)
 
 
 #: Whether HDF5 file locking is used; site configs switch it off for Lustre/GPFS.
@@ -235,9 +246,11 @@ def write_table(path: str | os.PathLike, table: Table, kind: str,
                 "units": UNITS,
                 "sha256_scope": CHECKSUM_SCOPE,
             })
-            f.attrs["sha256"] = table_checksum(table, quarantine, defining)
+            f.attrs["sha256"] = written = table_checksum(table, quarantine, defining)
         with open(tmp, "wb") as fh:
             fh.write(image.getbuffer())
+    for listener in _write_listeners:
+        listener(path, {**all_attrs, "sha256": written})
     return path
 
 

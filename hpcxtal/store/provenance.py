@@ -6,17 +6,26 @@ in input order) and the fingerprint of its science settings (``stage_config``, s
 batch budgets are left out, since they cannot change a number). An output is current
 while it verifies, its inputs verify, and both records match the present inputs and
 settings. Verification reads and hashes a whole file, so a :class:`Provenance` keeps
-each answer per (path, inode, size, mtime): one process checks each file once.
+each answer per (path, inode, size, mtime): one process checks each file once, and never
+a file it wrote itself (it knows the checksum it wrote).
+
+Across processes, a campaign keeps a ledger (``DIR/.hpcxtal/verified.json``, a cache that
+is safe to delete): ``hpcxtal status`` saves what it verified there, and every stage run
+leaves what it wrote in a small file of its own beside it (``written/HOST-PID-N.json``,
+one per run, so concurrent array tasks never share a file), which the next status folds
+into the ledger. A file changed since (another inode, size or mtime) is read again.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Sequence
 
 from hpcxtal.config import fingerprint
-from hpcxtal.store.hdf5 import atomic_path, checked_attrs
+from hpcxtal.store.hdf5 import atomic_path, checked_attrs, on_write
 
 #: The attributes a ledger keeps per file (all that deciding current/stale reads).
 _LEDGER_ATTRS = ("sha256", "inputs_sha256", "stage_config")
@@ -27,35 +36,72 @@ class Provenance:
 
     def __init__(self) -> None:
         self._seen: dict[Path, tuple[tuple[int, int, int], str | None, dict]] = {}
+        self._written: set[Path] = set()  # written here since the last save_written
+        self._folded: list[Path] = []  # other processes' written/ files loaded
+        self._runs = itertools.count()
+
+    def written(self, path: Path, attrs: dict[str, object]) -> None:
+        """Note a table file this process has just written (complete, with ``attrs``)."""
+        path = _absolute(path)
+        st = path.stat()
+        self._seen[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), None,
+                            {k: attrs[k] for k in _LEDGER_ATTRS if k in attrs})
+        self._written.add(path)
 
     def load_ledger(self, ledger: Path) -> None:
-        """Trust the verifications a previous process saved in ``ledger`` for files that
-        have not changed since (same inode, size and mtime): ``hpcxtal status`` on a
-        campaign of thousands of shards then re-reads only what changed."""
-        try:
-            entries = json.loads(Path(ledger).read_text())
-        except (OSError, ValueError):
-            return
-        for name, (key, problem, attrs) in entries.items():
-            self._seen.setdefault(Path(name), (tuple(key), problem, attrs))
+        """Trust the verifications a previous process saved in ``ledger``, and what stage
+        runs wrote since (``written/`` beside it), for files that have not changed since
+        (same inode, size and mtime): ``hpcxtal status`` on a campaign of thousands of
+        shards then re-reads only what changed."""
+        ledger = Path(ledger)
+        written = sorted(p for p in _written_dir(ledger).glob("*.json")
+                         if not p.name.startswith("."))
+        for path in [ledger, *written]:
+            try:
+                entries = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            for name, (key, problem, attrs) in entries.items():
+                self._seen[Path(name)] = (tuple(key), problem, attrs)
+        self._folded = written
 
     def save_ledger(self, ledger: Path, under: Path) -> None:
-        """Save the verifications of files below ``under`` into ``ledger`` (atomically; a
-        read-only campaign just keeps no ledger)."""
-        under = Path(under)
-        entries = {str(p): [list(key), problem, {k: attrs[k] for k in _LEDGER_ATTRS if k in attrs}]
-                   for p, (key, problem, attrs) in self._seen.items() if under in p.parents}
+        """Save the verifications of files below ``under`` into ``ledger`` and remove the
+        ``written/`` files it folded in (atomically; a read-only campaign just keeps no
+        ledger)."""
         try:
-            Path(ledger).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(ledger) as tmp:
-                tmp.write_text(json.dumps(entries))
+            _save_entries(Path(ledger), self._entries(under, self._seen))
+            for path in self._folded:
+                path.unlink(missing_ok=True)
         except OSError:
             pass
+        self._folded = []
+
+    def save_written(self, ledger: Path, under: Path) -> None:
+        """Leave the files below ``under`` that this process wrote since the last call in
+        a new file of ``written/`` beside ``ledger``, for the next status (an unwritable
+        campaign just keeps none)."""
+        mine = [p for p in self._written if _absolute(under) in p.parents]
+        if not mine:
+            return
+        self._written.difference_update(mine)
+        name = f"{socket.gethostname()}-{os.getpid()}-{next(self._runs)}.json"
+        try:
+            _save_entries(_written_dir(ledger) / name,
+                          self._entries(under, {p: self._seen[p] for p in mine}))
+        except OSError:
+            pass
+
+    @staticmethod
+    def _entries(under: Path, seen: dict) -> dict[str, list]:
+        under = _absolute(under)
+        return {str(p): [list(key), problem, {k: attrs[k] for k in _LEDGER_ATTRS if k in attrs}]
+                for p, (key, problem, attrs) in seen.items() if under in p.parents}
 
     def check(self, path: str | os.PathLike) -> tuple[str | None, dict]:
         """(None, attributes) if ``path`` is a complete, uncorrupted table file, else
         (what is wrong, {})."""
-        path = Path(path)
+        path = _absolute(path)
         try:
             st = path.stat()
         except OSError:
@@ -99,5 +145,22 @@ class Provenance:
         return None
 
 
-#: The process's provenance reader (one cache for every stage it runs).
+def _absolute(path: str | os.PathLike) -> Path:
+    """One spelling per file (a campaign run as ``camp`` and checked as ``/x/camp``)."""
+    return Path(os.path.abspath(path))
+
+
+def _written_dir(ledger: Path) -> Path:
+    return Path(ledger).with_name("written")
+
+
+def _save_entries(path: Path, entries: dict[str, list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries))
+
+
+#: The process's provenance reader (one cache for every stage it runs, and every table
+#: file it writes).
 PROVENANCE = Provenance()
+on_write(PROVENANCE.written)
