@@ -15,7 +15,8 @@ and ``hpcxtal submit DIR --stage rounds`` submits one job on a site of that layo
 copy of ``local_slurm_multinode`` in the campaign folder). The job's time is its own
 ``RunTime`` (SLURM, whole seconds: interpreter start-up and MPI start included, queueing
 not), with the load average at submission. Each run's per-shard rounds files are
-compared column by column with the 1-rank run's.
+compared with the 1-rank run's: the valid set (id, round, valid), every column, and the
+largest difference of a cell or coordinate value.
 """
 from __future__ import annotations
 
@@ -68,11 +69,19 @@ def _tables(camp: Path, shards: int) -> list:
     return [read_table(stage_output("rounds", camp, i))[0] for i in range(shards)]
 
 
-def _same(a: list, b: list) -> bool:
-    return all(ta.columns.keys() == tb.columns.keys() and
-               all(np.array_equal(c, tb.columns[k], equal_nan=c.dtype.kind in "fc")
-                   for k, c in ta.columns.items())
-               for ta, tb in zip(a, b))
+def _compare(a: list, b: list) -> dict:
+    """How the per-shard rounds tables ``a`` and ``b`` agree: the valid set (id, round,
+    valid) identical, every column identical, and the largest coordinate difference."""
+    valid = all(np.array_equal(ta[k], tb[k]) for ta, tb in zip(a, b)
+                for k in ("id", "round", "valid"))
+    columns = all(ta.columns.keys() == tb.columns.keys() and
+                  all(np.array_equal(c, tb.columns[k], equal_nan=c.dtype.kind in "fc")
+                      for k, c in ta.columns.items())
+                  for ta, tb in zip(a, b))
+    coords = max(float(np.nanmax(np.abs(ta[k] - tb[k]), initial=0.0))
+                 for ta, tb in zip(a, b) for k in ("cell", "xyz"))
+    return {"valid_set_identical": valid, "all_columns_identical": columns,
+            "max_coordinate_diff": coords}
 
 
 def main() -> None:
@@ -123,18 +132,22 @@ def main() -> None:
             tables = _tables(camp, args.shards)
             reference = reference or tables
             seconds.append({"run_s": run_s, "load_at_submit": load,
-                            "same_as_1_rank": _same(tables, reference)})
+                            **_compare(tables, reference)})
             print(f"{ranks} rank(s) on {nodes} node(s): {run_s} s (load {load:.2f}), "
-                  f"same rows as 1 rank: {seconds[-1]['same_as_1_rank']}", flush=True)
+                  f"vs 1 rank: {_compare(tables, reference)}", flush=True)
         results.append({"ranks": ranks, "nodes": nodes, "runs": seconds,
                         "median_s": statistics.median(r["run_s"] for r in seconds)})
     base = results[0]["median_s"]
-    print("\n| ranks | nodes | RunTime median (s) | runs (s) | vs 1 rank | rows identical |")
-    print("|---|---|---|---|---|---|")
+    print("\n| ranks | nodes | RunTime median (s) | runs (s) | vs 1 rank | valid set as 1 rank "
+          "| all columns as 1 rank | max coordinate difference |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
+        runs = r["runs"]
         print(f"| {r['ranks']} | {r['nodes']} | {r['median_s']} | "
-              f"{', '.join(str(x['run_s']) for x in r['runs'])} | {r['median_s'] / base:.2f}x | "
-              f"{all(x['same_as_1_rank'] for x in r['runs'])} |")
+              f"{', '.join(str(x['run_s']) for x in runs)} | {r['median_s'] / base:.2f}x | "
+              f"{all(x['valid_set_identical'] for x in runs)} | "
+              f"{all(x['all_columns_identical'] for x in runs)} | "
+              f"{max(x['max_coordinate_diff'] for x in runs):.2g} |")
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "cpus": os.cpu_count(),
               "results": results, "load_after": os.getloadavg()}
     if args.json:
