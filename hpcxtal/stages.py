@@ -3,7 +3,7 @@
 A :class:`Stage` names the stage, the config section it computes with (its science
 settings, defined next to its kernel), its inputs and outputs in the campaign layout
 (:mod:`hpcxtal.layout`), the kernel that runs it on files, whether it runs once per
-shard and its default executor. The CLI's stage commands, the Parsl driver, job
+shard, its default executor and whether it can use a GPU (a site may move it there). The CLI's stage commands, the Parsl driver, job
 arrays, MPI ranks, ``status`` and ``resume`` all read :data:`PIPELINE`: adding a stage
 means adding one entry and its kernel. Whether an output is current is decided by
 :mod:`hpcxtal.store.provenance` alone; resources (device, threads, workers, batch
@@ -117,6 +117,8 @@ class Stage:
     run_whole: Callable[[Campaign, bool, Resources], StageReport] | None = None
     enabled: Callable[[CampaignConfig], bool] = lambda cfg: True
     shard_outputs: bool = False  # outputs are per shard although the stage runs whole
+    uses_gpu: bool = False  # a site may place it on GPU nodes (``stages:`` in a site config)
+    mpi: bool = False  # an MPI application: its ranks span a block of GPU nodes (rounds)
 
     def _shards(self, campaign: Campaign, shard: int | None) -> list[int | None]:
         if not (self.per_shard or self.shard_outputs):
@@ -398,10 +400,11 @@ PIPELINE: tuple[Stage, ...] = (
           run_whole=_whole("shard", _shard, lambda c: [c.pool_path], lambda cfg: cfg.shard),
           science=lambda cfg: cfg.shard),
     Stage("refine", "gpu", True, inputs=lambda c, i: [shard_path(c.shard_dir, i)],
-          outputs=_shard_output("refine"), science=lambda cfg: cfg.refine, kernel=_refine_kernel),
+          outputs=_shard_output("refine"), science=lambda cfg: cfg.refine, kernel=_refine_kernel,
+          uses_gpu=True),
     Stage("rounds", "gpu", False, inputs=_shard_output("refine"), outputs=_shard_output("rounds"),
           science=lambda cfg: rounds_config(cfg.refine, cfg.rounds), run_whole=_rounds,
-          shard_outputs=True),
+          shard_outputs=True, uses_gpu=True, mpi=True),
     Stage("topology", "cpu", True, inputs=_shard_output("rounds"), outputs=_shard_output("topology"),
           science=lambda cfg: cfg.topology, kernel=_topology_kernel),
     Stage("dedup", "cpu", False, inputs=lambda c, i: _topology_outputs(c),
@@ -409,10 +412,11 @@ PIPELINE: tuple[Stage, ...] = (
           run_whole=_whole("dedup", _dedup, _topology_outputs, lambda cfg: cfg.topology)),
     Stage("relax", "cpu", True,
           inputs=lambda c, i: [stage_output("topology", c.root, i), dedup_output(c.root)],
-          outputs=_shard_output("relax"), science=lambda cfg: cfg.relax, kernel=_relax_kernel),
+          outputs=_shard_output("relax"), science=lambda cfg: cfg.relax, kernel=_relax_kernel,
+          uses_gpu=True),
     Stage("rescore", "cpu", True, inputs=_shard_output("relax"), outputs=_shard_output("rescore"),
           science=_rescore_science, kernel=_rescore_kernel,
-          enabled=lambda cfg: cfg.rescore is not None),
+          enabled=lambda cfg: cfg.rescore is not None, uses_gpu=True),
     Stage("merge", "cpu", False, inputs=lambda c, i: _merge_inputs(c),
           outputs=lambda c, i: [database_output(c.root)], science=_merge_science,
           run_whole=_whole("merge", _merge, _merge_inputs, _merge_science)),

@@ -76,6 +76,33 @@ def slurm_cluster() -> str:
     return conf
 
 
+@pytest.fixture
+def multinode_cluster(monkeypatch) -> str:
+    """The two-node SLURM cluster (scripts/local_slurm_multinode.sh start), with SLURM_CONF
+    pointed at it for this test; its SLURM_CONF path.
+
+    Skips where it does not run, unless HPCXTAL_REQUIRE_SLURM_MULTINODE=1, where that fails."""
+    import os
+    import shutil
+    import subprocess
+
+    conf = os.environ.get("HPCXTAL_SLURM_MULTI_CONF", "/tmp/hpcxtal-slurm-multi/slurm.conf")
+    proc = subprocess.run(["sinfo", "-h", "-p", "gpu", "-o", "%T %D"], capture_output=True,
+                          text=True, env={**os.environ, "SLURM_CONF": conf}) \
+        if shutil.which("sinfo") and os.path.exists(conf) else None
+    up = proc is not None and proc.returncode == 0 and sum(
+        int(n) for state, n in (l.split() for l in proc.stdout.splitlines())
+        if state.rstrip("*") in ("idle", "mixed", "allocated")) >= 2
+    if not up:
+        message = ("no two-node SLURM cluster (run scripts/local_slurm_multinode.sh start as "
+                   "root)")
+        if os.environ.get("HPCXTAL_REQUIRE_SLURM_MULTINODE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    monkeypatch.setenv("SLURM_CONF", conf)
+    return conf
+
+
 def cif_text(sites: list[tuple[str, float]], a: float = 3.567) -> str:
     """A cubic diamond-type CIF (Fd-3m, 8a) whose one position holds ``sites``:
     (element, occupancy) pairs, so mixed and partial occupancy can be written."""

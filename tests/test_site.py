@@ -160,14 +160,24 @@ BAD = [
     ("name: s\ngpu: {launch: {shard_command: 'taskset -c {cores_list}'}}\n",
      "gpu.launch: launch.shard_command 'taskset -c {cores_list}': unknown placeholder {cores_list}"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, shards_per_task: 4}\n",
-     "shards_per_task 4 is more than gpus_per_node (2)"),
+     "shards_per_task 4 x 1 GPU(s) per process is more than gpus_per_node (2)"),
     ("name: s\ncpu: {cores_per_node: 8, shards_per_task: 2}\n",
      "shards_per_task 2 x 8 cores per process is more than cores_per_node (8); set cores_per_task"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {gpu_order: [1, 1]}}\n",
      "launch.gpu_order [1, 1] must list each GPU 0-1 once"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 2, launch: {ranks_per_node: 2}}\n",
-     "launch.ranks_per_node > 1 needs an MPI launcher"),
-    ("name: s\nscheduler: pbs\ngpu: {account: a, nodes_per_block: 5, walltime: '03:00:00', "
+     "more than one MPI rank needs an MPI launcher"),
+    ("name: s\ngpu: {nodes_per_block: 2}\n",
+     "gpu: rounds would run 2 node(s) x launch.ranks_per_node 1: more than one MPI rank needs"),
+    ("name: s\nstages: {topology: gpu}\n",
+     "stages.topology: gpu, but topology cannot use a GPU; only refine, rounds, relax can"),
+    ("name: s\nstages: {polish: cpu}\n", "stages: unknown stage 'polish'; stages are"),
+    ("name: s\nstages: {relax: tpu}\n", "stages.relax: 'tpu' is not 'gpu' or 'cpu'"),
+    ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 4, gpus_per_task: 2, shards_per_task: 3}\n",
+     "shards_per_task 3 x 2 GPU(s) per process is more than gpus_per_node (4)"),
+    ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 4, gpus_per_task: 5}\n",
+     "gpus_per_task must be within 1-4 (gpus_per_node), got 5"),
+    ("name: s\nscheduler: pbs\ngpu: {account: a, nodes_per_block: 5, launcher: mpiexec, walltime: '03:00:00', "
      "queues: [{name: prod, min_nodes: 10}]}\ncpu: {partition: c, account: a}\n",
      "gpu.queues: no queue takes an array task of 1 node(s) for 03:00:00"),
 ]
@@ -239,3 +249,94 @@ def test_mpi_library_without_mpi4py_or_with_a_hanging_mpi(tmp_path):
     stub.write_text("#!/bin/sh\nsleep 30\n")
     stub.chmod(0o755)
     assert "did not answer within 1 s" in mpi_library(str(stub), timeout=1)
+
+
+def test_stages_move_between_executors_by_the_site():
+    """Defaults as in the pipeline (gpu: refine, rounds); Polaris, whose nodes all have
+    GPUs, relaxes there too; topology and merge stay on CPU nodes."""
+    local, polaris = load_site("local"), load_site("polaris_a100")
+    assert [local.stage_executor(s) for s in ("refine", "rounds", "relax", "topology")] == [
+        "gpu", "gpu", "cpu", "cpu"]
+    assert polaris.stage_executor("relax") == "gpu"
+    assert polaris.stage_executor("topology") == polaris.stage_executor("merge") == "cpu"
+
+
+def test_a_stage_on_gpu_nodes_runs_on_the_gpu_torch_sees(monkeypatch):
+    """No GPU here: torch is told it sees one (the mock says so). Relax placed on Polaris's
+    GPU nodes then gets device cuda (and with it the GPU edge budget); on the local site,
+    or when torch sees no GPU, the config's device stays; a device already set wins."""
+    import torch
+
+    from hpcxtal.relax.engine import GPU_EDGE_BUDGET, default_edge_budget
+    from hpcxtal.stages import Resources
+
+    polaris, local = load_site("polaris_a100"), load_site("local")
+    assert polaris.place("relax").device is None  # torch sees no GPU on this machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert polaris.place("relax").device == "cuda"
+    assert default_edge_budget(polaris.place("relax").device) == GPU_EDGE_BUDGET
+    assert polaris.place("topology").device is None and local.place("relax").device is None
+    assert polaris.place("relax", Resources(device="cpu")).device == "cpu"
+
+
+def test_a_submitted_relax_array_goes_where_the_site_places_it(tmp_path):
+    """On Polaris the relax array goes to the GPU nodes' queue with 4 shards per node,
+    one GPU each (submit renders with the site's executor for the stage)."""
+    site = load_site("polaris_a100")
+    text = render_job(site, site.stage_executor("relax"), "relax", tmp_path, 8,
+                      tmp_path / "relax-shards.txt", tmp_path / "logs", command="hpcxtal")
+    assert "select=1:ncpus=32:ngpus=4" in text and "GPUS=(3 2 1 0)" in text
+
+
+def test_workers_with_several_gpus_each(tmp_path):
+    """gpus_per_task 2 on a 4-GPU node: 2 workers per node, Parsl's workers and array
+    slots each get two GPUs (in gpu_order) and half the cores."""
+    from hpcxtal.hpc.parsl_config import make_executor
+
+    path = tmp_path / "two.yaml"
+    path.write_text(PACKED_SITE.replace("  cores_per_task: 3\n  shards_per_task: 4\n",
+                                        "  gpus_per_task: 2\n  shards_per_task: 2\n"))
+    site = load_site(path)
+    assert site.gpu.workers_per_node() == 2 and site.gpu.task_cores() == 6
+    assert site.gpu.worker_gpus() == ["3,2", "1,0"]
+    executor = make_executor(site, "gpu")
+    assert list(executor.available_accelerators) == ["3,2", "1,0"]
+    assert executor.max_workers_per_node == 2
+    text = render_job(site, "gpu", "refine", tmp_path, 4, tmp_path / "s.txt", tmp_path / "l",
+                      command="hpcxtal")
+    assert "GPUS=(3,2 1,0)" in text and "ngpus=4" in text and "its own 2 GPUs" in text
+
+
+def test_rounds_job_spans_the_gpu_block_with_one_rank_per_gpu(tmp_path):
+    """A SLURM site with 2-node GPU blocks and 2 GPUs per node: the rounds job asks for
+    2 nodes and 4 tasks, 2 per node, one GPU each, started by srun; the Parsl MPI app asks
+    for the same layout."""
+    from hpcxtal.hpc.parsl_config import mpi_ranks
+
+    path = tmp_path / "two_nodes.yaml"
+    path.write_text("name: two\nscheduler: slurm\n"
+                    "gpu: {partition: g, account: null, nodes_per_block: 2, cores_per_node: 8, "
+                    "gpus_per_node: 2, launcher: srun, launch: {ranks_per_node: 2}}\n"
+                    "cpu: {partition: c, account: null}\n")
+    site = load_site(path)
+    text = render_job(site, "gpu", "rounds", tmp_path, None, None, tmp_path / "l",
+                      command="hpcxtal")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks=4", "#SBATCH --ntasks-per-node=2",
+                 "#SBATCH --gpus-per-task=1",
+                 f"exec srun --ntasks=4 --cpus-per-task=4 hpcxtal rounds {tmp_path}"):
+        assert line in text.splitlines(), (line, text)
+    assert mpi_ranks(site, "gpu") == {"num_nodes": 2, "ranks_per_node": 2, "num_ranks": 4}
+    relax = render_job(site, "gpu", "relax", tmp_path, None, None, tmp_path / "l")
+    assert "#SBATCH --nodes=1" in relax and "srun" not in relax  # not an MPI stage
+
+
+def test_site_check_without_a_site_tabulates_every_shipped_site(capsys):
+    assert main(["site", "check"]) == 0
+    out = capsys.readouterr().out
+    for name in SHIPPED:
+        assert f"{name} (" in out
+    polaris = out[out.index("polaris_a100 ("):].split("\n\n")[0].splitlines()
+    rows = {line.split()[0]: line.split() for line in polaris[2:]}
+    assert rows["relax"][1:3] == ["gpu", "preemptable"] and rows["relax"][-2:] == ["1", "8"]
+    assert rows["rounds"][1:4] == ["gpu", "prod", "4"] and "10 node(s)" in " ".join(rows["rounds"])
+    assert rows["topology"][1] == "cpu"

@@ -92,8 +92,10 @@ def stage_command(args: argparse.Namespace, name: str, source: Path,
     if given:
         raise UsageError(f"{given[0]}: a campaign takes this from its config; edit the "
                          f"{name} section of {campaign.root / 'campaign.yaml'}")
+    from hpcxtal.hpc.site import apply_site
+
     report = spec.run(campaign, getattr(args, "shard", None), getattr(args, "force", False),
-                      resources)
+                      apply_site(campaign).place(name, resources))
     if report.skipped:
         log.info("%s: %d output(s) complete and current; nothing to do (--force to redo)",
                  name, len(report.outputs))

@@ -1,13 +1,20 @@
 """The Parsl campaign driver: every stage of the pipeline as a Parsl app on files.
 
 Whole-campaign stages run once; per-shard stages fan out one app per shard, and shard
-``i`` of a later stage waits only for shard ``i`` of the stage before it. Apps take a
+``i`` of a later stage waits only for shard ``i`` of the stage before it. Each app runs
+on the executor the site places its stage on (``SiteConfig.stage_executor``); the
+rounds stage runs as an MPI application on the ``mpi`` executor, its ranks spread over
+a block of its nodes (GPU nodes by default; ``parsl_config.mpi_ranks``). Apps take a
 campaign path and return counts; everything else passes through the campaign's HDF5
 files, so an interrupted run resumes by running again (complete outputs are skipped).
 """
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+import subprocess
+import sys
 from typing import Any
 
 from hpcxtal.campaign import Campaign
@@ -43,13 +50,37 @@ def run_stage(campaign_dir: str, stage: str, shard: int | None, force: bool = Fa
     logger.addHandler(warnings)
     try:
         campaign = Campaign(campaign_dir)
-        apply_site(campaign)
+        site = apply_site(campaign)
         campaign.attach_log()
-        report = stage_spec(stage).run(campaign, shard, force)
+        report = stage_spec(stage).run(campaign, shard, force, site.place(stage))
     finally:
         logger.removeHandler(warnings)
     return {"stage": stage, "shard": shard, "skipped": report.skipped,
             "warnings": warnings.lines, **report.counts}
+
+
+def run_mpi_stage(campaign_dir: str, stage: str, force: bool = False, inputs: tuple = (),
+                  parsl_resource_specification: dict | None = None) -> dict[str, Any]:
+    """Run an MPI stage on the ranks Parsl's MPI mode gives this task: ``hpcxtal STAGE``
+    started by ``$PARSL_MPI_PREFIX`` (the site's launcher over the block's nodes). A
+    complete stage is reported as such without starting any rank."""
+    from hpcxtal.stages import stage_spec
+
+    campaign = Campaign(campaign_dir)
+    apply_site(campaign)
+    if not force and stage_spec(stage).done(campaign, None):
+        return {"stage": stage, "shard": None, "skipped": True, "warnings": []}
+    prefix = shlex.split(os.environ["PARSL_MPI_PREFIX"])
+    cmd = [*prefix, sys.executable, "-m", "hpcxtal.cli", stage, campaign_dir, "-q",
+           *(["--force"] if force else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise StageFailed(f"{stage} on {os.environ.get('PARSL_NUM_RANKS', '?')} MPI ranks "
+                          f"({' '.join(prefix)}) failed ({proc.returncode}): {last}")
+    return {"stage": stage, "shard": None, "skipped": False,
+            "warnings": [l for l in proc.stderr.splitlines() if l.strip()],
+            "ranks": int(os.environ.get("PARSL_NUM_RANKS", "1"))}
 
 
 def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
@@ -58,22 +89,26 @@ def run_campaign(campaign: Campaign, site: SiteConfig | None = None,
     import parsl
     from parsl.app.python import PythonApp
 
-    from hpcxtal.hpc.parsl_config import make_parsl_config
-
+    from hpcxtal.hpc.parsl_config import make_parsl_config, mpi_ranks
     from hpcxtal.stages import PIPELINE
 
     site = site or apply_site(campaign)
     specs = [s for s in PIPELINE if stages is None or s.name in stages]
-    config = make_parsl_config(site, campaign.root / "runinfo")
+    mpi = next((site.stage_executor(s.name) for s in specs if s.mpi), None)  # its nodes
+    config = make_parsl_config(site, campaign.root / "runinfo", mpi=mpi)
     root = str(campaign.root.resolve())
     results: list[dict[str, Any]] = []
     with parsl.load(config):
         apps = {kind: PythonApp(run_stage, executors=[kind]) for kind in ("gpu", "cpu")}
+        mpi_app = PythonApp(run_mpi_stage, executors=["mpi"]) if mpi else None
         submitted = []
         previous: list = []  # futures of the stage before
         for spec in specs:
-            app = apps[spec.executor]
-            if not spec.per_shard:
+            app = apps[site.stage_executor(spec.name)]
+            if spec.mpi:
+                futures = [mpi_app(root, spec.name, inputs=previous,
+                                   parsl_resource_specification=mpi_ranks(site, mpi))]
+            elif not spec.per_shard:
                 futures = [app(root, spec.name, None, inputs=previous)]
             else:
                 n = campaign.config.shard.n_shards

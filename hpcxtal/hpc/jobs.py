@@ -35,12 +35,13 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
-def _launch(template: str, ex: ExecutorSite, **values: str) -> str:
-    """A launch command with its placeholders filled; empty stays empty."""
+def _launch(template: str, ex: ExecutorSite, nodes: int = 1, **values: str) -> str:
+    """A launch command with its placeholders filled (``ranks``: over ``nodes`` nodes);
+    empty stays empty."""
     if not template:
         return ""
     fields = {"cores": str(ex.task_cores()), "ranks_per_node": str(ex.launch.ranks_per_node),
-              "ranks": str(ex.launch.ranks_per_node), "cpus": f"0-{ex.task_cores() - 1}",
+              "ranks": str(nodes * ex.launch.ranks_per_node), "cpus": f"0-{ex.task_cores() - 1}",
               "gpu": "0", "slot": "0", **values}
     return template.format(**fields) + " "
 
@@ -52,11 +53,12 @@ def _packed_lines(ex: ExecutorSite, cli: str, task: str, shard_list: str) -> str
     gpus = ex.gpus_per_node > 0
     prefix = _launch(ex.launch.shard_command, ex, cpus="$CPUS",
                      gpu="${GPUS[$SLOT]}" if gpus else "$SLOT", slot="$SLOT")
+    own = "its own GPU" if ex.task_gpus() == 1 else f"its own {ex.task_gpus()} GPUs"
     lines = [f"# Task k runs shards {per}k+1 .. {per}k+{per} of the shard file (unfinished "
              "shards only) at once,",
-             f"# each on its own {cores} cores" + (" and its own GPU." if gpus else ".")]
+             f"# each on its own {cores} cores" + (f" and {own}." if gpus else ".")]
     if gpus:
-        lines.append(f"GPUS=({' '.join(map(str, ex.gpu_order()))})")
+        lines.append(f"GPUS=({' '.join(ex.worker_gpus())})")
     lines += ["PIDS=()",
               f"for SLOT in $(seq 0 {per - 1}); do",
               f'    SHARD=$(sed -n "$(( ${{{task}}} * {per} + SLOT + 1 ))p" {shard_list})',
@@ -76,8 +78,10 @@ def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_ta
                shard_list: Path | None, log_dir: Path, command: str | None = None) -> str:
     """The batch script running ``stage``: an array over the ``n_tasks`` shards listed in
     ``shard_list`` (``shards_per_task`` of them per array task), or (``n_tasks`` None) one
-    job for a whole-campaign stage, on ``launch.ranks_per_node`` MPI ranks for the GPU
-    executor (its whole-campaign stage, rounds, is MPI-aware)."""
+    job for a whole-campaign stage; an MPI stage (rounds) on ``nodes_per_block`` nodes
+    with ``launch.ranks_per_node`` ranks each (one per GPU), started by the launcher."""
+    from hpcxtal.stages import stage_spec
+
     if site.scheduler not in TEMPLATES:
         raise ValueError(f"site {site.name!r} has scheduler {site.scheduler!r}; batch jobs need "
                          "slurm or pbs")
@@ -85,24 +89,29 @@ def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_ta
         raise ValueError("a job array needs at least one task and a shard list")
     ex = site.executor(executor)
     slurm = site.scheduler == "slurm"
+    mpi = n_tasks is None and stage_spec(stage).mpi
+    nodes = ex.nodes_per_block if mpi else 1
     if n_tasks is None:
-        processes = ex.launch.ranks_per_node if executor == "gpu" else 1
+        processes = ex.launch.ranks_per_node if mpi else 1  # per node
         n_array = None
     else:
         processes = min(ex.shards_per_task, n_tasks)
         n_array = -(-n_tasks // ex.shards_per_task)
     cores = ex.task_cores()
+    gpus = 1 if mpi else ex.task_gpus()  # per process: an MPI rank has one GPU
     directives: list[str] = []
     if slurm:
         if ex.account:
             directives.append(f"#SBATCH --account={ex.account}")
         if ex.qos:
             directives.append(f"#SBATCH --qos={ex.qos}")
+        if nodes > 1:
+            directives.append(f"#SBATCH --ntasks-per-node={processes}")
         if ex.mem_per_node_gb:
             share = processes * cores / ex.cores_per_node
             directives.append(f"#SBATCH --mem={int(ex.mem_per_node_gb * 1024 * share)}M")
         if ex.gpus_per_node:
-            directives.append("#SBATCH --gpus-per-task=1")
+            directives.append(f"#SBATCH --gpus-per-task={gpus}")
         directives += [f"#SBATCH {opt}" for opt in ex.scheduler_options]
     else:
         if ex.account:
@@ -122,14 +131,16 @@ def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_ta
     cli = f"{command or default_command()} {stage} {shlex.quote(str(campaign))}"
     listed = shlex.quote(str(shard_list))
     if n_tasks is None:
-        mpi = _launch(ex.mpi_command() or "", ex) if processes > 1 else ""
-        run_lines = f"exec {mpi}{cli}"
-        if mpi and ex.launch.gpu_order:
+        ranks = nodes * processes
+        launch = _launch(ex.mpi_command() or "", ex, nodes) if ranks > 1 else ""
+        run_lines = f"exec {launch}{cli}"
+        if launch and ex.launch.gpu_order:
             order = ",".join(map(str, ex.gpu_order()))
-            run_lines = ("# rank k uses cuda:k, the k-th GPU listed: the one nearest its cores\n"
-                         f"export CUDA_VISIBLE_DEVICES={order}\n{run_lines}")
-        what = (f"one job for the whole campaign on {processes} MPI ranks" if processes > 1
-                else "one job for the whole campaign")
+            run_lines = ("# rank k of a node uses cuda:k, the k-th GPU listed: the one nearest "
+                         f"its cores\nexport CUDA_VISIBLE_DEVICES={order}\n{run_lines}")
+        what = "one job for the whole campaign" + (
+            f" on {ranks} MPI ranks" + (f" over {nodes} nodes" if nodes > 1 else "")
+            if ranks > 1 else "")
     elif ex.shards_per_task > 1:
         run_lines = _packed_lines(ex, cli, task, listed)
         what = f"one array task per {ex.shards_per_task} shards"
@@ -138,9 +149,9 @@ def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_ta
                      f'SHARD=$(sed -n "$(( ${{{task}}} + 1 ))p" {listed})\n'
                      f'exec {_launch(ex.launch.shard_command, ex)}{cli} --shard "$SHARD"')
         what = "one array task per shard"
-    queue = ex.queue_for(1)
+    queue = ex.queue_for(nodes)
     if queue is None:
-        raise ValueError(f"site {site.name!r}: no {executor} queue takes a 1-node job of "
+        raise ValueError(f"site {site.name!r}: no {executor} queue takes a {nodes}-node job of "
                          f"{ex.walltime}")
     values = {
         "stage": stage, "what": what,
@@ -150,12 +161,13 @@ def render_job(site: SiteConfig, executor: str, stage: str, campaign: Path, n_ta
         "directives": "".join(d + "\n" for d in directives),
         "walltime": ex.walltime,
         "cores": str(cores),
-        "ntasks": str(processes),
+        "nodes": str(nodes),
+        "ntasks": str(nodes * processes),
         "job_cores": str(processes * cores),
         "log_dir": str(log_dir),
         "worker_init": ex.worker_init.rstrip("\n"),
         "array_line": array,
-        "gpu_select": f":ngpus={processes}" if ex.gpus_per_node else "",
+        "gpu_select": f":ngpus={processes * gpus}" if ex.gpus_per_node else "",
         "run_lines": run_lines,
         "log_pattern": "%j" if n_tasks is None else "%A_%a",
     }

@@ -1,10 +1,12 @@
 """Site configs: where and how a campaign's stages run (``hpcxtal/site_configs/*.yaml``).
 
-A site names its scheduler (``local``, ``slurm`` or ``pbs``) and two executors: ``gpu``
-(refinement) and ``cpu`` (topology, relaxation, merge), each with partition (or queues
-chosen by job size), account, walltime, node shape, how many shards one array task runs
-at once, launcher and launch options, and the shell lines that prepare a node
-(``worker_init``: modules, environments). Nothing about a site lives in code; a user's
+A site names its scheduler (``local``, ``slurm`` or ``pbs``), two executors, ``gpu``
+(by default refinement and rounds) and ``cpu`` (by default every other stage), and
+``stages``, which moves a stage to the other executor (``relax: gpu`` where every node
+has GPUs). Each executor has partition (or queues chosen by job size), account,
+walltime, node shape, GPUs per worker, how many shards one array task runs at once,
+launcher and launch options, and the shell lines that prepare a node (``worker_init``:
+modules, environments). Nothing about a site lives in code; a user's
 sites live in the campaign directory or in ``$HPCXTAL_SITE_DIR`` (docs/CLUSTERS.md).
 """
 from __future__ import annotations
@@ -83,8 +85,8 @@ class LaunchOptions:
     shard_command: str = ""
     # Prefix that starts an MPI stage's ranks in a batch job; null: the launcher's default.
     mpi_command: str | None = None
-    ranks_per_node: int = 1  # MPI ranks of the GPU executor's whole-campaign stage (rounds)
-    gpu_order: list[int] | None = None  # the GPU of worker / slot k (closest to its cores)
+    ranks_per_node: int = 1  # MPI ranks per node of the MPI stage (rounds), one per GPU
+    gpu_order: list[int] | None = None  # GPUs in worker / slot order (closest to its cores)
 
     def __post_init__(self) -> None:
         _check_template("launch.shard_command", self.shard_command)
@@ -106,7 +108,8 @@ class ExecutorSite:
     max_blocks: int = 1  # jobs (Parsl blocks) in flight at once
     cores_per_node: int = 1  # at most the cores a job gets: Parsl pins workers to them
     gpus_per_node: int = 0
-    cores_per_task: int | None = None  # per shard process; default: a GPU's share, or the node
+    gpus_per_task: int = 1  # GPUs each worker / shard process gets (GPU nodes only)
+    cores_per_task: int | None = None  # per shard process; default: its GPUs' share, or the node
     shards_per_task: int = 1  # shards one array task runs at once on its node (one per GPU)
     mem_per_node_gb: float | None = None
     launcher: str = "single"  # how processes start: single, srun, mpiexec or ibrun
@@ -124,6 +127,9 @@ class ExecutorSite:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
             raise ValueError(f"gpus_per_node must be 0 or more, got {self.gpus_per_node}")
+        if self.gpus_per_node and not 1 <= self.gpus_per_task <= self.gpus_per_node:
+            raise ValueError(f"gpus_per_task must be within 1-{self.gpus_per_node} "
+                             f"(gpus_per_node), got {self.gpus_per_task}")
         if self.max_array_parallel is not None and self.max_array_parallel < 1:
             raise ValueError("max_array_parallel must be at least 1 or null")
         if self.cores_per_task is not None and not 1 <= self.cores_per_task <= self.cores_per_node:
@@ -131,11 +137,11 @@ class ExecutorSite:
                              f"(cores_per_node), got {self.cores_per_task}")
         if self.partition and self.queues:
             raise ValueError("give partition or queues, not both")
-        for name, count in (("shards_per_task", self.shards_per_task),
-                            ("launch.ranks_per_node", self.launch.ranks_per_node)):
-            if self.gpus_per_node and count > self.gpus_per_node:
-                raise ValueError(f"{name} {count} is more than gpus_per_node "
-                                 f"({self.gpus_per_node}): one process per GPU")
+        for name, count, gpus in (("shards_per_task", self.shards_per_task, self.gpus_per_task),
+                                  ("launch.ranks_per_node", self.launch.ranks_per_node, 1)):
+            if self.gpus_per_node and count * gpus > self.gpus_per_node:
+                raise ValueError(f"{name} {count} x {gpus} GPU(s) per process is more than "
+                                 f"gpus_per_node ({self.gpus_per_node})")
             if count * self.task_cores() > self.cores_per_node:
                 raise ValueError(f"{name} {count} x {self.task_cores()} cores per process is "
                                  f"more than cores_per_node ({self.cores_per_node}); set "
@@ -144,26 +150,41 @@ class ExecutorSite:
         if order is not None and sorted(order) != list(range(self.gpus_per_node)):
             raise ValueError(f"launch.gpu_order {order} must list each GPU 0-"
                              f"{self.gpus_per_node - 1} once (gpus_per_node {self.gpus_per_node})")
-        if self.launch.ranks_per_node > 1 and self.mpi_command() is None:
-            raise ValueError(f"launch.ranks_per_node > 1 needs an MPI launcher (srun, mpiexec, "
-                             f"ibrun) or launch.mpi_command; launcher is {self.launcher!r}")
         if self.launch.overrides and self.launcher == "single":
             raise ValueError("launch.overrides needs launcher srun, mpiexec or ibrun (Parsl's "
                              "single-node launcher takes no arguments)")
 
     def task_cores(self) -> int:
-        """Cores one shard process gets: as set, else one GPU's share of the node."""
+        """Cores one shard process gets: as set, else its GPUs' share of the node."""
         if self.cores_per_task is not None:
             return self.cores_per_task
-        return max(1, self.cores_per_node // max(1, self.gpus_per_node))
+        return max(1, self.cores_per_node // max(1, self.gpus_per_node // self.gpus_per_task))
+
+    def task_gpus(self) -> int:
+        """GPUs one worker or shard process gets (0 on nodes without GPUs)."""
+        return self.gpus_per_task if self.gpus_per_node else 0
+
+    def workers_per_node(self) -> int:
+        """Shard processes a node holds at once: one per ``gpus_per_task`` GPUs, else one
+        per ``cores_per_task`` cores (the size of a Parsl block's worker pool)."""
+        if self.gpus_per_node:
+            return self.gpus_per_node // self.gpus_per_task
+        return max(1, self.cores_per_node // self.task_cores())
 
     def mpi_command(self) -> str | None:
         """The command prefix that starts an MPI stage's ranks in a batch job, or None."""
         return self.launch.mpi_command or MPI_COMMANDS.get(self.launcher)
 
     def gpu_order(self) -> list[int]:
-        """The GPU of worker or slot k: as set (nearest to its cores), else 0, 1, ..."""
+        """The GPUs in worker order: as set (nearest to its cores first), else 0, 1, ..."""
         return list(self.launch.gpu_order or range(self.gpus_per_node))
+
+    def worker_gpus(self) -> list[str]:
+        """The GPUs of worker or slot k, comma-separated (a CUDA_VISIBLE_DEVICES value):
+        consecutive ``gpus_per_task`` GPUs of :meth:`gpu_order`."""
+        order, per = self.gpu_order(), self.gpus_per_task
+        return [",".join(map(str, order[k * per:(k + 1) * per]))
+                for k in range(self.workers_per_node())] if order else []
 
     def queue_for(self, nodes: int) -> str | None:
         """The partition or queue for a job of ``nodes`` nodes: ``partition``, else the first
@@ -175,7 +196,8 @@ class ExecutorSite:
 
 @dataclass(frozen=True, kw_only=True)
 class SiteConfig:
-    """A whole site: scheduler, file-system policy and the two executors."""
+    """A whole site: scheduler, file-system policy, the two executors and which stage
+    runs on which (``stages``: overrides of the pipeline's defaults)."""
 
     name: str
     scheduler: str = "local"
@@ -184,18 +206,65 @@ class SiteConfig:
     network_interface: str | None = None  # or the driver's interface to use (e.g. bond0)
     gpu: ExecutorSite = field(default_factory=ExecutorSite)
     cpu: ExecutorSite = field(default_factory=ExecutorSite)
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> "gpu" or "cpu"
 
     def __post_init__(self) -> None:
+        from hpcxtal.stages import PIPELINE
+
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler {self.scheduler!r} is not one of {SCHEDULERS}")
         if self.address and self.network_interface:
             raise ValueError("give address or network_interface, not both")
+        specs = {s.name: s for s in PIPELINE}
+        for name, kind in self.stages.items():
+            if name not in specs:
+                raise ValueError(f"stages: unknown stage {name!r}; stages are {list(specs)}")
+            if kind not in ("gpu", "cpu"):
+                raise ValueError(f"stages.{name}: {kind!r} is not 'gpu' or 'cpu'")
+            if kind == "gpu" and not specs[name].uses_gpu:
+                gpu_ok = [s.name for s in PIPELINE if s.uses_gpu]
+                raise ValueError(f"stages.{name}: gpu, but {name} cannot use a GPU; only "
+                                 f"{', '.join(gpu_ok)} can run on the gpu executor")
+        for spec in (s for s in PIPELINE if s.mpi):
+            kind = self.stage_executor(spec.name)
+            ex = self.executor(kind)
+            if ex.launch.ranks_per_node * ex.nodes_per_block > 1 and ex.mpi_command() is None:
+                raise ValueError(f"{kind}: {spec.name} would run {ex.nodes_per_block} node(s) x "
+                                 f"launch.ranks_per_node {ex.launch.ranks_per_node}: more than "
+                                 "one MPI rank needs an MPI launcher (srun, mpiexec, ibrun) or "
+                                 f"launch.mpi_command; launcher is {ex.launcher!r}")
 
     def executor(self, kind: str) -> ExecutorSite:
         """The ``gpu`` or ``cpu`` executor."""
         if kind not in ("gpu", "cpu"):
             raise ValueError(f"executor {kind!r} is not 'gpu' or 'cpu'")
         return getattr(self, kind)
+
+    def stage_executor(self, stage: str) -> str:
+        """The executor stage ``stage`` runs on here: the site's ``stages`` entry, else the
+        pipeline's default."""
+        from hpcxtal.stages import stage_spec
+
+        return self.stages.get(stage, stage_spec(stage).executor)
+
+    def place(self, stage: str, resources=None):
+        """``resources`` (a :class:`hpcxtal.stages.Resources`) of a process running
+        ``stage`` here: with device ``cuda`` (the worker's or array slot's own GPUs, the
+        only ones it sees; unset batch budgets then take their GPU values) when the site
+        places the stage on GPU nodes and torch sees a GPU, unless a device is set. A
+        device is a resource: it never makes an output stale."""
+        import dataclasses
+
+        from hpcxtal.stages import Resources
+
+        resources = resources or Resources()
+        if (resources.device is not None or self.stage_executor(stage) != "gpu"
+                or not self.gpu.gpus_per_node):
+            return resources
+        import torch
+
+        return dataclasses.replace(resources, device="cuda") if torch.cuda.is_available() \
+            else resources
 
 
 def shipped_sites() -> list[str]:

@@ -79,13 +79,13 @@ def submit_campaign(campaign: Campaign, site: SiteConfig, stages: list[str],
                 continue
             shard_list = folder / f"{spec.name}-shards.txt"
             write_text_atomic(shard_list, "".join(f"{i}\n" for i in todo))
-            text = render_job(site, spec.executor, spec.name, root, len(todo), shard_list.resolve(),
+            text = render_job(site, site.stage_executor(spec.name), spec.name, root, len(todo), shard_list.resolve(),
                               (folder / "logs").resolve())
         else:
             if spec.done(campaign, None):
                 continue
             todo = None
-            text = render_job(site, spec.executor, spec.name, root, None, None,
+            text = render_job(site, site.stage_executor(spec.name), spec.name, root, None, None,
                               (folder / "logs").resolve())
         script = folder / f"{spec.name}.{'sbatch' if site.scheduler == 'slurm' else 'pbs'}"
         write_text_atomic(script, text)

@@ -3,7 +3,7 @@
 #PBS -N {{job_name}}
 #PBS -q {{partition}}
 {{directives}}#PBS -l walltime={{walltime}}
-#PBS -l select=1:ncpus={{job_cores}}{{gpu_select}}
+#PBS -l select={{nodes}}:ncpus={{job_cores}}{{gpu_select}}
 {{array_line}}#PBS -j oe
 #PBS -o {{log_dir}}/
 #PBS -r y

@@ -3,7 +3,7 @@
 #SBATCH --job-name={{job_name}}
 #SBATCH --partition={{partition}}
 {{directives}}#SBATCH --time={{walltime}}
-#SBATCH --nodes=1
+#SBATCH --nodes={{nodes}}
 #SBATCH --ntasks={{ntasks}}
 #SBATCH --cpus-per-task={{cores}}
 {{array_line}}#SBATCH --output={{log_dir}}/{{stage}}-{{log_pattern}}.out

@@ -8,9 +8,11 @@ from perturbed starts alone) (each process its own,
 one file per part: ``rounds/round-R/part-PPPP-of-NNNN.h5``) and collect the rows that
 became valid with their round number. Then every shard's final rows are written to
 ``rounds/rounds-NNNN.h5``. With MPI (mpi4py ``comm``) the processes are ranks and
-rank 0 does the partitioning; without, one process does everything. A row's result
-does not depend on the part it lands in (its restarts are seeded by its id and the
-round), so any number of ranks gives the same rows as one process; finished rounds
+rank 0 does the partitioning; without, one process does everything. A row's restarts
+are seeded by its id and the round, not by the part it lands in, so any number of ranks
+gives the valid set of one process; the floats of a few rows can differ in the last
+bits with the batches they share (BENCHMARKS.md, "Rounds as a multi-node MPI job"),
+which some optimisation paths amplify; finished rounds
 are kept, so an interrupted run resumes at the first unfinished round. Each part
 records the checksums it started from (round-1 files, earlier parts) and the config:
 a part made from a recomputed round-1 file, or with another config, is redone.
@@ -109,6 +111,9 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
     parts_by_round: list[list[Path]] = []
     counts: dict[str, int] = {}
     config = rounds_config(cfg, rounds)
+    if comm is not None:  # the campaign log's host column then says where each rank ran
+        log.info("MPI rank %d of %d: part %d of each round, final files of shards %s", rank,
+                 size, rank, list(range(rank, n_shards, size)))
     for r in range(2, rounds.n_rounds + 1):
         parts = [part_path(root, r, p, size) for p in range(size)]
         inputs = _round_inputs([round1(i) for i in range(n_shards)], parts_by_round)
