@@ -2,17 +2,17 @@
 
 Round 1 refines each shard on its own (``refine-NNNN.h5``, per-shard stage). Rounds
 2..R take every row still invalid after the round before, from all shards, cut them
-into one part per process by estimated cost, refine the parts (latent refinement
+into chunks dealt to the processes by estimated cost, refine the parts (latent refinement
 through the generator, then representation refinement; or representation refinement
 from perturbed starts alone) (each process its own,
 one file per part: ``rounds/round-R/part-PPPP-of-NNNN.h5``) and collect the rows that
 became valid with their round number. Then every shard's final rows are written to
 ``rounds/rounds-NNNN.h5``. With MPI (mpi4py ``comm``) the processes are ranks and
 rank 0 does the partitioning; without, one process does everything. A row's restarts
-are seeded by its id and the round, not by the part it lands in, so any number of ranks
-gives the valid set of one process; the floats of a few rows can differ in the last
-bits with the batches they share (BENCHMARKS.md, "Rounds as a multi-node MPI job"),
-which some optimisation paths amplify; finished rounds
+are seeded by its id and the round, not by the part it lands in, and the rows are cut into
+chunks fixed by the rows alone (``refine.chunk_rows``), each refined on its own and dealt
+whole to the processes, so a row's batch mates, and its result, are those of one process
+whatever the number of ranks; finished rounds
 are kept, so an interrupted run resumes at the first unfinished round. Each part
 records the checksums it started from (round-1 files, earlier parts) and the config:
 a part made from a recomputed round-1 file, or with another config, is redone.
@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from hpcxtal.layout import part_path, stage_output
+from hpcxtal.parallel import n_chunks, plan_chunks
 from hpcxtal.refine.config import RefineConfig, RoundsConfig, rounds_config
 from hpcxtal.refine.latent import latent_refine
 from hpcxtal.refine.represent import refine_table, use_threads
@@ -43,15 +44,27 @@ ROUND_COLUMNS = ("cell", "xyz", "loss", "valid", "steps", "round", "refine_statu
 
 
 
-def split_by_cost(table: Table, n_parts: int) -> list[np.ndarray]:
-    """Row indices of ``n_parts`` parts: layout-sorted, contiguous, near-equal cost
-    (some parts may be empty when rows are fewer than parts)."""
+def deal_chunks(table: Table, n_parts: int, rows_per_chunk: int) -> list[list[np.ndarray]]:
+    """Row indices of ``n_parts`` parts, each a list of chunks: the chunks are fixed by the
+    rows alone (layout order, near-equal estimated cost, about ``rows_per_chunk`` rows
+    each) and dealt costliest first to the part with the least cost so far. Every chunk
+    is refined on its own, so a row's batch mates, and its result, do not depend on the
+    number of parts (MPI ranks)."""
     order = table.layout_order()
     if len(order) == 0:
-        return [order] * n_parts
-    cost = np.cumsum(row_cost(table["spg"][order], table["wps"][order]))
-    cuts = np.searchsorted(cost, cost[-1] * np.arange(1, n_parts) / n_parts, side="left") + 1
-    return np.split(order, np.minimum(cuts, len(order)))
+        return [[] for _ in range(n_parts)]
+    cost = row_cost(table["spg"][order], table["wps"][order]).astype(np.float64)
+    chunks = plan_chunks(order, cost, n_chunks(len(order), rows_per_chunk))
+    position = np.empty(len(table), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    chunk_cost = [float(cost[position[c]].sum()) for c in chunks]
+    parts: list[list[np.ndarray]] = [[] for _ in range(n_parts)]
+    load = [0.0] * n_parts
+    for k in sorted(range(len(chunks)), key=lambda k: (-chunk_cost[k], k)):
+        p = min(range(n_parts), key=lambda p: (load[p], p))
+        parts[p].append(chunks[k])
+        load[p] += chunk_cost[k]
+    return parts
 
 
 def _with_home(table: Table, shard: int) -> Table:
@@ -80,23 +93,32 @@ def _round_inputs(round1: list[Path], parts_by_round: list[list[Path]]) -> list[
     return [*round1, *(p for parts in parts_by_round for p in parts)]
 
 
-def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: int, dest: Path,
-                 n_parts: int, inputs: list[Path]) -> None:
-    if len(table):
-        use_threads(cfg)
-        if rounds.later == "latent":
-            from hpcxtal.descriptor.target import Environment
+def _refine_chunk(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: int) -> Table:
+    """One chunk of a round refined (latent, then representation refinement, or the
+    latter alone from perturbed starts)."""
+    if rounds.later == "latent":
+        from hpcxtal.descriptor.target import Environment
 
-            env = Environment(cfg.target, dtype=cfg.torch_dtype())
-            cell, xyz = latent_refine(table, env, rounds.latent, cfg.seed, round_, cfg.torch_dtype())
-            table.columns.update(cell=cell, xyz=xyz)
-        result = refine_table(table, dataclasses.replace(cfg, seed=cfg.seed + 7919 * round_))
-        improved = result.valid
-        table.columns.update(cell=result.cell, xyz=result.xyz, loss=result.loss, valid=improved,
-                             steps=table["steps"] + result.steps.astype(np.int32),
-                             refine_status=str_array(result.status),
-                             refine_reason=str_array(result.reason))
-        table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
+        env = Environment(cfg.target, dtype=cfg.torch_dtype())
+        cell, xyz = latent_refine(table, env, rounds.latent, cfg.seed, round_, cfg.torch_dtype())
+        table.columns.update(cell=cell, xyz=xyz)
+    result = refine_table(table, dataclasses.replace(cfg, seed=cfg.seed + 7919 * round_))
+    improved = result.valid
+    table.columns.update(cell=result.cell, xyz=result.xyz, loss=result.loss, valid=improved,
+                         steps=table["steps"] + result.steps.astype(np.int32),
+                         refine_status=str_array(result.status),
+                         refine_reason=str_array(result.reason))
+    table.columns["round"] = np.where(improved, round_, table["round"]).astype(np.int8)
+    return table
+
+
+def _refine_part(chunks: list[Table], cfg: RefineConfig, rounds: RoundsConfig, round_: int,
+                 dest: Path, n_parts: int, inputs: list[Path]) -> None:
+    """This process's part of a round: its chunks refined one by one, into one file."""
+    use_threads(cfg)
+    done = [_refine_chunk(c, cfg, rounds, round_) for c in chunks]
+    table = (Table.concat(done) if done else
+             Table({"id": np.zeros(0, np.uint64), "home_shard": np.zeros(0, np.int32)}))
     write_table(dest, table, kind="round", round=round_, n_parts=n_parts,
                 **PROVENANCE.stamp(inputs, rounds_config(cfg, rounds)))
 
@@ -136,14 +158,13 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
             everything = Table.concat(pieces) if pieces else None
             if everything is not None:
                 everything = everything.take(np.argsort(everything["id"], kind="stable"))
-                split = split_by_cost(everything, size)
-                work = [everything.take(idx) for idx in split]
+                dealt = deal_chunks(everything, size, cfg.chunk_rows)
+                work = [[everything.take(c) for c in chunks] for chunks in dealt]
             else:
-                empty = Table({"id": np.zeros(0, np.uint64), "home_shard": np.zeros(0, np.int32)})
-                work = [empty] * size
+                work = [[] for _ in range(size)]
             counts[f"round_{r}_rows"] = 0 if everything is None else len(everything)
             log.info("round %d: %d invalid rows over %d process(es): %s rows each", r,
-                     counts[f"round_{r}_rows"], size, [0 if w is None else len(w) for w in work])
+                     counts[f"round_{r}_rows"], size, [sum(map(len, w)) for w in work])
         else:
             work = None
         part = comm.scatter(work, root=0) if comm is not None else work[0]
