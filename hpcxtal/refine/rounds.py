@@ -82,10 +82,11 @@ def _refine_part(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_: 
     if len(table):
         use_threads(cfg)
         if rounds.later == "latent":
-            from hpcxtal.descriptor.target import Environment
+            from hpcxtal.refine.objective import build_objective
 
-            env = Environment(cfg.target, dtype=cfg.torch_dtype())
-            cell, xyz = latent_refine(table, env, rounds.latent, cfg.seed, round_, cfg.torch_dtype())
+            objective = build_objective(cfg, dtype=cfg.torch_dtype())
+            cell, xyz = latent_refine(table, objective, rounds.latent, cfg.seed, round_,
+                                      cfg.torch_dtype())
             table.columns.update(cell=cell, xyz=xyz)
         result = refine_table(table, dataclasses.replace(cfg, seed=cfg.seed + 7919 * round_))
         improved = result.valid
