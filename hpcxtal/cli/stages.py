@@ -298,7 +298,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "spectrum approaches the target's (default graphite), with "
                                    "per-sample clipping, plateau step control and perturbed "
                                    "restarts. Writes every row with loss, valid (CN), steps, "
-                                   "round and refine_status.")
+                                   "round and refine_status. A campaign refines on its "
+                                   "refine.objective (so3 by default; distance_matrix, energy, "
+                                   "weighted sums, plug-ins: docs/OBJECTIVES.md).")
     p.add_argument("source", type=Path, help="pool or shard file, or a campaign directory")
     p.add_argument("-o", "--output", type=Path, help="refined file to write (file mode)")
     p.add_argument("--shard", type=num.nonnegative_int, help="campaign: refine only this shard")
