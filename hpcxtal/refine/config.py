@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hpcxtal.config import from_mapping, resource
 from hpcxtal.data import target_names
@@ -69,7 +69,7 @@ class DistanceMatrixSettings:
     within ``cutoff_A`` (any atom count). A row is valid for this objective when its
     distance-matrix RMSE is below ``valid_rmse_A`` (None: the objective sets no validity).
     Files enter the fingerprint by path (as ``relax.model`` does): give a changed target
-    a new file name.
+    a new file name. Relative paths are taken from the directory a command runs in.
     """
 
     reference: str | None = None
@@ -87,6 +87,8 @@ class DistanceMatrixSettings:
                              "(a file of pair distances)")
         if self.mode not in ("sorted", "histogram"):
             raise ValueError(f"mode must be sorted or histogram, got {self.mode!r}")
+        if self.mode == "histogram" and self.reference is None:
+            raise ValueError("mode histogram needs a reference structure file")
         if min(self.cutoff_A, self.sigma_A, self.bin_A, self.overlap_tolerance_A) <= 0:
             raise ValueError("cutoff_A, sigma_A, bin_A and overlap_tolerance_A must be positive")
         if self.valid_rmse_A is not None and self.valid_rmse_A <= 0:
@@ -137,18 +139,12 @@ class ObjectiveTerm:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight) and self.weight > 0):
             raise ValueError(f"objective {self.name!r}: weight must be positive, got {self.weight}")
-        if self.name in BUILTIN_OBJECTIVES:
-            self.parsed_settings()
+        if self.name in BUILTIN_OBJECTIVES:  # parsed again when the objective is built
+            from_mapping(BUILTIN_OBJECTIVES[self.name][1], self.settings,
+                         f"objective {self.name} settings")
         elif ":" not in self.name and self.name not in objective_names():
             raise ValueError(f"unknown objective {self.name!r}; objectives are {objective_names()} "
                              "or package.module:attr")
-
-    def parsed_settings(self) -> Any:
-        """The settings as the built-in's settings object (a plain dict for plug-ins)."""
-        if self.name not in BUILTIN_OBJECTIVES:
-            return dict(self.settings)
-        return from_mapping(BUILTIN_OBJECTIVES[self.name][1], self.settings,
-                            f"objective {self.name} settings")
 
 
 @dataclass(frozen=True, kw_only=True)

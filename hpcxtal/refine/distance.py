@@ -127,8 +127,6 @@ class DistanceMatrixObjective(Objective):
         self.n_atoms = int(round(n))
         self.sets_validity = settings.valid_rmse_A is not None
         if settings.mode == "histogram":
-            if settings.reference is None:
-                raise ValueError("distance_matrix mode histogram needs a reference structure file")
             self.cutoff = settings.cutoff_A
             self.grid = torch.arange(0.0, settings.cutoff_A + 3 * settings.sigma_A, settings.bin_A,
                                      dtype=dtype, device=device)
