@@ -35,6 +35,14 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+def _same_shape(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is a list for a list type, or a mapping for a dataclass or dict."""
+    origin = typing.get_origin(tp)
+    if isinstance(value, list):
+        return origin in (list, tuple)
+    return isinstance(value, dict) and (origin is dict or dataclasses.is_dataclass(tp))
+
+
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -43,11 +51,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return None  # optional X: null is None (an optional section stays off)
         if value is not None and len(options) == 1:  # optional X: X's own error is clearer
             return _convert(value, options[0], where)
+        errors = {}
         for arg in typing.get_args(tp):
             try:
                 return _convert(value, arg, where)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                errors[arg] = err
+        for arg, err in errors.items():  # the option of the value's shape says what is wrong
+            if _same_shape(value, arg):
+                raise err
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if tp is type(None):
         if value is None:

@@ -69,6 +69,7 @@ def test_resources_never_make_outputs_stale(finished):
 @pytest.mark.parametrize("section, change, stale", [
     ("refine", {"max_steps": 61}, {"refine", "rounds"}),
     ("refine", {"target": "diamond"}, {"refine", "rounds"}),
+    ("refine", {"objective": [{"name": "so3", "weight": 2.0}]}, {"refine", "rounds"}),
     ("rounds", {"later": "perturb"}, {"rounds"}),
     ("topology", {"depth": 11}, {"topology", "dedup"}),
     ("relax", {"fmax_eV_per_A": 0.04}, {"relax"}),

@@ -194,7 +194,7 @@ def campaign(tmp_path_factory):
     for i in range(2):
         topology_file(shard_path(camp.shard_dir, i), stage_output("topology", camp.root, i),
                       cfg.topology, workers=1)
-    for name in ("relax", "rescore", "merge"):
+    for name in ("dedup", "relax", "rescore", "merge"):
         stage_spec(name).run(camp, resources=Resources(workers=1))
     return camp
 

@@ -4,7 +4,8 @@ Every stage runs on explicit files (``hpcxtal STAGE IN -o OUT``) or on a campaig
 directory (``hpcxtal STAGE DIR``), where paths, settings and provenance come from the
 stage registry (:mod:`hpcxtal.stages`). Commands live by family: :mod:`.campaign`
 (init, run, resume, submit, status), :mod:`.stages` (one per stage), :mod:`.files`
-(prepare, train, db, report, export, info) and :mod:`.site`; argument checks shared by
+(prepare, train, db, report, export, info), :mod:`.site` and :mod:`.bench`
+(reference tasks); argument checks shared by
 all of them are in :mod:`hpcxtal.cli_args`. Every failure prints one line and exits
 with status 2 (1 for ``info`` on a file that does not verify); ``-v`` adds the
 traceback of a bug.
@@ -19,7 +20,7 @@ import traceback
 
 from hpcxtal import __version__
 from hpcxtal import cli_args as num
-from hpcxtal.cli import campaign, files, site, stages
+from hpcxtal.cli import bench, campaign, files, site, stages
 from hpcxtal.cli.common import UsageError
 
 log = logging.getLogger("hpcxtal")
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hpcxtal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (campaign, stages, files, site):
+    for family in (campaign, stages, files, site, bench):
         family.add_parsers(sub)
     return parser
 

@@ -148,7 +148,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
     Representation-space refinement: batched gradient descent of each row's free variables
     so every Wyckoff site's SO(3) spectrum approaches the target's (default graphite), with
     per-sample clipping, plateau step control and perturbed restarts. Writes every row with
-    loss, valid (CN), steps, round and refine_status.
+    loss, valid (CN), steps, round, refine_status and refine_reason. A campaign refines on
+    its refine.objective (so3 by default; distance_matrix, energy, weighted sums, plug-ins:
+    docs/OBJECTIVES.md).
     """
     from hpcxtal.hpc import mpi
     from hpcxtal.refine.config import RefineConfig

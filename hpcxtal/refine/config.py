@@ -2,11 +2,14 @@
 config stays cheap): optimiser, representation refinement, latent refinement, rounds."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcxtal.config import resource
+from hpcxtal.config import from_mapping, resource
 from hpcxtal.data import target_names
 
 if TYPE_CHECKING:
@@ -38,11 +41,120 @@ class OptimConfig:
             raise ValueError("clip_norm, lr and patience must be positive")
 
 
+#: Entry-point group under which installed packages register refinement objectives.
+OBJECTIVE_GROUP = "hpcxtal.objectives"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SO3Settings:
+    """Settings of the ``so3`` objective: the target environment (None: ``refine.target``)."""
+
+    target: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target is not None and self.target not in target_names():
+            raise ValueError(f"target {self.target!r} is not defined; targets are "
+                             f"{list(target_names())}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistanceMatrixSettings:
+    """Settings of the ``distance_matrix`` objective (lengths in Å).
+
+    The target is a reference structure file (``reference``: any file ASE reads, CIF,
+    extxyz ...) or a file of pair distances (``distances``: whitespace-separated
+    numbers, every ordered pair i != j of the cell once, any order). ``mode`` ``sorted``
+    compares the sorted minimum-image distance matrix (rows must have the target's atom
+    count); ``histogram`` compares Gaussian-smeared pair-distance distributions per atom
+    within ``cutoff_A`` (any atom count). A row is valid for this objective when its
+    distance-matrix RMSE is below ``valid_rmse_A`` (None: the objective sets no validity).
+    Files enter the fingerprint by path (as ``relax.model`` does): give a changed target
+    a new file name. Relative paths are taken from the directory a command runs in.
+    """
+
+    reference: str | None = None
+    distances: str | None = None
+    mode: str = "sorted"
+    cutoff_A: float = 6.0  # histogram mode: pairs within this distance
+    sigma_A: float = 0.1  # histogram mode: Gaussian width
+    bin_A: float = 0.05  # histogram mode: grid spacing
+    overlap_tolerance_A: float = 0.1  # distance-map overlap: entries agreeing within this
+    valid_rmse_A: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.reference is None) == (self.distances is None):
+            raise ValueError("give exactly one of reference (a structure file) and distances "
+                             "(a file of pair distances)")
+        if self.mode not in ("sorted", "histogram"):
+            raise ValueError(f"mode must be sorted or histogram, got {self.mode!r}")
+        if self.mode == "histogram" and self.reference is None:
+            raise ValueError("mode histogram needs a reference structure file")
+        if min(self.cutoff_A, self.sigma_A, self.bin_A, self.overlap_tolerance_A) <= 0:
+            raise ValueError("cutoff_A, sigma_A, bin_A and overlap_tolerance_A must be positive")
+        if self.valid_rmse_A is not None and self.valid_rmse_A <= 0:
+            raise ValueError("valid_rmse_A must be positive or null")
+        for name in ("reference", "distances"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path}: no such file")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnergySettings:
+    """Settings of the ``energy`` objective: a MACE model (as ``relax.model``: the
+    shipped ``hpcxtal-carbon``, a file, or a foundation name found offline in
+    ``model_dir``); the loss is eV/atom above ``reference_eV_per_atom`` (None: graphite
+    relaxed with the same model, as the relax stage's ``e_rel``)."""
+
+    model: str = "hpcxtal-carbon"
+    model_dir: str | None = None
+    reference_eV_per_atom: float | None = None
+
+
+#: Built-in objectives: name -> (``module:class``, settings class). The classes are
+#: imported (with torch) only when an objective is built.
+BUILTIN_OBJECTIVES: dict[str, tuple[str, type]] = {
+    "so3": ("hpcxtal.refine.objective:SO3Objective", SO3Settings),
+    "distance_matrix": ("hpcxtal.refine.distance:DistanceMatrixObjective", DistanceMatrixSettings),
+    "energy": ("hpcxtal.refine.energy:EnergyObjective", EnergySettings),
+}
+
+
+def objective_names() -> list[str]:
+    """Names an objective term may use: built-ins and installed entry points."""
+    return [*BUILTIN_OBJECTIVES, *(ep.name for ep in entry_points(group=OBJECTIVE_GROUP))]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveTerm:
+    """One term of the refinement objective: ``name`` (a built-in, an entry point of
+    the ``hpcxtal.objectives`` group, or ``package.module:attr``), its ``weight``, and
+    ``settings``, the objective's own config section (checked against the built-ins'
+    settings classes when the config loads; a plug-in checks its own when built)."""
+
+    name: str
+    weight: float = 1.0
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"objective {self.name!r}: weight must be positive, got {self.weight}")
+        if self.name in BUILTIN_OBJECTIVES:  # parsed again when the objective is built
+            from_mapping(BUILTIN_OBJECTIVES[self.name][1], self.settings,
+                         f"objective {self.name} settings")
+        elif ":" not in self.name and self.name not in objective_names():
+            raise ValueError(f"unknown objective {self.name!r}; objectives are {objective_names()} "
+                             "or package.module:attr")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RefineConfig:
     """Representation refinement settings (lengths in Å, angles in degrees)."""
 
-    target: str = "graphite"
+    target: str = "graphite"  # the environment of the so3 objective and the CN-validity rule
+    # What refinement minimises: an objective's name, or a list of weighted terms
+    # ({name, weight, settings}); see docs/OBJECTIVES.md.
+    objective: str | list[ObjectiveTerm] = "so3"
     max_steps: int = 1000
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.01, patience=10))
     lr_length_A: float = 1.0  # step multiplier for lattice lengths (Å per unit lr)
@@ -86,6 +198,15 @@ class RefineConfig:
             raise ValueError(f"target {self.target!r} is not defined; targets are {list(targets)}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if isinstance(self.objective, list) and not self.objective:
+            raise ValueError("objective: give a name or at least one term")
+        self.terms()  # names and settings checked here
+
+    def terms(self) -> tuple[ObjectiveTerm, ...]:
+        """The objective as weighted terms (a bare name is one term of weight 1)."""
+        if isinstance(self.objective, str):
+            return (ObjectiveTerm(name=self.objective),)
+        return tuple(self.objective)
 
     def torch_dtype(self) -> torch.dtype:
         import torch

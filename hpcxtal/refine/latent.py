@@ -1,6 +1,7 @@
 """Latent refinement (Algorithm 2): for rows still invalid, optimise a fresh latent
 vector through the frozen generator decoder under each row's fixed condition (space
-group + Wyckoff sites), minimising the same SO(3) loss; the decoded rows then go back
+group + Wyckoff sites), minimising the refinement objective (by default the SO(3) loss);
+the decoded rows then go back
 to representation-space refinement.
 
 The decoder gives 30 continuous values (cell and 8 sites' x, y, z); a fixed index map
@@ -15,8 +16,8 @@ import numpy as np
 import torch
 
 from hpcxtal.descriptor.batch import Batch, build_batch, rows_from_R
-from hpcxtal.descriptor.target import Environment
 from hpcxtal.refine.config import LatentConfig
+from hpcxtal.refine.objective import Objective
 from hpcxtal.refine.optim import adam_init, adam_step
 from hpcxtal.store.table import Table
 
@@ -47,7 +48,7 @@ def free_variables(values: torch.Tensor, index: torch.Tensor, kind: torch.Tensor
     return torch.where(kind == COORD, R - torch.floor(R), R)
 
 
-def latent_refine(table: Table, env: Environment, cfg: LatentConfig, seed: int, round_: int,
+def latent_refine(table: Table, env: Objective, cfg: LatentConfig, seed: int, round_: int,
                   dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
     """New (cell, xyz) row columns for every row of ``table`` from its optimised
     latent vector (rows keep their space group and Wyckoff sites)."""

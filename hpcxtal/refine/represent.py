@@ -1,5 +1,6 @@
-"""Representation-space refinement (Algorithm 1): pull every site's SO(3) spectrum
-toward the target environment by batched gradient descent on the free variables R.
+"""Representation-space refinement (Algorithm 1): minimise the refinement objective
+(:mod:`hpcxtal.refine.objective`; by default every site's SO(3) spectrum against the
+target environment) by batched gradient descent on the free variables R.
 
 One batch is one tensor program: per-sample Adam (:mod:`hpcxtal.refine.optim`) with
 gradient clipping and plateau step control, bounds on lattice and coordinates,
@@ -18,8 +19,8 @@ import torch
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
 from hpcxtal.descriptor.batch import Batch, build_batch, positions, rows_from_R
 from hpcxtal.descriptor.neighbors import plane_reach
-from hpcxtal.descriptor.target import Environment
 from hpcxtal.refine.config import RefineConfig
+from hpcxtal.refine.objective import Objective, build_objective
 from hpcxtal.refine.optim import adam_init, adam_step
 from hpcxtal.refine.status import RefineStatus
 
@@ -120,11 +121,13 @@ def _restart(R: torch.Tensor, kind: torch.Tensor, state, hop: torch.Tensor, nois
     return R, state
 
 
-def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineConfig,
+def refine_batch(batch: Batch, ids: np.ndarray, env: Objective, cfg: RefineConfig,
                  on_step: Callable[[int], None] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                             list[RefineStatus], list[str]]:
-    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts).
+    """Refine one batch (``ids``: the rows' stable ids, which seed their restarts)
+    under the objective ``env`` (an :class:`~hpcxtal.refine.objective.Objective` or a
+    target :class:`~hpcxtal.descriptor.target.Environment`: same methods).
 
     Every ``cfg.check_every`` steps (from step 0, so a valid input counts) each sample's
     validity is checked: a valid sample whose loss fell by less than ``flat_tolerance``
@@ -150,7 +153,7 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
     restarts = np.zeros(n, dtype=np.int64)
     pairs = built = None
     for step in range(cfg.max_steps):
-        if pairs is None or _outside_skin(wb, R, built, env.cutoff, cfg.skin_A):
+        if built is None or _outside_skin(wb, R, built, env.cutoff, cfg.skin_A):
             pairs = env.pairs(wb, R.detach(), skin=cfg.skin_A)
             built = positions(wb, R.detach())
         Rg = R.detach().requires_grad_(True)
@@ -196,7 +199,7 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
             noise = _restart_noise(ids[rows], restarts[rows], R.shape[1], cfg)
             R, state = _restart(torch.where(hop[:, None], best_R[work], R), wb.kind, state, hop,
                                 torch.from_numpy(noise), cfg)
-            pairs = None
+            built = None
         R_all[work] = R.detach()
         if on_step is not None:
             on_step(step + 1)
@@ -205,7 +208,7 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Environment, cfg: RefineCon
         if bool(stop.any()):  # drop finished samples from the working set
             keep = torch.nonzero(~stop).flatten()
             work, wb, R = work[keep], wb.take(keep), R[keep]
-            state, scale, pairs = state.take(keep), scale[keep], None
+            state, scale, built = state.take(keep), scale[keep], None
     with torch.no_grad():  # last state if valid, else the best valid one, else the lowest loss
         valid = env.validity(batch, R_all)
         fallback = torch.where(torch.isfinite(valid_loss)[:, None], valid_R, best_R)
@@ -231,7 +234,7 @@ def refine_table(table, cfg: RefineConfig, progress: Callable[[int, int], None] 
     """
     use_threads(cfg)
     device, dtype = cfg.torch_device(), cfg.torch_dtype()
-    env = Environment(cfg.target, dtype=dtype, device=device)
+    env = build_objective(cfg, dtype=dtype, device=device)
     order = table.layout_order()
     ordered = table.take(order)
     n = len(table)

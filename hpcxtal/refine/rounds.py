@@ -97,10 +97,11 @@ def _refine_chunk(table: Table, cfg: RefineConfig, rounds: RoundsConfig, round_:
     """One chunk of a round refined (latent, then representation refinement, or the
     latter alone from perturbed starts)."""
     if rounds.later == "latent":
-        from hpcxtal.descriptor.target import Environment
+        from hpcxtal.refine.objective import build_objective
 
-        env = Environment(cfg.target, dtype=cfg.torch_dtype())
-        cell, xyz = latent_refine(table, env, rounds.latent, cfg.seed, round_, cfg.torch_dtype())
+        objective = build_objective(cfg, dtype=cfg.torch_dtype())
+        cell, xyz = latent_refine(table, objective, rounds.latent, cfg.seed, round_,
+                                  cfg.torch_dtype())
         table.columns.update(cell=cell, xyz=xyz)
     result = refine_table(table, dataclasses.replace(cfg, seed=cfg.seed + 7919 * round_))
     improved = result.valid

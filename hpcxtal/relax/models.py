@@ -291,24 +291,41 @@ class MACEModel(EnergyModel):
         self.z_index[zs] = torch.arange(len(zs))
 
     def __call__(self, positions, numbers, cells, batch, keys: list[int] | None = None):
-        n_struct = len(cells)
         if self.verlet is not None and keys is not None:
             graph = self.verlet.edges(keys, positions, cells, batch)
         else:
             graph = fresh_edges(positions, cells, batch, self.cutoff)
+        data = self._inputs(positions.detach(), numbers, cells.detach(), batch, graph)
+        out = self.model(data, training=False, compute_force=True, compute_stress=True)
+        return BatchResult(out["energy"].detach(), out["forces"].detach(),
+                           out["stress"].detach().reshape(len(cells), 3, 3),
+                           graph.min_distance.to(self.device, self.dtype))
+
+    def energy(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+               batch: torch.Tensor) -> torch.Tensor:
+        """(N,) total energies (eV) that stay differentiable in ``positions`` and
+        ``cells`` (energy-guided refinement backpropagates through them); the neighbour
+        list is built anew for the current geometry."""
+        graph = fresh_edges(positions, cells, batch, self.cutoff)
+        data = self._inputs(positions, numbers, cells, batch, graph)
+        return self.model(data, training=False, compute_force=False, compute_stress=False)["energy"]
+
+    def _inputs(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+                batch: torch.Tensor, graph) -> dict[str, torch.Tensor]:
+        """The model's input dict, as mace's data loader builds it."""
+        n_struct = len(cells)
         idx = self.z_index[numbers.cpu()]
         if (idx < 0).any():
             missing = sorted(set(numbers.cpu()[idx < 0].tolist()))
             raise ModelSetupError(f"MACE model {self.source} has no elements {missing}")
         node_attrs = torch.nn.functional.one_hot(idx, len(self.model.atomic_numbers))
         counts = torch.bincount(batch, minlength=n_struct)
-        kw = {"device": self.device}
         us = graph.unit_shifts.to(self.device, self.dtype)
-        cel = cells.detach().to(self.device, self.dtype)
+        cel = cells.to(self.device, self.dtype)
         bt = batch.to(self.device)
         ei = graph.pairs.to(self.device)
-        data = {
-            "positions": positions.detach().to(self.device, self.dtype).clone(),
+        return {
+            "positions": positions.to(self.device, self.dtype).clone(),
             "node_attrs": node_attrs.to(self.device, self.dtype),
             "edge_index": ei,
             "unit_shifts": us,
@@ -316,12 +333,8 @@ class MACEModel(EnergyModel):
             "cell": cel.reshape(-1, 3),
             "batch": bt,
             "ptr": torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]).to(self.device),
-            "head": torch.zeros(n_struct, dtype=torch.long, **kw),
+            "head": torch.zeros(n_struct, dtype=torch.long, device=self.device),
         }
-        out = self.model(data, training=False, compute_force=True, compute_stress=True)
-        return BatchResult(out["energy"].detach(), out["forces"].detach(),
-                           out["stress"].detach().reshape(n_struct, 3, 3),
-                           graph.min_distance.to(self.device, self.dtype))
 
 
 def resolve_mace_model(name: str, model_dir: str | os.PathLike | None = None) -> Path:
