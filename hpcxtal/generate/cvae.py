@@ -48,6 +48,11 @@ class ModelConfig:
                self.condition_embedding) < 1:
             raise ValueError("model sizes must be positive")
 
+    @property
+    def kind(self) -> str:
+        """The model file's kind: ``cvae`` or ``vae``."""
+        return "cvae" if self.conditional else "vae"
+
 
 def condition_onehot(spg: torch.Tensor, wps: torch.Tensor) -> torch.Tensor:
     """(N, CONDITION_DIM) one-hot of space groups (N,) and Wyckoff slots (N, 8)."""

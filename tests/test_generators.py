@@ -1,0 +1,155 @@
+"""The generator plug-in interface and the model kinds behind it: diffusion beside the
+(C)VAE; train, save with provenance, load any kind, sample, decode latent vectors."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from hpcxtal.generate.conditions import check_condition
+from hpcxtal.generate.diffusion import DiffusionConfig, DiffusionGenerator
+from hpcxtal.generate.gmm import free_mask
+from hpcxtal.generate.plugin import KINDS, load_generator, read_model_file
+from hpcxtal.generate.sample import Generator, sample_pool
+from hpcxtal.generate.train import TrainConfig, train
+from hpcxtal.store.hdf5 import read_table
+
+TINY_DIFFUSION = DiffusionConfig(hidden=64, n_hidden_layers=2, condition_embedding=16,
+                                 time_embedding=8, steps=100, sample_steps=10)
+DIFFUSION_TRAIN = TrainConfig(model=TINY_DIFFUSION, epochs=40, batch_size=16, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def diffusion_file(small_training_file):
+    dest = small_training_file.parent / "diffusion.pt"
+    return dest, train(small_training_file, dest, DIFFUSION_TRAIN)
+
+
+def test_every_kind_names_its_parts():
+    for name, kind in KINDS.items():
+        assert kind.part("config")().kind in (name, "cvae")  # ModelConfig() is the cvae
+        assert kind.part("trainer") and kind.part("generator")
+
+
+def test_the_shipped_model_loads_through_the_interface():
+    gen = load_generator("default")
+    assert isinstance(gen, Generator) and gen.kind == "cvae" and gen.latent_dim == 32
+    assert gen.conditional and gen.origin.startswith("cvae:")
+    assert len(gen.info["training_sha256"]) == 64 and gen.config["seed"] == gen.info["seed"]
+
+
+def test_model_files_are_checked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no generator model file"):
+        load_generator(tmp_path / "none.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an hpcxtal generator"):
+        load_generator(tmp_path / "other.pt")
+    _, blob = read_model_file("default")
+    torch.save(dict(blob, kind="flow"), tmp_path / "flow.pt")
+    with pytest.raises(ValueError, match="kind 'flow' unknown"):
+        load_generator(tmp_path / "flow.pt")
+
+
+def test_diffusion_trains_with_provenance(diffusion_file, small_training_file):
+    path, summary = diffusion_file
+    losses = [h["loss"] for h in summary["history"]]
+    assert summary["complete"] and summary["kind"] == "diffusion"
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    gen = load_generator(path)
+    assert isinstance(gen, DiffusionGenerator) and gen.origin == f"diffusion:{summary['model_id']}"
+    assert gen.info["training_file"] == small_training_file.name
+    assert gen.info["n_training_rows"] == len(read_table(small_training_file)[0])
+    assert gen.config["model"] == dataclasses.asdict(TINY_DIFFUSION)
+
+
+def test_diffusion_is_deterministic_and_resumable(small_training_file, tmp_path):
+    cfg = dataclasses.replace(DIFFUSION_TRAIN, epochs=4, seed=2)
+    whole = train(small_training_file, tmp_path / "whole.pt", cfg)
+    again = train(small_training_file, tmp_path / "again.pt", cfg)
+    assert again["model_id"] == whole["model_id"]
+    first = train(small_training_file, tmp_path / "split.pt", cfg, stop_after=1)
+    assert not first["complete"]
+    rest = train(small_training_file, tmp_path / "split.pt", cfg)
+    assert rest["model_id"] == whole["model_id"] and rest["history"] == whole["history"]
+    other = train(small_training_file, tmp_path / "other.pt", dataclasses.replace(cfg, seed=3))
+    assert other["model_id"] != whole["model_id"]
+
+
+def test_diffusion_samples_respect_their_condition(diffusion_file):
+    path, summary = diffusion_file
+    pool, quarantine = sample_pool(path, 60, seed=4)
+    assert len(pool) + len(quarantine) == 60 and len(pool) >= 50
+    assert all(o == f"diffusion:{summary['model_id']}" for o in pool["origin"])
+    for i in range(len(pool)):
+        row = pool.row(i)
+        spg, sites = pool["condition"][i].split(":")
+        assert int(spg) == row.spg and [int(w) for w in sites.split(",")] == row.wps[row.wps >= 0].tolist()
+        assert check_condition(row.spg, row.wps) is None
+    again, _ = sample_pool(path, 60, seed=4)
+    assert np.array_equal(again["cell"], pool["cell"]) and np.array_equal(again["xyz"], pool["xyz"])
+
+
+def test_diffusion_decode_is_differentiable_and_fixes_what_the_condition_fixes(diffusion_file):
+    gen = load_generator(diffusion_file[0], dtype=torch.float64)
+    assert gen.latent_dim == 30 and gen.conditional
+    cond = torch.as_tensor(gen.conditions.conditions[:6])
+    z = torch.randn(6, 30, dtype=torch.float64, requires_grad=True)
+    values = gen.decode(z, cond[:, 0], cond[:, 1:])
+    assert values.shape == (6, 30) and values.dtype == torch.float64
+    values[:, 0].sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    mask = free_mask(cond[:, 0].numpy(), cond[:, 1:].numpy())
+    v = values.detach().numpy()
+    assert np.all(v[:, 6:][~mask[:, 6:]] == 0.0)  # fixed coordinates are left to decode
+    # a row's decoding does not depend on its batch (float64)
+    one = gen.decode(z[:1].detach(), cond[:1, 0], cond[:1, 1:])
+    assert torch.allclose(one, values[:1].detach(), atol=1e-12)
+
+
+def test_diffusion_drives_latent_refinement(diffusion_file, small_training_file):
+    from hpcxtal.descriptor.batch import build_batch
+    from hpcxtal.descriptor.target import Environment
+    from hpcxtal.refine.latent import LatentConfig, latent_refine
+
+    pool, _ = sample_pool(diffusion_file[0], 40, seed=6, mode="train")
+    env = Environment("graphite")
+    batch = build_batch(pool)
+    invalid = ~env.validity(batch, batch.R0).numpy()
+    part = pool.take(np.flatnonzero(invalid)[:8])
+    before = env.loss(build_batch(part), build_batch(part).R0).detach().numpy()
+    cfg = LatentConfig(steps=15, generator=str(diffusion_file[0]))
+    cell, xyz = latent_refine(part, env, cfg, seed=0, round_=2)
+    part.columns.update(cell=cell, xyz=xyz)
+    after_batch = build_batch(part)
+    after = env.loss(after_batch, after_batch.R0).detach().numpy()
+    assert np.median(after) < np.median(before)
+
+
+def test_cli_trains_and_samples_each_kind(small_training_file, tmp_path):
+    from hpcxtal.cli import main
+
+    for kind in ("cvae", "vae", "diffusion"):
+        model, pool = tmp_path / f"{kind}.pt", tmp_path / f"{kind}.h5"
+        assert main(["train", str(small_training_file), "-o", str(model), "--model", kind,
+                     "--epochs", "2", "--hidden", "32", "--batch-size", "16", "-q"]) == 0
+        assert load_generator(model).kind == kind
+        assert main(["sample", "-n", "12", "--model", str(model), "-o", str(pool), "-q"]) == 0
+        table, quarantine = read_table(pool)
+        assert len(table) + len(quarantine) == 12
+        assert all(o.startswith(f"{kind}:") for o in table["origin"])
+    with pytest.raises(SystemExit):
+        main(["train", str(small_training_file), "-o", str(tmp_path / "x.pt"), "--model", "flow"])
+
+
+def test_campaign_samples_from_a_diffusion_model(diffusion_file, tmp_path):
+    from hpcxtal.campaign import Campaign, CampaignConfig, SampleConfig
+    from hpcxtal.stages import stage_spec
+
+    cfg = CampaignConfig(name="d", sample=SampleConfig(n=20, model=str(diffusion_file[0])))
+    camp = Campaign.create(tmp_path / "c", cfg)
+    report = stage_spec("sample").run(camp, None, False)
+    assert report.counts["rows"] + report.counts["quarantined"] == 20
+    pool, _ = read_table(camp.pool_path)
+    assert all(o.startswith("diffusion:") for o in pool["origin"])
