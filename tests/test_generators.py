@@ -10,6 +10,7 @@ import torch
 
 from hpcxtal.generate.conditions import check_condition
 from hpcxtal.generate.diffusion import DiffusionConfig, DiffusionGenerator
+from hpcxtal.generate.gan import GANConfig, GANGenerator
 from hpcxtal.generate.gmm import free_mask
 from hpcxtal.generate.plugin import KINDS, load_generator, read_model_file
 from hpcxtal.generate.sample import Generator, sample_pool
@@ -19,6 +20,7 @@ from hpcxtal.store.hdf5 import read_table
 TINY_DIFFUSION = DiffusionConfig(hidden=64, n_hidden_layers=2, condition_embedding=16,
                                  time_embedding=8, steps=100, sample_steps=10)
 DIFFUSION_TRAIN = TrainConfig(model=TINY_DIFFUSION, epochs=40, batch_size=16, learning_rate=3e-3)
+TINY_GAN = GANConfig(latent_dim=8, hidden=32, condition_embedding=16, n_critic=2)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,9 @@ def test_diffusion_trains_with_provenance(diffusion_file, small_training_file):
     assert gen.config["model"] == dataclasses.asdict(TINY_DIFFUSION)
 
 
-def test_diffusion_is_deterministic_and_resumable(small_training_file, tmp_path):
-    cfg = dataclasses.replace(DIFFUSION_TRAIN, epochs=4, seed=2)
+@pytest.mark.parametrize("model", [TINY_DIFFUSION, TINY_GAN], ids=["diffusion", "gan"])
+def test_new_kinds_are_deterministic_and_resumable(model, small_training_file, tmp_path):
+    cfg = dataclasses.replace(DIFFUSION_TRAIN, model=model, epochs=4, seed=2)
     whole = train(small_training_file, tmp_path / "whole.pt", cfg)
     again = train(small_training_file, tmp_path / "again.pt", cfg)
     assert again["model_id"] == whole["model_id"]
@@ -130,7 +133,7 @@ def test_diffusion_drives_latent_refinement(diffusion_file, small_training_file)
 def test_cli_trains_and_samples_each_kind(small_training_file, tmp_path):
     from hpcxtal.cli import main
 
-    for kind in ("cvae", "vae", "diffusion"):
+    for kind in ("cvae", "vae", "diffusion", "gan"):
         model, pool = tmp_path / f"{kind}.pt", tmp_path / f"{kind}.h5"
         assert main(["train", str(small_training_file), "-o", str(model), "--model", kind,
                      "--epochs", "2", "--hidden", "32", "--batch-size", "16", "-q"]) == 0
@@ -153,3 +156,50 @@ def test_campaign_samples_from_a_diffusion_model(diffusion_file, tmp_path):
     assert report.counts["rows"] + report.counts["quarantined"] == 20
     pool, _ = read_table(camp.pool_path)
     assert all(o.startswith("diffusion:") for o in pool["origin"])
+
+
+# --- generation metrics ------------------------------------------------------------------
+
+def test_structure_checks_of_graphite_and_of_overlapping_atoms():
+    from ase import Atoms
+
+    from hpcxtal.generate.metrics import structure_checks
+
+    graphite = Atoms("C4", scaled_positions=[[0, 0, 0.25], [0, 0, 0.75], [1 / 3, 2 / 3, 0.25],
+                                             [2 / 3, 1 / 3, 0.75]],
+                     cell=[[2.464, 0, 0], [-1.232, 2.1339, 0], [0, 0, 6.711]], pbc=True)
+    c = structure_checks(graphite)
+    assert c.spg_found == 194 and c.n_primitive == 4 and c.valid
+    assert 2.0 < c.density_g_cm3 < 2.4
+    close = Atoms("C2", scaled_positions=[[0, 0, 0], [0.05, 0, 0]], cell=[6, 6, 6], pbc=True)
+    assert not structure_checks(close).valid  # 0.3 Å apart
+    tiny = Atoms("C", positions=[[0, 0, 0]], cell=[0.45, 3, 3], pbc=True)
+    assert not structure_checks(tiny).valid  # an atom 0.45 Å from its own image
+
+
+def test_pool_metrics_against_the_pool_itself_are_perfect(sacada):
+    from hpcxtal.generate.metrics import pool_checks, pool_metrics
+
+    table, _ = sacada
+    pool = table.take(np.arange(12))
+    m = pool_metrics(pool, 16, pool_checks(pool))
+    assert m["decoded"] == 12 / 16 and m["stated_spg"] == 12 / 16 and m["valid"] == 12 / 16
+    assert m["w_density"] == 0.0 and m["w_n_atoms"] == 0.0
+    other = pool_metrics(pool.take(np.arange(6)), 6, pool_checks(pool))
+    assert other["w_density"] > 0.0
+
+
+def test_gan_samples_and_decodes(small_training_file, tmp_path):
+    cfg = TrainConfig(model=TINY_GAN, epochs=6, batch_size=16, learning_rate=1e-3)
+    summary = train(small_training_file, tmp_path / "gan.pt", cfg)
+    assert summary["kind"] == "gan" and "wasserstein" in summary["history"][-1]
+    gen = load_generator(tmp_path / "gan.pt", dtype=torch.float64)
+    assert isinstance(gen, GANGenerator) and gen.latent_dim == 8
+    assert not any(k.startswith("critic.") for k in torch.load(tmp_path / "gan.pt")["weights"])
+    cond = torch.as_tensor(gen.conditions.conditions[:5])
+    z = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    gen.decode(z, cond[:, 0], cond[:, 1:])[:, 0].sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    pool, quarantine = sample_pool(tmp_path / "gan.pt", 30, seed=2)
+    assert len(pool) + len(quarantine) == 30
+    assert all(check_condition(r.spg, r.wps) is None for r in pool.rows())

@@ -48,6 +48,7 @@ class Kind:
     generator: str
     epochs: int
     batch_size: int
+    learning_rate: float
 
     def part(self, name: str) -> Any:
         module, _, attr = getattr(self, name).partition(":")
@@ -55,14 +56,18 @@ class Kind:
 
 
 _VAE = Kind("hpcxtal.generate.cvae:ModelConfig", "hpcxtal.generate.train:VAETrainer",
-            "hpcxtal.generate.sample:Generator", epochs=20, batch_size=2048)
+            "hpcxtal.generate.sample:Generator", epochs=20, batch_size=2048,
+            learning_rate=1e-3)
 #: Model kinds by name (the ``kind`` of a model file, ``hpcxtal train --model``).
 KINDS: dict[str, Kind] = {
     "cvae": _VAE,
     "vae": _VAE,
     "diffusion": Kind("hpcxtal.generate.diffusion:DiffusionConfig",
                       "hpcxtal.generate.diffusion:DiffusionTrainer",
-                      "hpcxtal.generate.diffusion:DiffusionGenerator", epochs=200, batch_size=256),
+                      "hpcxtal.generate.diffusion:DiffusionGenerator", epochs=200, batch_size=256,
+                      learning_rate=1e-3),
+    "gan": Kind("hpcxtal.generate.gan:GANConfig", "hpcxtal.generate.gan:GANTrainer",
+                "hpcxtal.generate.gan:GANGenerator", epochs=100, batch_size=256, learning_rate=1e-4),
 }
 
 
