@@ -29,15 +29,18 @@ def _same_positions(a, b, tol: float = 1e-6) -> bool:
 @pytest.fixture(scope="module")
 def structures_file(sacada, tmp_path_factory):
     """An extxyz file (no symmetry information: every structure is P1 as written) of a
-    40-atom SACADA crystal that needs more than 8 Wyckoff sites, then the smallest
-    SACADA crystal, which fits a row."""
+    40-atom SACADA crystal that needs more than 8 Wyckoff sites, the smallest SACADA
+    crystal, which fits a row, and the 40-atom crystal stretched by 50 % (no atom keeps
+    CN 3: an invalid structure row)."""
     import ase.io
 
     table, quarantine = sacada
     big = quarantine.structures.atoms(int(np.flatnonzero(quarantine.structures.natoms == 40)[0]))
     small = table.structures.atoms(int(np.argmin(table.structures.natoms)))
     path = tmp_path_factory.mktemp("structures") / "p1.extxyz"
-    ase.io.write(path, [big, small], format="extxyz")
+    stretched = big.copy()
+    stretched.set_cell(big.cell * 1.5, scale_atoms=True)
+    ase.io.write(path, [big, small, stretched], format="extxyz")
     return path, big, small
 
 
@@ -47,9 +50,9 @@ def test_a_structure_with_too_many_sites_becomes_a_structure_row(structures_file
         from_structure(big)
     assert err.value.n_sites > 8
     table, quarantine = import_files([path])
-    assert len(table) == 2 and len(quarantine) == 0
+    assert len(table) == 3 and len(quarantine) == 0
     as_structure = structure_rows(table)
-    assert as_structure.tolist() == [True, False]
+    assert as_structure.tolist() == [True, False, True]
     assert table.structures.natoms[0] == 40 and table["spg"][0] == err.value.spg
     assert _same_positions(table.atoms(0), big)
     assert table.row(1).n_atoms() == len(small)  # the small one is an ordinary row
@@ -61,8 +64,8 @@ def test_structure_rows_survive_a_table_file(structures_file, tmp_path):
     table, _ = import_files([structures_file[0]])
     write_table(tmp_path / "pool.h5", table, kind="pool")
     again, quarantine = import_files([tmp_path / "pool.h5"])
-    assert len(again) == 2 and len(quarantine) == 0
-    assert structure_rows(again).tolist() == [True, False]
+    assert len(again) == 3 and len(quarantine) == 0
+    assert structure_rows(again).tolist() == [True, False, True]
     assert _same_positions(again.atoms(0), table.atoms(0))
 
 
@@ -78,14 +81,20 @@ def test_a_40_atom_structure_goes_through_a_campaign_to_the_database(structures_
     for spec in PIPELINE:
         spec.run(camp)
     refined, _ = read_table(stage_output("rounds", camp.root, 0))
-    k = int(np.flatnonzero(structure_rows(refined))[0])
-    assert refined["refine_status"][k] == "structure" and refined["steps"][k] == 0
+    k, bad = (int(np.flatnonzero(refined["id"] == i)[0]) for i in (0, 2))
+    assert structure_rows(refined)[[k, bad]].all()
+    assert (refined["refine_status"][[k, bad]] == "structure").all()
+    assert (refined["steps"][[k, bad]] == 0).all() and (refined["round"][[k, bad]] == 1).all()
     assert refined["valid"][k]  # a SACADA sp2 crystal keeps CN 3 on every atom
     assert _same_positions(refined.atoms(k), big)  # not refined
+    # the stretched one is invalid; the second round did not touch it
+    assert not refined["valid"][bad] and "CN" in refined["refine_reason"][bad]
+    assert np.allclose(refined.atoms(bad).cell, big.cell * 1.5)
     db, quarantine = read_table(database_output(camp.root))
-    assert sorted(db["id"].tolist()) == [0, 1] and len(quarantine) == 0
+    assert sorted(db["id"].tolist()) == [0, 1, 2] and len(quarantine) == 0
+    assert db["class"][int(np.flatnonzero(db["id"] == 2)[0])] == "invalid"
     i = int(np.flatnonzero(db["id"] == refined["id"][k])[0])
     assert db.structures.natoms[i] == 40  # relaxed as the structure it is
     assert db["topology"][i] != "" and db["class"][i] not in ("invalid", "failed")
-    books = accounting(*read_database(database_output(camp.root)), 2)
+    books = accounting(*read_database(database_output(camp.root)), 3)
     assert books.closes, books.problems
