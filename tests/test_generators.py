@@ -203,3 +203,15 @@ def test_gan_samples_and_decodes(small_training_file, tmp_path):
     pool, quarantine = sample_pool(tmp_path / "gan.pt", 30, seed=2)
     assert len(pool) + len(quarantine) == 30
     assert all(check_condition(r.spg, r.wps) is None for r in pool.rows())
+
+
+def test_reconstruction_of_training_rows_by_the_shipped_cvae(sacada):
+    from hpcxtal.generate.metrics import reconstruction
+
+    table, _ = sacada
+    small = table.take(np.arange(10))
+    r = reconstruction(load_generator("default"), small)
+    assert r["n"] == 10 and 0.2 <= r["match_rate"] <= 1.0 and 0.0 <= r["rms"] < 0.5
+    gen = load_generator("default")
+    z = gen.encode(small)
+    assert z.shape == (10, gen.latent_dim)

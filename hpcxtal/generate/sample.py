@@ -52,6 +52,15 @@ class Generator(RowGenerator):
     def latent_dim(self) -> int:
         return self.model.cfg.latent_dim
 
+    @torch.no_grad()
+    def encode(self, table: Table) -> torch.Tensor:
+        """(N, latent) posterior means of the rows of ``table`` (reconstruction)."""
+        from hpcxtal.generate.train import encode_table
+
+        batch, _ = encode_table(table, self.gmm, self.gmm.n_components, 0)
+        batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        return self.model.encode(*self.model.encoder_input(batch))[0]
+
     def heads(self, z: torch.Tensor, spg: torch.Tensor | None = None,
               wps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Decoder heads for latent ``z`` under condition (``spg`` (N,), ``wps`` (N, 8));
