@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hpcxtal.progress import progress
-from hpcxtal.crystal.row import (N_SITES, DecodeError, Row, TooManySites, check_symmetry_tolerance,
+from hpcxtal.crystal.row import (N_SITES, DecodeError, TooManySites, check_symmetry_tolerance,
                                  decode, from_structure, structure_row)
 from hpcxtal.store.hdf5 import atomic_dir, atomic_path, write_text_atomic
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array, structure_rows
