@@ -157,3 +157,16 @@ def small_pool_file(path: Path, n: int = 3, kind: str = "pool") -> Path:
     table, quarantine = read_table(SACADA_PATH)
     return write_table(path, table.take(np.arange(n)), kind=kind,
                        quarantine=quarantine.take(np.arange(1)))
+
+
+@pytest.fixture(scope="session")
+def small_training_file(sacada, tmp_path_factory) -> Path:
+    """A training table of the bundled SACADA rows with at most 32 atoms (58 rows, no
+    augmentation): enough for every generator kind to train on in seconds."""
+    from hpcxtal.store.hdf5 import write_table
+
+    table, _ = sacada
+    atoms = np.array([table.row(i).n_atoms() for i in range(len(table))])
+    path = tmp_path_factory.mktemp("training") / "small.h5"
+    write_table(path, table.take(np.flatnonzero(atoms <= 32)), kind="training")
+    return path

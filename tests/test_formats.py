@@ -73,13 +73,15 @@ def test_structure_formats_round_trip(sacada, tmp_path, fmt, name):
         assert any(matcher.fit(s, o) for o in originals)
 
 
-def test_structures_beyond_eight_sites_are_kept_in_quarantine(sacada):
+def test_structures_beyond_eight_sites_become_structure_rows(sacada):
+    from hpcxtal.store.table import structure_rows
+
     _, quarantine = sacada
     images = [(f"q{k}", quarantine.structures.atoms(k)) for k in range(2)]
     table, q = rows_from_images(images, first_id=10)
-    assert len(table) == 0 and list(q["id"]) == [10, 11]
-    assert q.structures is not None and len(q.structures) == 2
-    assert np.array_equal(q.structures.natoms, quarantine.structures.natoms[:2])
+    assert len(q) == 0 and list(table["id"]) == [10, 11]
+    assert structure_rows(table).all() and (table["wps"] == -1).all()
+    assert np.array_equal(table.structures.natoms, quarantine.structures.natoms[:2])
 
 
 def test_hdf5_pool_imports_with_new_ids(sacada, tmp_path):

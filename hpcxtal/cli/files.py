@@ -36,21 +36,36 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the generator (CVAE or unconditional VAE).
+    """Train a generator (cvae, vae, diffusion or gan) on a training table.
 
-    Train a conditional VAE (or with --unconditional the VAE baseline) on a training table.
-    A checkpoint MODEL.pt.ckpt is written every epoch; running again resumes from it. The
-    model file records config, seed and the data checksum.
+    --model cvae: the conditional VAE (the shipped default's kind); vae: the unconditional
+    VAE baseline; diffusion: symmetry-aware tabular diffusion on the free lattice
+    parameters and coordinates, conditioned on space group and Wyckoff sites; gan: a
+    conditional WGAN-GP on the same free columns. A checkpoint
+    MODEL.pt.ckpt is written every epoch; running again resumes from it. The model file
+    records kind, config, seed and the data checksum; 'hpcxtal sample --model' and a
+    campaign's sample.model take any kind.
     """
     from hpcxtal.config import ConfigError
     from hpcxtal.generate.cvae import ModelConfig
+    from hpcxtal.generate.diffusion import DiffusionConfig
+    from hpcxtal.generate.gan import GANConfig
+    from hpcxtal.generate.plugin import KINDS
     from hpcxtal.generate.train import TrainConfig, train
 
+    kind = KINDS[args.model]
     try:
-        model = ModelConfig(conditional=not args.unconditional, n_components=args.components,
-                            latent_dim=args.latent, hidden=args.hidden)
-        cfg = TrainConfig(model=model, epochs=args.epochs, batch_size=args.batch_size,
-                          learning_rate=args.lr, seed=args.seed, threads=args.threads)
+        if args.model == "diffusion":
+            model = DiffusionConfig(hidden=args.hidden)
+        elif args.model == "gan":
+            model = GANConfig(hidden=args.hidden, latent_dim=args.latent)
+        else:
+            model = ModelConfig(conditional=args.model == "cvae", n_components=args.components,
+                                latent_dim=args.latent, hidden=args.hidden)
+        cfg = TrainConfig(model=model, epochs=args.epochs or kind.epochs,
+                          batch_size=args.batch_size or kind.batch_size,
+                          learning_rate=args.lr or kind.learning_rate, seed=args.seed,
+                          threads=args.threads)
     except ValueError as err:
         raise UsageError(str(err)) from None
     try:
@@ -246,17 +261,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=num.positive_int, help="processes (default: one per core)")
 
+    from hpcxtal.generate.plugin import KINDS
+
     p = command(sub, "train", cmd_train)
     p.add_argument("source", type=Path, help="training table (from 'hpcxtal prepare')")
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
-    p.add_argument("--epochs", type=num.positive_int, default=20, help="epochs (default 20; published 250)")
-    p.add_argument("--batch-size", type=num.positive_int, default=2048, help="batch size (default 2048)")
+    p.add_argument("--model", choices=list(KINDS), default="cvae",
+                   help="generator kind (default cvae; vae: unconditional baseline; diffusion; gan)")
+    p.add_argument("--epochs", type=num.positive_int,
+                   help="epochs (default: cvae/vae 20, published 250; diffusion 200; gan 100)")
+    p.add_argument("--batch-size", type=num.positive_int,
+                   help="batch size (default: cvae/vae 2048; diffusion and gan 256)")
     p.add_argument("--hidden", type=num.positive_int, default=256,
-                   help="hidden width, 2 layers (default 256; published 1024)")
-    p.add_argument("--latent", type=num.positive_int, default=32, help="latent dimension (default 32)")
-    p.add_argument("--components", type=num.positive_int, default=10, help="GMM components per column (default 10)")
-    p.add_argument("--lr", type=num.positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--unconditional", action="store_true", help="train the unconditional VAE baseline")
+                   help="hidden width (default 256; cvae/vae/gan 2 layers, published 1024; "
+                        "diffusion 3 layers)")
+    p.add_argument("--latent", type=num.positive_int, default=32,
+                   help="latent dimension of cvae/vae/gan (default 32; diffusion: its 30 values)")
+    p.add_argument("--components", type=num.positive_int, default=10,
+                   help="GMM components per column of cvae/vae (default 10)")
+    p.add_argument("--lr", type=num.positive_float,
+                   help="Adam learning rate (default: 1e-3; gan 1e-4)")
     p.add_argument("--seed", type=num.seed, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=num.nonnegative_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")

@@ -66,8 +66,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample a candidate pool from a trained generator.
 
-    Draw N conditions (training set and/or the learned condition model), latent vectors and
-    mixture components; decode rows. Rows that do not decode go to the pool's quarantine
+    Any model kind (cvae, vae, diffusion; the model file says which): draw N conditions
+    (training set and/or the learned condition model; the unconditional vae predicts its
+    own) and the model's samples; decode rows. Rows that do not decode go to the pool's quarantine
     with the reason. With a campaign DIR, uses its 'sample' section and writes DIR/pool.h5.
     """
     from hpcxtal.generate.config import SampleConfig

@@ -33,6 +33,15 @@ class DecodeError(ValueError):
     """A row that cannot be turned into a crystal; the message says why."""
 
 
+class TooManySites(DecodeError):
+    """A sound crystal whose symmetry needs more Wyckoff sites than a row holds: it can
+    still go through a campaign as a structure (see :func:`structure_row`)."""
+
+    def __init__(self, n_sites: int, spg: int):
+        super().__init__(f"{n_sites} Wyckoff sites; at most {N_SITES} fit a row")
+        self.n_sites, self.spg = n_sites, spg
+
+
 @dataclass(frozen=True)
 class Row:
     """A decoded, symmetry-consistent crystal row."""
@@ -196,7 +205,7 @@ def stored_row_problems(spg: np.ndarray, cell: np.ndarray, wps: np.ndarray,
 def from_pyxtal(xtal) -> Row:
     """Row of a pyxtal crystal (one element), generator of each site taken as is."""
     if len(xtal.atom_sites) > N_SITES:
-        raise DecodeError(f"{len(xtal.atom_sites)} Wyckoff sites; at most {N_SITES} fit a row")
+        raise TooManySites(len(xtal.atom_sites), int(xtal.group.number))
     wps = -np.ones(N_SITES, dtype=np.int64)
     xyz = -np.ones((N_SITES, 3))
     for k, site in enumerate(xtal.atom_sites):
@@ -245,6 +254,15 @@ def check_symmetry_tolerance(tol: float) -> float:
     return float(tol)
 
 
+def structure_row(atoms, spg: int = 1) -> Row:
+    """The row that stands for a structure a row cannot hold: space group ``spg`` (what
+    symmetry analysis found; information only), the structure's cell parameters and no
+    Wyckoff site. The geometry is the stored structure
+    (:attr:`hpcxtal.store.table.Table.structures`); stages refine no such row."""
+    cell = np.asarray(atoms.cell.cellpar(), dtype=float)
+    return Row(int(spg), cell, -np.ones(N_SITES, dtype=np.int64), -np.ones((N_SITES, 3)))
+
+
 def check_structure(atoms, species: str = "C") -> None:
     """Raise DecodeError unless ASE ``atoms`` is an ordered periodic crystal of
     ``species`` alone with no overlapping atoms: what a row of this campaign can hold."""
@@ -277,7 +295,8 @@ def check_structure(atoms, species: str = "C") -> None:
 def from_structure(structure, tol: float = 0.01, species: str = "C") -> Row:
     """Row of a periodic structure (ASE Atoms or pymatgen Structure) found by symmetry
     analysis at ``tol`` Å; raises DecodeError if it is no crystal of ``species`` alone
-    (see :func:`check_structure`) or needs more than 8 Wyckoff sites."""
+    (see :func:`check_structure`), or :class:`TooManySites` if it needs more than 8
+    Wyckoff sites."""
     from pymatgen.io.ase import AseAtomsAdaptor
     from pyxtal import pyxtal
 

@@ -27,7 +27,7 @@ from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode, from_pyxtal, 
 from hpcxtal.crystal.symmetry import expand_site, space_group
 from hpcxtal.config import to_mapping
 from hpcxtal.store.hdf5 import read_table, write_table
-from hpcxtal.store.table import Table
+from hpcxtal.store.table import Table, structure_rows
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +241,16 @@ def _augment_task(args: tuple[Row, AugmentConfig, int]) -> tuple[list[Row], int]
 def augment_table(table: Table, cfg: AugmentConfig, workers: int | None = None) -> tuple[Table, dict]:
     """Augmented training table of every row of ``table`` (parallel over crystals).
 
-    Deterministic for ``cfg.seed``: crystal ``i`` uses seed ``(cfg.seed, i)`` and results
+    Structure rows (crystals that need more than 8 sites) are left out. Deterministic
+    for ``cfg.seed``: crystal ``i`` uses seed ``(cfg.seed, i)`` and results
     are gathered in input order whatever the number of workers. ``origin`` is
     ``"<source origin>#<k>"``; ``source_id`` keeps the source row id.
     """
+    as_structure = structure_rows(table)
+    if as_structure.any():  # no row to describe in subgroups: not training rows
+        log.info("%d structure rows (more than %d Wyckoff sites) left out", int(as_structure.sum()),
+                 N_SITES)
+        table = table.take(np.flatnonzero(~as_structure))
     seeds = np.random.SeedSequence(cfg.seed).spawn(len(table))
     tasks = [(table.row(i), cfg, int(seeds[i].generate_state(1)[0])) for i in range(len(table))]
     workers = workers or min(len(tasks), os.cpu_count() or 1)

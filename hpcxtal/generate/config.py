@@ -12,7 +12,7 @@ class SampleConfig:
     """Sample the candidate pool from a trained generator (instead of importing it)."""
 
     n: int = 200
-    model: str = "default"  # 'default' = the generator shipped with hpcxtal, or a path
+    model: str = "default"  # 'default' = the generator shipped with hpcxtal, or a model file of any kind
     conditions: str = "mix"  # train | learned | mix (see hpcxtal.generate.conditions)
 
     def __post_init__(self) -> None:

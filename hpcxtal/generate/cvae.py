@@ -48,6 +48,11 @@ class ModelConfig:
                self.condition_embedding) < 1:
             raise ValueError("model sizes must be positive")
 
+    @property
+    def kind(self) -> str:
+        """The model file's kind: ``cvae`` or ``vae``."""
+        return "cvae" if self.conditional else "vae"
+
 
 def condition_onehot(spg: torch.Tensor, wps: torch.Tensor) -> torch.Tensor:
     """(N, CONDITION_DIM) one-hot of space groups (N,) and Wyckoff slots (N, 8)."""
@@ -83,6 +88,16 @@ class RowVAE(nn.Module):
     def embed_condition(self, cond: torch.Tensor | None) -> torch.Tensor | None:
         return self.embed(cond) if self.cfg.conditional else None
 
+    def encoder_input(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(encoder data, embedded condition) of a batch as :meth:`loss` takes it."""
+        maskf = batch["mask"].to(batch["resid"].dtype)
+        onehot = nn.functional.one_hot(batch["comp"], self.cfg.n_components).to(maskf.dtype) * maskf[..., None]
+        data = torch.cat([onehot, (batch["resid"] * maskf)[..., None]], -1).flatten(1)
+        cond_emb = self.embed_condition(batch["cond"])
+        if not self.cfg.conditional:
+            data = torch.cat([data, batch["cond"]], 1)
+        return data, cond_emb
+
     def encode(self, data: torch.Tensor, cond_emb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         h = data if cond_emb is None else torch.cat([data, cond_emb], 1)
         mu, logvar = self.encoder(h).chunk(2, dim=1)
@@ -112,11 +127,7 @@ class RowVAE(nn.Module):
         cfg = self.cfg
         comp, resid, mask, cond = batch["comp"], batch["resid"], batch["mask"], batch["cond"]
         maskf = mask.float()
-        onehot = nn.functional.one_hot(comp, cfg.n_components).float() * maskf[..., None]
-        data = torch.cat([onehot, (resid * maskf)[..., None]], -1).flatten(1)
-        cond_emb = self.embed_condition(cond)
-        if not cfg.conditional:
-            data = torch.cat([data, cond], 1)
+        data, cond_emb = self.encoder_input(batch)
         mu, logvar = self.encode(data, cond_emb)
         z = mu + torch.exp(0.5 * logvar) * noise
         out = self.decode(z, cond_emb)

@@ -1,11 +1,11 @@
-"""A trained generator: load it, decode latent vectors, sample a candidate pool.
+"""A trained (C)VAE, and sampling a candidate pool from any generator kind.
 
 :meth:`Generator.decode` is the differentiable path latent refinement uses:
 ``z`` (N, latent) and a condition -> the 30 continuous row values (cell, xyz) through the
-frozen decoder and the inverse GMM transform. :func:`sample_pool` draws conditions,
-latent vectors and mixture components, and turns the values into rows with
-:func:`hpcxtal.crystal.row.decode`; rows that do not decode go to the quarantine with
-the reason, so every sampled id is accounted for.
+frozen decoder and the inverse GMM transform. :func:`sample_pool` loads a model of any
+kind (:func:`hpcxtal.generate.plugin.load_generator`), draws raw samples and turns the
+values into rows with :func:`hpcxtal.crystal.row.decode`; rows that do not decode go to
+the quarantine with the reason, so every sampled id is accounted for.
 """
 from __future__ import annotations
 
@@ -17,56 +17,49 @@ import numpy as np
 import torch
 
 from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode
-from hpcxtal.generate.conditions import EMPTY, ConditionSampler, check_condition
+from hpcxtal.generate.conditions import EMPTY, check_condition
 from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot
 from hpcxtal.generate.gmm import ColumnGMM
-from hpcxtal.generate.train import MODEL_FORMAT
+from hpcxtal.generate.plugin import (DEFAULT_MODEL, RowGenerator, load_generator, numpy_state,
+                                     read_model_file)
 from hpcxtal.store.table import Table, str_array
 
 
 log = logging.getLogger(__name__)
-#: The model shipped with the package (scripts/train_default_model.sh rebuilds it).
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "data" / "generator_default.pt"
+__all__ = ["DEFAULT_MODEL", "Generator", "decode_values", "sample_pool"]
 
 
-def resolve_model(name: str | Path) -> Path:
-    """``default`` -> the shipped model; anything else is a path."""
-    return DEFAULT_MODEL if str(name) == "default" else Path(name)
-
-
-class Generator:
+class Generator(RowGenerator):
     """A frozen trained (C)VAE with its GMM transform and condition sampler; the network
     runs in ``dtype`` (float64 makes a row's decoding independent of its batch)."""
 
-    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32):
-        path = resolve_model(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no generator model file; train one with "
-                                    f"'hpcxtal train' (or scripts/train_default_model.sh)")
-        blob = torch.load(path, weights_only=True)
-        if blob.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{path}: not an hpcxtal generator model")
-        self.path = path
-        self.kind: str = blob["kind"]
-        self.model_id: str = blob["model_id"]
-        self.config = json.loads(blob["config"])
-        self.info = {k: blob[k] for k in ("seed", "training_file", "training_sha256",
-                                          "n_training_rows", "n_parameters", "train_seconds")}
+    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32,
+                 blob: dict | None = None):
+        if blob is None:
+            path, blob = read_model_file(path)
+        super().__init__(path, dtype, blob)
+        if self.kind not in ("cvae", "vae"):
+            raise ValueError(f"{self.path}: a {self.kind} model, not a (C)VAE; load it with "
+                             f"hpcxtal.generate.plugin.load_generator")
         self.model = RowVAE(ModelConfig(**self.config["model"])).to(dtype)
         self.model.load_state_dict(blob["weights"])  # copied into the model's dtype
         self.model.eval().requires_grad_(False)
-        self.gmm = ColumnGMM.from_state({k: v.numpy() for k, v in blob["gmm"].items()})
-        self.conditions = ConditionSampler.from_state(
-            {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in blob["conditions"].items()})
+        self.gmm = ColumnGMM.from_state(numpy_state(blob["gmm"]))
         self.active = torch.as_tensor(self.gmm.active)
+        self.conditional = self.model.cfg.conditional
 
     @property
     def latent_dim(self) -> int:
         return self.model.cfg.latent_dim
 
-    @property
-    def origin(self) -> str:
-        return f"{self.kind}:{self.model_id}"
+    @torch.no_grad()
+    def encode(self, table: Table) -> torch.Tensor:
+        """(N, latent) posterior means of the rows of ``table`` (reconstruction)."""
+        from hpcxtal.generate.train import encode_table
+
+        batch, _ = encode_table(table, self.gmm, self.gmm.n_components, 0)
+        batch = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        return self.model.encode(*self.model.encoder_input(batch))[0]
 
     def heads(self, z: torch.Tensor, spg: torch.Tensor | None = None,
               wps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -145,11 +138,11 @@ def decode_values(spg: np.ndarray, wps: np.ndarray, values: np.ndarray) -> list[
 def sample_pool(model: str | Path, n: int, seed: int = 0, mode: str = "mix",
                 first_id: int = 0) -> tuple[Table, Table]:
     """``n`` candidates from the generator: (pool, quarantine). Pool rows carry
-    ``origin`` (``cvae:<model id>``), ``condition`` and ``condition_source``; the
+    ``origin`` (``KIND:MODEL_ID``), ``condition`` and ``condition_source``; the
     quarantine holds the rest with the reason and the raw values."""
     from hpcxtal.store.formats import quarantine_table
 
-    gen = Generator(model)
+    gen = load_generator(model)
     rng = np.random.default_rng(seed)
     spg, wps, values, source = gen.sample_raw(n, rng, mode)
     rows, ids, conds, srcs = [], [], [], []

@@ -1,12 +1,14 @@
-"""Training the row generator: checkpoints every epoch, resumable, reproducible.
+"""Training a row generator: checkpoints every epoch, resumable, reproducible.
 
-``train(training.h5, model.pt, cfg)`` fits the GMM transform and the condition sampler
-on the training table, then trains the (C)VAE. Every epoch ends with an atomic
-checkpoint (``model.pt.ckpt``: weights, optimiser, the torch RNG used for shuffling and
-noise, loss history); a run that finds a checkpoint of the same config and data resumes
-from it, and gives the same weights as an uninterrupted run. The finished model file
-holds the config, seed, data checksum, GMM, condition sampler, loss history and the
-weights (float16, to keep the shipped default small).
+``train(training.h5, model.pt, cfg)`` builds the :class:`~hpcxtal.generate.plugin.Trainer`
+of ``cfg.model``'s kind (fitting its transforms and the condition sampler on the
+training table) and runs the one loop every kind shares. Every epoch ends with an
+atomic checkpoint (``model.pt.ckpt``: networks, optimisers, the torch RNG used for
+shuffling and noise, loss history); a run that finds a checkpoint of the same config
+and data resumes from it, and gives the same weights as an uninterrupted run. The
+finished model file holds the config, seed, data checksum, loss history and the kind's
+state (weights in float16, to keep the shipped default small). :class:`VAETrainer`
+trains the (C)VAE.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,18 +28,20 @@ from hpcxtal.config import to_mapping
 from hpcxtal.generate.conditions import ConditionSampler
 from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot, model_size
 from hpcxtal.generate.gmm import ColumnGMM, free_mask, row_values
+from hpcxtal.generate.plugin import KINDS, MODEL_FORMAT, MODEL_VERSION, Trainer, tensor_state
 from hpcxtal.store.hdf5 import atomic_path, file_sha256, read_table
+from hpcxtal.store.table import Table
 
 log = logging.getLogger(__name__)
-MODEL_FORMAT = "hpcxtal-generator"
-MODEL_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Training schedule (published: batch 2048, 250 epochs) and the network."""
+    """Training schedule (published: batch 2048, 250 epochs) and the network: ``model``
+    is the config of one kind (:class:`ModelConfig` for the (C)VAE,
+    :class:`~hpcxtal.generate.diffusion.DiffusionConfig`, ...)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Any = field(default_factory=ModelConfig)
     epochs: int = 20
     batch_size: int = 2048
     learning_rate: float = 1e-3
@@ -46,10 +51,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("epochs and batch_size must be >= 1, learning_rate > 0")
+        if getattr(self.model, "kind", None) not in KINDS:
+            raise ValueError(f"model config {type(self.model).__name__} names no generator kind")
 
 
 def encode_table(table, gmm: ColumnGMM | None, k: int, seed: int) -> tuple[dict[str, torch.Tensor], ColumnGMM]:
-    """Tensors the model trains on (GMM fitted here if ``gmm`` is None)."""
+    """Tensors the (C)VAE trains on (GMM fitted here if ``gmm`` is None)."""
     values = row_values(table["cell"], table["xyz"])
     mask = free_mask(table["spg"], table["wps"])
     if gmm is None:
@@ -64,14 +71,46 @@ def encode_table(table, gmm: ColumnGMM | None, k: int, seed: int) -> tuple[dict[
             "mask": torch.as_tensor(mask), "cond": condition_onehot(spg, wps)}, gmm
 
 
+class VAETrainer(Trainer):
+    """The (C)VAE: GMM transform, condition sampler, :class:`RowVAE` and Adam."""
+
+    def __init__(self, cfg: TrainConfig, table: Table):
+        self.cfg = cfg.model
+        self.kind = cfg.model.kind
+        self.data, self.gmm = encode_table(table, None, cfg.model.n_components, cfg.seed)
+        self.sampler = ConditionSampler.fit(table["spg"], table["wps"])
+        self.active = torch.as_tensor(self.gmm.active)
+        torch.manual_seed(cfg.seed)
+        self.model = RowVAE(cfg.model)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
+
+    def step(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, float]:
+        self.model.train()
+        noise = torch.randn(len(batch["comp"]), self.cfg.latent_dim, generator=rng)
+        loss, parts = self.model.loss(batch, noise, self.active)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return parts
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+
+    def model_state(self) -> dict:
+        return {"gmm": tensor_state(self.gmm.state()), "conditions": tensor_state(self.sampler.state()),
+                "weights": {k: v.detach().half() for k, v in self.model.state_dict().items()}}
+
+    def n_parameters(self) -> int:
+        return model_size(self.model)
+
+
 def _save(obj: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def _state_tensors(state: dict) -> dict:
-    return {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, float) else v
-            for k, v in state.items()}
 
 
 def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = False,
@@ -85,13 +124,10 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     table, _ = read_table(src)
+    if len(table) == 0:
+        raise ValueError(f"{src}: no training rows")
     data_sha = file_sha256(src)
-    data, gmm = encode_table(table, None, cfg.model.n_components, cfg.seed)
-    sampler = ConditionSampler.fit(table["spg"], table["wps"])
-    active = torch.as_tensor(gmm.active)
-    torch.manual_seed(cfg.seed)
-    model = RowVAE(cfg.model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    trainer: Trainer = KINDS[cfg.model.kind].part("trainer")(cfg, table)
     rng = torch.Generator().manual_seed(cfg.seed)
     config = to_mapping(cfg)
     start_epoch, history, seconds = 0, [], 0.0
@@ -100,8 +136,7 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
         if ckpt["config"] != config or ckpt["data_sha256"] != data_sha:
             raise ValueError(f"{ckpt_path}: checkpoint of another config or training file; "
                              f"use restart (hpcxtal train --restart) or another -o")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        trainer.load_state(ckpt["state"])
         rng.set_state(ckpt["rng"])
         start_epoch, history, seconds = ckpt["epoch"], ckpt["history"], ckpt["seconds"]
         log.info("resuming %s at epoch %d of %d", ckpt_path, start_epoch, cfg.epochs)
@@ -109,17 +144,11 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
     end = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end):
         t0 = time.perf_counter()
-        model.train()
         order = torch.randperm(n, generator=rng)
         sums: dict[str, float] = {}
         for lo in range(0, n, cfg.batch_size):
             idx = order[lo:lo + cfg.batch_size]
-            batch = {k: v[idx] for k, v in data.items()}
-            noise = torch.randn(len(idx), cfg.model.latent_dim, generator=rng)
-            loss, parts = model.loss(batch, noise, active)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            parts = trainer.step({k: v[idx] for k, v in trainer.data.items()}, rng)
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value * len(idx)
         seconds += time.perf_counter() - t0
@@ -127,24 +156,21 @@ def train(src: str | Path, dest: str | Path, cfg: TrainConfig, restart: bool = F
         log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, cfg.epochs,
                  ", ".join(f"{k} {v:.3f}" for k, v in history[-1].items()), time.perf_counter() - t0)
         _save({"config": config, "data_sha256": data_sha, "epoch": epoch + 1,
-               "model": model.state_dict(), "optimizer": opt.state_dict(),
-               "rng": rng.get_state(), "history": history, "seconds": seconds}, ckpt_path)
+               "state": trainer.state(), "rng": rng.get_state(), "history": history,
+               "seconds": seconds}, ckpt_path)
     if end < cfg.epochs:
         log.info("stopped after epoch %d of %d; run again to continue", end, cfg.epochs)
         return {"epochs": end, "history": history, "seconds": seconds, "complete": False}
-    weights = {k: v.detach().half() for k, v in model.state_dict().items()}
+    state = trainer.model_state()
     buf = io.BytesIO()
-    torch.save(weights, buf)
+    torch.save(state["weights"], buf)
     model_id = hashlib.sha256(buf.getvalue()).hexdigest()[:12]
-    kind = "cvae" if cfg.model.conditional else "vae"
+    kind, n_parameters = trainer.kind, trainer.n_parameters()
     _save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "kind": kind, "model_id": model_id,
            "config": json.dumps(config), "seed": cfg.seed, "training_file": src.name,
-           "training_sha256": data_sha, "n_training_rows": n, "n_parameters": model_size(model),
-           "train_seconds": seconds, "history": json.dumps(history),
-           "gmm": _state_tensors(gmm.state()), "conditions": _state_tensors(sampler.state()),
-           "weights": weights}, dest)
+           "training_sha256": data_sha, "n_training_rows": n, "n_parameters": n_parameters,
+           "train_seconds": seconds, "history": json.dumps(history), **state}, dest)
     log.info("%s: %s %s, %d parameters, %d rows, %d epochs in %.0f s", dest, kind, model_id,
-             model_size(model), n, cfg.epochs, seconds)
+             n_parameters, n, cfg.epochs, seconds)
     return {"complete": True, "model_id": model_id, "kind": kind, "epochs": cfg.epochs,
-            "history": history,
-            "seconds": seconds, "n_parameters": model_size(model), "rows": n}
+            "history": history, "seconds": seconds, "n_parameters": n_parameters, "rows": n}

@@ -234,7 +234,7 @@ class RefineConfig:
 class LatentConfig:
     """Latent-space refinement settings."""
 
-    generator: str = "default"  # the shipped conditional model, or a model path
+    generator: str = "default"  # the shipped CVAE, or a cvae / diffusion / gan model file
     steps: int = 100
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05, patience=10))
     max_batch_rows: int = resource(2000)  # memory budget; rows do not depend on it

@@ -52,13 +52,14 @@ def latent_refine(table: Table, env: Objective, cfg: LatentConfig, seed: int, ro
                   dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
     """New (cell, xyz) row columns for every row of ``table`` from its optimised
     latent vector (rows keep their space group and Wyckoff sites)."""
-    from hpcxtal.generate.sample import Generator
+    from hpcxtal.generate.plugin import load_generator
 
     # float64: a row's result must not depend on the rows it is batched with (float32
     # matrix products round differently with the batch size; MPI parts must equal serial)
-    gen = Generator(cfg.generator, dtype=torch.float64)
-    if not gen.model.cfg.conditional:
-        raise ValueError(f"{gen.path}: latent refinement needs a conditional generator")
+    gen = load_generator(cfg.generator, dtype=torch.float64)
+    if gen.latent_dim is None or not gen.conditional:
+        raise ValueError(f"{gen.path}: latent refinement needs a conditional generator with "
+                         f"a latent space (cvae, diffusion, gan), not {gen.kind}")
     cell = np.array(table["cell"], dtype=float)
     xyz = np.array(table["xyz"], dtype=float)
     ids = np.asarray(table["id"])

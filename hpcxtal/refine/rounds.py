@@ -34,7 +34,7 @@ from hpcxtal.refine.represent import refine_table, use_threads
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.provenance import PROVENANCE
 from hpcxtal.store.shard import row_cost
-from hpcxtal.store.table import Table, str_array
+from hpcxtal.store.table import Table, str_array, structure_rows
 
 log = logging.getLogger(__name__)
 #: Columns a later round may change in a row.
@@ -151,7 +151,8 @@ def run_rounds(campaign_root: Path, n_shards: int, round1: Callable[[int], Path]
         # Every rank gathers the invalid rows of its own shards (after earlier rounds).
         mine = [_with_home(state_after(round1(i), i, parts_by_round), i)
                 for i in range(rank, n_shards, size)]
-        invalid = [t.take(np.flatnonzero(~t["valid"].astype(bool))) for t in mine]
+        # (structure rows are never refined: they stay as round 1 left them)
+        invalid = [t.take(np.flatnonzero(~t["valid"].astype(bool) & ~structure_rows(t))) for t in mine]
         invalid = [t for t in invalid if len(t)]
         gathered = comm.gather(invalid, root=0) if comm is not None else [invalid]
         if rank == 0:

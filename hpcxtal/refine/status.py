@@ -13,3 +13,4 @@ class RefineStatus(StrEnum):
     STALLED = "stalled"  # invalid, stopped improving, restarts used up
     MAX_STEPS = "max_steps"  # step cap reached
     FAILED = "failed"  # non-finite loss, gradient or coordinates; see refine_reason
+    STRUCTURE = "structure"  # a structure row: not refined, the CN rule checked on its atoms

@@ -101,11 +101,10 @@ def relax_chunks(table: Table, cfg: RelaxConfig) -> list[np.ndarray]:
     from hpcxtal.relax.table import relax_selection
 
     chosen, _ = relax_selection(table)
+    stored = table.structures.natoms if table.structures is not None else np.zeros(len(table), int)
     cost = np.zeros(len(table))
-    if table.structures is not None:
-        cost[chosen] = table.structures.natoms[chosen]
-    else:
-        cost[chosen] = [row_layout(int(table["spg"][i]), table["wps"][i]).n_atoms for i in chosen]
+    cost[chosen] = [stored[i] or row_layout(int(table["spg"][i]), table["wps"][i]).n_atoms
+                    for i in chosen]
     return plan_chunks(np.arange(len(table)), cost, n_chunks(len(chosen), cfg.chunk_rows))
 
 

@@ -17,10 +17,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hpcxtal.progress import progress
-from hpcxtal.crystal.row import (N_SITES, DecodeError, Row, check_symmetry_tolerance, decode,
-                                 from_structure, to_atoms)
+from hpcxtal.crystal.row import (N_SITES, DecodeError, TooManySites, check_symmetry_tolerance,
+                                 decode, from_structure, structure_row)
 from hpcxtal.store.hdf5 import atomic_dir, atomic_path, write_text_atomic
-from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array
+from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array, structure_rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,10 +172,12 @@ def rows_from_images(images: Sequence[tuple[str, object]], first_id: int = 0,
                      tol: float = 0.01, species: str = "C") -> tuple[Table, Table]:
     """Decode structures into rows by symmetry analysis; keep every source structure.
 
-    Structures that are no crystal of ``species`` alone (molecules, partial or mixed
-    occupancy, other elements, overlapping atoms), need more than 8 Wyckoff sites or
-    fail the analysis go to the quarantine with their structure, so later stages can
-    still use them; one without a periodic cell keeps its geometry in ``raw``.
+    A crystal whose symmetry needs more than 8 Wyckoff sites (a P1 structure of many
+    atoms, say) becomes a structure row (:func:`hpcxtal.crystal.row.structure_row`) and
+    goes on as its structure. Structures that are no crystal of ``species`` alone
+    (molecules, partial or mixed occupancy, other elements, overlapping atoms) or fail
+    the analysis go to the quarantine with their structure, so later stages can still
+    use them; one without a periodic cell keeps its geometry in ``raw``.
     """
     check_symmetry_tolerance(tol)
     good, bad = [], []
@@ -183,6 +185,9 @@ def rows_from_images(images: Sequence[tuple[str, object]], first_id: int = 0,
         try:
             good.append((first_id + k, origin, atoms, from_structure(atoms, tol=tol,
                                                                      species=species)))
+        except TooManySites as err:
+            log.info("%s: %s; kept as a structure", origin, err)
+            good.append((first_id + k, origin, atoms, structure_row(atoms, err.spg)))
         except DecodeError as err:
             bad.append((first_id + k, origin, atoms, str(err)))
     table = Table.from_rows([g[3] for g in good], [g[0] for g in good], [g[1] for g in good])
@@ -243,7 +248,8 @@ def import_files(paths: Iterable[str | Path], snap_tolerance: float | None = Non
 def _read_h5_table(path: Path, first_id: int,
                    snap_tolerance: float | None = None) -> tuple[Table, Table]:
     """Rows of an hpcxtal table file, each decoded again (a file is no proof of good
-    rows: space group 0, a NaN cell or Wyckoff index 77 go to the quarantine), then
+    rows: space group 0, a NaN cell or Wyckoff index 77 go to the quarantine; structure
+    rows pass as they are), then
     renumbered from ``first_id`` (rows first, then its quarantine); origins keep the
     file name and the old id."""
     from hpcxtal.store.hdf5 import read_table
@@ -263,7 +269,11 @@ def _read_h5_table(path: Path, first_id: int,
         part.columns["id"] = new
     good, reasons = [], []
     spg, cell, wps, xyz = table["spg"].copy(), table["cell"].copy(), table["wps"], table["xyz"].copy()
+    as_structure = structure_rows(table)
     for i in range(len(table)):
+        if as_structure[i]:
+            good.append(i)
+            continue
         try:
             row = decode(spg[i], cell[i], wps[i].astype(float), xyz[i], snap_tolerance)
         except DecodeError as err:
@@ -327,11 +337,12 @@ def _info(table: Table, i: int) -> dict[str, object]:
 
 
 def table_images(table: Table) -> list:
-    """ASE Atoms for every row: the stored structure if any, else the row expanded;
-    ``info`` holds id, origin, stated spg and the ``INFO_COLUMNS`` the table has."""
+    """ASE Atoms for every row (:meth:`Table.atoms`: the stored structure if any, else the
+    row expanded); ``info`` holds id, origin, stated spg and the ``INFO_COLUMNS`` the
+    table has."""
     images = []
     for i in range(len(table)):
-        atoms = table.structures.atoms(i) if table.structures is not None else to_atoms(table.row(i))
+        atoms = table.atoms(i)
         atoms.info.update({"id": int(table["id"][i]), "origin": str(table["origin"][i])})
         if "spg" in table:
             atoms.info["spg"] = int(table["spg"][i])

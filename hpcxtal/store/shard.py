@@ -17,7 +17,7 @@ import numpy as np
 from hpcxtal.crystal.symmetry import FREE_LATTICE_PARAMETERS, lattice_system, wyckoff_cost_tables
 from hpcxtal.layout import shard_path
 from hpcxtal.store.hdf5 import write_table
-from hpcxtal.store.table import Table
+from hpcxtal.store.table import Table, structure_rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +45,16 @@ def row_cost(spg: np.ndarray, wps: np.ndarray) -> np.ndarray:
     return (atoms * free).astype(np.float64)
 
 
+def table_cost(table: Table) -> np.ndarray:
+    """:func:`row_cost` of every row; a structure row (never refined) costs its atom
+    count, so that structures spread over shards for the stages that do use them."""
+    cost = row_cost(table["spg"], table["wps"])
+    as_structure = structure_rows(table)
+    if as_structure.any():
+        cost[as_structure] = table.structures.natoms[as_structure]
+    return cost
+
+
 def plan_shards(table: Table, k: int) -> list[np.ndarray]:
     """Row indices of each of ``k`` shards: layout-sorted, contiguous, cost-balanced."""
     if k < 1:
@@ -53,7 +63,7 @@ def plan_shards(table: Table, k: int) -> list[np.ndarray]:
         raise ValueError(f"cannot cut {len(table)} rows into {k} non-empty shards; use at most "
                          f"{max(len(table), 1)} shards (-k, or shard.n_shards of a campaign)")
     order = table.layout_order()
-    cost = np.cumsum(row_cost(table["spg"][order], table["wps"][order]))
+    cost = np.cumsum(table_cost(table)[order])
     cuts = np.searchsorted(cost, cost[-1] * np.arange(1, k) / k, side="left") + 1
     cuts = np.clip(cuts, np.arange(1, k), len(table) - np.arange(k - 1, 0, -1))
     cuts = np.maximum.accumulate(np.maximum(cuts, np.arange(1, k)))
@@ -64,7 +74,7 @@ def plan_shards(table: Table, k: int) -> list[np.ndarray]:
 def _write_one(directory: Path, i: int, k: int, idx: np.ndarray, attrs: dict) -> Path:
     assert _SOURCE is not None
     shard = _SOURCE.take(idx)
-    cost = float(row_cost(shard["spg"], shard["wps"]).sum())
+    cost = float(table_cost(shard).sum())
     return write_table(shard_path(directory, i), shard, kind="shard", shard=i,
                        n_shards=k, estimated_cost=cost, **attrs)
 

@@ -4,6 +4,10 @@ A :class:`Table` is the unit every stage reads and writes. The row columns are f
 (``id``, ``spg``, ``wps``, ``cell``, ``xyz``, ``origin``); stages add their own columns
 (``loss``, ``valid``, ``energy``, ``status`` ...). Explicit structures, where a row
 came from one or a stage produced one, ride along as ragged :class:`Structures`.
+
+A *structure row* stands for a structure no row can hold (more than 8 Wyckoff sites):
+no Wyckoff site, its stored structure non-empty (:func:`structure_rows`). Stages do not
+refine it; topology, relaxation, validation and merge use its structure.
 """
 from __future__ import annotations
 
@@ -88,6 +92,13 @@ class Structures:
         )
         return Structures(self.natoms[idx], self.lattice[idx], self.frac[atom_idx], self.numbers[atom_idx])
 
+    def keep(self, mask: np.ndarray) -> "Structures":
+        """The same entries, those where ``mask`` is false emptied (no atoms)."""
+        mask = np.asarray(mask, dtype=bool)
+        atom_mask = np.repeat(mask, self.natoms)
+        return Structures(np.where(mask, self.natoms, 0), self.lattice, self.frac[atom_mask],
+                          self.numbers[atom_mask])
+
     @staticmethod
     def concat(parts: Sequence["Structures"]) -> "Structures":
         return Structures(
@@ -151,6 +162,16 @@ class Table:
         return Row(int(self["spg"][i]), self["cell"][i].copy(),
                    self["wps"][i].astype(np.int64), self["xyz"][i].copy())
 
+    def atoms(self, i: int):
+        """Row ``i``'s geometry as ASE Atoms: its stored structure where it has a
+        non-empty one, else the row expanded to its conventional cell (a table without
+        row columns, a quarantine, gives its stored structure, empty or not)."""
+        if self.structures is not None and (self.structures.natoms[i] > 0 or "wps" not in self):
+            return self.structures.atoms(i)
+        from hpcxtal.crystal.row import to_atoms
+
+        return to_atoms(self.row(i))
+
     def rows(self) -> Iterator[Row]:
         for i in range(len(self)):
             yield self.row(i)
@@ -185,3 +206,11 @@ class Table:
         group and layout become neighbours, so a batch shares its index maps."""
         keys = [self["id"]] + [self["wps"][:, k] for k in reversed(range(N_SITES))] + [self["spg"]]
         return np.lexsort(keys)
+
+
+def structure_rows(table: Table) -> np.ndarray:
+    """(N,) bool: the structure rows of ``table`` (no Wyckoff site, a non-empty stored
+    structure), which stages pass on as structures instead of refining them."""
+    if "wps" not in table or table.structures is None:
+        return np.zeros(len(table), dtype=bool)
+    return (np.asarray(table["wps"])[:, 0] < 0) & (table.structures.natoms > 0)

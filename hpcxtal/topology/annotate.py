@@ -59,19 +59,10 @@ def _one(args: tuple[np.ndarray, np.ndarray, np.ndarray, SignatureParams]
 
 
 def _jobs(table: Table, params: SignatureParams) -> Iterator[tuple]:
-    """(lattice, frac, numbers, params) of every row: its stored structure where the table
-    has structures, else the row expanded to its conventional cell."""
-    if table.structures is not None:
-        s = table.structures
-        offsets = s.offsets
-        for i in range(len(table)):
-            lo, hi = offsets[i], offsets[i + 1]
-            yield s.lattice[i], s.frac[lo:hi], s.numbers[lo:hi], params
-        return
-    from hpcxtal.crystal.row import to_atoms
-
+    """(lattice, frac, numbers, params) of every row: its stored structure where it has a
+    non-empty one, else the row expanded to its conventional cell (:meth:`Table.atoms`)."""
     for i in range(len(table)):
-        atoms = to_atoms(table.row(i))
+        atoms = table.atoms(i)
         yield np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=False), atoms.numbers, params
 
 

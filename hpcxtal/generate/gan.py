@@ -1,0 +1,171 @@
+"""A conditional tabular WGAN-GP over the free columns of a row (the GAN LEGO-xtal
+compares with its VAEs, here on this package's symmetry-aware representation).
+
+Generator: (z, embedded condition) -> the 30 standardised continuous values of
+:mod:`hpcxtal.generate.tabular`, the columns the condition fixes zeroed. Critic: (values,
+free-column mask, embedded condition) -> a score. Wasserstein loss with gradient penalty
+(Gulrajani et al. 2017: lambda 10, Adam betas (0.5, 0.9)); the critic updates on every
+batch, the generator on every ``n_critic``-th. ``decode(z, spg, wps)`` is the generator,
+so latent refinement can optimise ``z``. Deterministic for a seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpcxtal.generate.conditions import ConditionSampler
+from hpcxtal.generate.cvae import CONDITION_DIM, model_size
+from hpcxtal.generate.gmm import N_COLUMNS
+from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, read_model_file, tensor_state
+from hpcxtal.generate.tabular import ColumnScaler, condition_tensors, scaled_table, values_from_scaled
+from hpcxtal.store.table import Table
+
+
+@dataclass(frozen=True, kw_only=True)
+class GANConfig:
+    """Network sizes and the WGAN-GP settings."""
+
+    latent_dim: int = 32
+    hidden: int = 256
+    n_hidden_layers: int = 2
+    condition_embedding: int = 128
+    n_critic: int = 5
+    gp_weight: float = 10.0
+
+    def __post_init__(self) -> None:
+        if min(self.latent_dim, self.hidden, self.n_hidden_layers, self.condition_embedding,
+               self.n_critic) < 1 or self.gp_weight < 0:
+            raise ValueError("model sizes and n_critic must be positive, gp_weight >= 0")
+
+    @property
+    def kind(self) -> str:
+        return "gan"
+
+
+def _mlp(n_in: int, hidden: int, layers: int, n_out: int,
+         act: Callable[[], nn.Module]) -> nn.Sequential:
+    parts: list[nn.Module] = []
+    for k in range(layers):
+        parts += [nn.Linear(n_in if k == 0 else hidden, hidden), act()]
+    parts.append(nn.Linear(hidden, n_out))
+    return nn.Sequential(*parts)
+
+
+class RowGAN(nn.Module):
+    """Generator and critic, each with its own condition embedding."""
+
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        e = cfg.condition_embedding
+        self.g_embed = nn.Sequential(nn.Linear(CONDITION_DIM, e), nn.ReLU())
+        self.generator = _mlp(cfg.latent_dim + e, cfg.hidden, cfg.n_hidden_layers, N_COLUMNS, nn.ReLU)
+        self.d_embed = nn.Sequential(nn.Linear(CONDITION_DIM, e), nn.LeakyReLU(0.2))
+        self.critic = _mlp(2 * N_COLUMNS + e, cfg.hidden, cfg.n_hidden_layers, 1,
+                           lambda: nn.LeakyReLU(0.2))
+
+    def generate(self, z: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.generator(torch.cat([z, self.g_embed(cond)], 1)) * mask
+
+    def score(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.critic(torch.cat([x * mask, mask, self.d_embed(cond)], 1))[:, 0]
+
+
+class GANTrainer(Trainer):
+    """WGAN-GP training on the standardised free columns."""
+
+    kind = "gan"
+
+    def __init__(self, cfg, table: Table):
+        self.cfg = cfg.model
+        self.data, self.scaler = scaled_table(table)
+        self.sampler = ConditionSampler.fit(table["spg"], table["wps"])
+        torch.manual_seed(cfg.seed)
+        self.model = RowGAN(self.cfg)
+        g_params = [*self.model.g_embed.parameters(), *self.model.generator.parameters()]
+        d_params = [*self.model.d_embed.parameters(), *self.model.critic.parameters()]
+        self.opt_g = torch.optim.Adam(g_params, lr=cfg.learning_rate, betas=(0.5, 0.9))
+        self.opt_d = torch.optim.Adam(d_params, lr=cfg.learning_rate, betas=(0.5, 0.9))
+        self.steps = 0
+
+    def step(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, float]:
+        real, mask, cond = batch["x"], batch["mask"].float(), batch["cond"]
+        n = len(real)
+        z = torch.randn(n, self.cfg.latent_dim, generator=rng)
+        fake = self.model.generate(z, cond, mask).detach()
+        alpha = torch.rand(n, 1, generator=rng)
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        grad, = torch.autograd.grad(self.model.score(mixed, cond, mask).sum(), mixed, create_graph=True)
+        penalty = ((grad.norm(dim=1) - 1) ** 2).mean()
+        wasserstein = self.model.score(real, cond, mask).mean() - self.model.score(fake, cond, mask).mean()
+        loss_d = -wasserstein + self.cfg.gp_weight * penalty
+        self.opt_d.zero_grad()
+        loss_d.backward()
+        self.opt_d.step()
+        self.steps += 1
+        parts = {"critic": float(loss_d.detach()), "wasserstein": float(wasserstein.detach())}
+        if self.steps % self.cfg.n_critic == 0:
+            z = torch.randn(n, self.cfg.latent_dim, generator=rng)
+            loss_g = -self.model.score(self.model.generate(z, cond, mask), cond, mask).mean()
+            self.opt_g.zero_grad()
+            loss_g.backward()
+            self.opt_g.step()
+        return parts
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "steps": self.steps}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.steps = state["steps"]
+
+    def model_state(self) -> dict:
+        """The generator only (sampling needs no critic)."""
+        weights = {k: v.detach().half() for k, v in self.model.state_dict().items()
+                   if k.startswith(("g_embed.", "generator."))}
+        return {"scaler": tensor_state(self.scaler.state()),
+                "conditions": tensor_state(self.sampler.state()), "weights": weights}
+
+    def n_parameters(self) -> int:
+        return model_size(self.model)
+
+
+class GANGenerator(RowGenerator):
+    """A frozen trained GAN generator; ``decode`` is the generator network."""
+
+    def __init__(self, path, dtype: torch.dtype = torch.float32, blob: dict | None = None):
+        if blob is None:
+            path, blob = read_model_file(path)
+        super().__init__(path, dtype, blob)
+        self.cfg = GANConfig(**self.config["model"])
+        self.model = RowGAN(self.cfg).to(dtype)
+        missing = self.model.load_state_dict(blob["weights"], strict=False).missing_keys
+        if any(not k.startswith(("d_embed.", "critic.")) for k in missing):  # no critic in the file
+            raise ValueError(f"{self.path}: GAN generator weights incomplete")
+        self.model.eval().requires_grad_(False)
+        self.scaler = ColumnScaler.from_state(numpy_state(blob["scaler"]))
+        self.latent_dim = self.cfg.latent_dim
+
+    def decode(self, z: torch.Tensor, spg: torch.Tensor | None = None,
+               wps: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 30) row values from latent ``z`` under condition (``spg``, ``wps``)."""
+        if spg is None or wps is None:
+            raise ValueError("the GAN needs spg and wps")
+        cond, mask = condition_tensors(spg, wps, z.dtype)
+        return values_from_scaled(self.model.generate(z, cond, mask), self.scaler, spg, mask)
+
+    @torch.no_grad()
+    def sample_raw(self, n: int, rng: np.random.Generator, mode: str = "mix"
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        cond, source = self.conditions.sample(n, rng, mode)
+        z = torch.randn(n, self.latent_dim, generator=gen).to(self.dtype)
+        values = self.decode(z, torch.as_tensor(cond[:, 0]), torch.as_tensor(cond[:, 1:]))
+        return cond[:, 0], cond[:, 1:], values.numpy().astype(float), source
