@@ -5,10 +5,18 @@ import argparse
 import json
 from pathlib import Path
 
-from hpcxtal.cli.common import add_common
+from hpcxtal.cli.common import command
 
 
 def cmd_dm_reconstruction(args: argparse.Namespace) -> int:
+    """Recover known structures from their distance matrix.
+
+    For known structures (bundled SACADA rows), given space group, Wyckoff layout and a
+    target distance matrix (exact or noisy), refine random starts on the distance_matrix
+    objective and compare with random search (pyxtal crystals ranked by distance-matrix
+    RMSE, same number of evaluations): match rate (StructureMatcher), RMSD, DM RMSE,
+    distance-map overlap, time. Example config: examples/dm_reconstruction.yaml.
+    """
     from hpcxtal.bench.dm_reconstruction import load_config, run
 
     cfg = load_config(args.config)
@@ -34,19 +42,10 @@ def format_summary(summary: dict) -> str:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The benchmark commands' parsers."""
-    p = sub.add_parser("benchmark", help="reference tasks with their baselines (config files)",
+    p = sub.add_parser("benchmark", help="Reference tasks with their baselines (config files)",
                        description="Run a reference task from a YAML config and print its "
                                    "figures beside its baseline's, measured in the same run.")
     tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
-    q = tasks.add_parser(
-        "dm-reconstruction", help="recover known structures from their distance matrix",
-        description="For known structures (bundled SACADA rows), given space group, Wyckoff "
-                    "layout and a target distance matrix (exact or noisy), refine random "
-                    "starts on the distance_matrix objective and compare with random search "
-                    "(pyxtal crystals ranked by distance-matrix RMSE, same number of "
-                    "evaluations): match rate (StructureMatcher), RMSD, DM RMSE, distance-map "
-                    "overlap, time. Example config: examples/dm_reconstruction.yaml.")
+    q = command(tasks, "dm-reconstruction", cmd_dm_reconstruction)
     q.add_argument("config", type=Path, help="benchmark config (YAML)")
     q.add_argument("-o", "--output", type=Path, help="write every record and the summary as JSON")
-    q.set_defaults(func=cmd_dm_reconstruction)
-    add_common(q)
