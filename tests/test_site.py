@@ -170,7 +170,7 @@ BAD = [
     ("name: s\ngpu: {nodes_per_block: 2}\n",
      "gpu: rounds would run 2 node(s) x launch.ranks_per_node 1: more than one MPI rank needs"),
     ("name: s\nstages: {topology: gpu}\n",
-     "stages.topology: gpu, but topology cannot use a GPU; only refine, rounds, relax can"),
+     "stages.topology: gpu, but topology cannot use a GPU; only refine, rounds, relax, rescore can"),
     ("name: s\nstages: {polish: cpu}\n", "stages: unknown stage 'polish'; stages are"),
     ("name: s\nstages: {relax: tpu}\n", "stages.relax: 'tpu' is not 'gpu' or 'cpu'"),
     ("name: s\ngpu: {cores_per_node: 8, gpus_per_node: 4, gpus_per_task: 2, shards_per_task: 3}\n",
