@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hpcxtal.cli.common import command
+from hpcxtal.cli.common import command, group
 
 
 def cmd_dm_reconstruction(args: argparse.Namespace) -> int:
@@ -42,10 +42,9 @@ def format_summary(summary: dict) -> str:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The benchmark commands' parsers."""
-    p = sub.add_parser("benchmark", help="Reference tasks with their baselines (config files)",
-                       description="Run a reference task from a YAML config and print its "
-                                   "figures beside its baseline's, measured in the same run.")
-    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    tasks = group(sub, "benchmark", "Reference tasks with their baselines (config files)",
+                  "Run a reference task from a YAML config and print its figures beside its "
+                  "baseline's, measured in the same run.", dest="task")
     q = command(tasks, "dm-reconstruction", cmd_dm_reconstruction)
     q.add_argument("config", type=Path, help="benchmark config (YAML)")
     q.add_argument("-o", "--output", type=Path, help="write every record and the summary as JSON")

@@ -42,6 +42,14 @@ def add_workers(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"{what} (default: one per usable core; one on a GPU device)")
 
 
+def group(sub: argparse._SubParsersAction, name: str, help: str, description: str,
+          dest: str) -> argparse._SubParsersAction:
+    """A command of several actions (``hpcxtal site check``, ``hpcxtal benchmark TASK``):
+    its parser, and the subparsers its actions are added to with :func:`command`."""
+    p = sub.add_parser(name, help=help, description=description)
+    return p.add_subparsers(dest=dest, required=True, metavar=dest.split("_")[-1].upper())
+
+
 def open_campaign(path: Path, required: bool = False):
     """The campaign at ``path`` with its site's HDF5 file policy applied to this
     process, or None where ``path`` is not a campaign directory (an error if

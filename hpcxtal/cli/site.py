@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hpcxtal.cli.common import command
+from hpcxtal.cli.common import command, group
 
 
 def placement_rows(site) -> list[tuple[str, ...]]:
@@ -91,10 +91,9 @@ def cmd_site(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The site commands' parsers."""
-    p = sub.add_parser("site", help="Site configs: validate and show what would be submitted",
-                       description="Site configs (YAML) say where stages run: shipped ones, "
-                                   "yours in $HPCXTAL_SITE_DIR or the campaign directory.")
-    site_sub = p.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    site_sub = group(sub, "site", "Site configs: validate and show what would be submitted",
+                     "Site configs (YAML) say where stages run: shipped ones, yours in "
+                     "$HPCXTAL_SITE_DIR or the campaign directory.", dest="site_action")
     q = command(site_sub, "check", cmd_site)
     q.add_argument("site", nargs="?", default=None,
                    help="site name (e.g. local, slurm_generic) or YAML path; omit for all "

@@ -148,7 +148,3 @@ class RowVAE(nn.Module):
                        "kl": float(kl.detach().mean())}
 
 
-def model_size(model: nn.Module) -> int:
-    """Number of parameters."""
-    return int(sum(p.numel() for p in model.parameters()))
-

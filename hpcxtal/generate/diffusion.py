@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from hpcxtal.generate.conditions import ConditionSampler
-from hpcxtal.generate.cvae import CONDITION_DIM, model_size
+from hpcxtal.generate.cvae import CONDITION_DIM
 from hpcxtal.generate.gmm import N_COLUMNS
 from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, read_model_file, tensor_state
 from hpcxtal.generate.tabular import ColumnScaler, condition_tensors, scaled_table, values_from_scaled
@@ -125,20 +125,10 @@ class DiffusionTrainer(Trainer):
         self.opt.step()
         return {"loss": float(loss.detach())}
 
-    def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-
     def model_state(self) -> dict:
         return {"scaler": tensor_state(self.scaler.state()),
                 "conditions": tensor_state(self.sampler.state()),
-                "weights": {k: v.detach().half() for k, v in self.model.state_dict().items()}}
-
-    def n_parameters(self) -> int:
-        return model_size(self.model)
+                "weights": self.weights()}
 
 
 class DiffusionGenerator(RowGenerator):

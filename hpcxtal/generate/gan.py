@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hpcxtal.generate.conditions import ConditionSampler
-from hpcxtal.generate.cvae import CONDITION_DIM, model_size
+from hpcxtal.generate.cvae import CONDITION_DIM
 from hpcxtal.generate.gmm import N_COLUMNS
 from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, read_model_file, tensor_state
 from hpcxtal.generate.tabular import ColumnScaler, condition_tensors, scaled_table, values_from_scaled
@@ -128,13 +128,11 @@ class GANTrainer(Trainer):
 
     def model_state(self) -> dict:
         """The generator only (sampling needs no critic)."""
-        weights = {k: v.detach().half() for k, v in self.model.state_dict().items()
+        weights = {k: v for k, v in self.weights().items()
                    if k.startswith(("g_embed.", "generator."))}
         return {"scaler": tensor_state(self.scaler.state()),
                 "conditions": tensor_state(self.sampler.state()), "weights": weights}
 
-    def n_parameters(self) -> int:
-        return model_size(self.model)
 
 
 class GANGenerator(RowGenerator):

@@ -172,12 +172,22 @@ class Trainer:
         """One optimisation step on ``batch``; the loss parts (batch means)."""
         raise NotImplementedError
 
+    #: The networks (one module) and their optimiser; kinds with more override the
+    #: checkpoint methods.
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+
     def state(self) -> dict:
         """Networks and optimisers, for the per-epoch checkpoint."""
-        raise NotImplementedError
+        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
 
     def load_state(self, state: dict) -> None:
-        raise NotImplementedError
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The networks' weights as the model file stores them (half precision)."""
+        return {k: v.detach().half() for k, v in self.model.state_dict().items()}
 
     def model_state(self) -> dict:
         """What the model file holds besides the provenance: ``weights`` (the networks
@@ -185,4 +195,4 @@ class Trainer:
         raise NotImplementedError
 
     def n_parameters(self) -> int:
-        raise NotImplementedError
+        return sum(p.numel() for p in self.model.parameters())

@@ -26,7 +26,7 @@ import torch
 
 from hpcxtal.config import to_mapping
 from hpcxtal.generate.conditions import ConditionSampler
-from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot, model_size
+from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot
 from hpcxtal.generate.gmm import ColumnGMM, free_mask, row_values
 from hpcxtal.generate.plugin import KINDS, MODEL_FORMAT, MODEL_VERSION, Trainer, tensor_state
 from hpcxtal.store.hdf5 import atomic_path, file_sha256, read_table
@@ -93,19 +93,9 @@ class VAETrainer(Trainer):
         self.opt.step()
         return parts
 
-    def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict()}
-
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
-
     def model_state(self) -> dict:
         return {"gmm": tensor_state(self.gmm.state()), "conditions": tensor_state(self.sampler.state()),
-                "weights": {k: v.detach().half() for k, v in self.model.state_dict().items()}}
-
-    def n_parameters(self) -> int:
-        return model_size(self.model)
+                "weights": self.weights()}
 
 
 def _save(obj: dict, path: Path) -> None:
