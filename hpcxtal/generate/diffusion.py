@@ -24,7 +24,7 @@ from torch import nn
 from hpcxtal.generate.conditions import ConditionSampler
 from hpcxtal.generate.cvae import CONDITION_DIM
 from hpcxtal.generate.gmm import N_COLUMNS
-from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, read_model_file, tensor_state
+from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, tensor_state
 from hpcxtal.generate.tabular import ColumnScaler, condition_tensors, scaled_table, values_from_scaled
 from hpcxtal.store.table import Table
 
@@ -134,16 +134,13 @@ class DiffusionTrainer(Trainer):
 class DiffusionGenerator(RowGenerator):
     """A frozen trained diffusion model; ``decode`` is the DDIM map from noise to values."""
 
-    def __init__(self, path, dtype: torch.dtype = torch.float32, blob: dict | None = None):
-        if blob is None:
-            path, blob = read_model_file(path)
-        super().__init__(path, dtype, blob)
+    def build(self, blob: dict) -> None:
         self.cfg = DiffusionConfig(**self.config["model"])
-        self.model = Denoiser(self.cfg).to(dtype)
+        self.model = Denoiser(self.cfg).to(self.dtype)
         self.model.load_state_dict(blob["weights"])
         self.model.eval().requires_grad_(False)
         self.scaler = ColumnScaler.from_state(numpy_state(blob["scaler"]))
-        self.alpha_bar = cosine_alpha_bar(self.cfg.steps).to(dtype)
+        self.alpha_bar = cosine_alpha_bar(self.cfg.steps).to(self.dtype)
         self.latent_dim = N_COLUMNS
 
     def decode(self, z: torch.Tensor, spg: torch.Tensor | None = None,

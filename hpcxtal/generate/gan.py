@@ -20,7 +20,7 @@ from torch import nn
 from hpcxtal.generate.conditions import ConditionSampler
 from hpcxtal.generate.cvae import CONDITION_DIM
 from hpcxtal.generate.gmm import N_COLUMNS
-from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, read_model_file, tensor_state
+from hpcxtal.generate.plugin import RowGenerator, Trainer, numpy_state, tensor_state
 from hpcxtal.generate.tabular import ColumnScaler, condition_tensors, scaled_table, values_from_scaled
 from hpcxtal.store.table import Table
 
@@ -138,12 +138,9 @@ class GANTrainer(Trainer):
 class GANGenerator(RowGenerator):
     """A frozen trained GAN generator; ``decode`` is the generator network."""
 
-    def __init__(self, path, dtype: torch.dtype = torch.float32, blob: dict | None = None):
-        if blob is None:
-            path, blob = read_model_file(path)
-        super().__init__(path, dtype, blob)
+    def build(self, blob: dict) -> None:
         self.cfg = GANConfig(**self.config["model"])
-        self.model = RowGAN(self.cfg).to(dtype)
+        self.model = RowGAN(self.cfg).to(self.dtype)
         missing = self.model.load_state_dict(blob["weights"], strict=False).missing_keys
         if any(not k.startswith(("d_embed.", "critic.")) for k in missing):  # no critic in the file
             raise ValueError(f"{self.path}: GAN generator weights incomplete")

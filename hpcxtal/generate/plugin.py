@@ -121,25 +121,35 @@ def tensor_state(state: dict) -> dict:
 class RowGenerator:
     """A trained generator loaded from its model file (any kind).
 
-    Subclasses build their networks from ``blob`` and implement :meth:`sample_raw`, and
-    :meth:`decode` where the model has a latent space (``latent_dim`` not None)."""
+    Subclasses build their networks from the file's contents in :meth:`build` and
+    implement :meth:`sample_raw`, and :meth:`decode` where the model has a latent space
+    (``latent_dim`` not None)."""
 
     #: Width of the latent vector ``decode`` takes; None where the model has none.
     latent_dim: int | None = None
     #: Whether sampling draws a condition first (else the model predicts spg and wps).
     conditional: bool = True
 
-    def __init__(self, path: str | Path, dtype: "torch.dtype", blob: dict | None = None):
+    def __init__(self, path: str | Path, dtype: "torch.dtype | None" = None,
+                 blob: dict | None = None):
+        """``dtype``: the networks' precision (default float32)."""
+        import torch
+
         if blob is None:
             path, blob = read_model_file(path)
         self.path = Path(path)
-        self.dtype = dtype
+        self.dtype = torch.float32 if dtype is None else dtype
         self.kind: str = blob["kind"]
         self.model_id: str = blob["model_id"]
         self.config: dict = json.loads(blob["config"])
         self.info = {k: blob[k] for k in ("seed", "training_file", "training_sha256",
                                           "n_training_rows", "n_parameters", "train_seconds")}
         self.conditions = ConditionSampler.from_state(numpy_state(blob["conditions"]))
+        self.build(blob)
+
+    def build(self, blob: dict) -> None:
+        """Build the kind's networks and transforms from the model file's ``blob``."""
+        raise NotImplementedError
 
     @property
     def origin(self) -> str:

@@ -20,8 +20,7 @@ from hpcxtal.crystal.row import N_SITES, DecodeError, Row, decode
 from hpcxtal.generate.conditions import EMPTY, check_condition
 from hpcxtal.generate.cvae import ModelConfig, RowVAE, condition_onehot
 from hpcxtal.generate.gmm import ColumnGMM
-from hpcxtal.generate.plugin import (DEFAULT_MODEL, RowGenerator, load_generator, numpy_state,
-                                     read_model_file)
+from hpcxtal.generate.plugin import DEFAULT_MODEL, RowGenerator, load_generator, numpy_state
 from hpcxtal.store.table import Table, str_array
 
 
@@ -33,15 +32,11 @@ class Generator(RowGenerator):
     """A frozen trained (C)VAE with its GMM transform and condition sampler; the network
     runs in ``dtype`` (float64 makes a row's decoding independent of its batch)."""
 
-    def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32,
-                 blob: dict | None = None):
-        if blob is None:
-            path, blob = read_model_file(path)
-        super().__init__(path, dtype, blob)
+    def build(self, blob: dict) -> None:
         if self.kind not in ("cvae", "vae"):
             raise ValueError(f"{self.path}: a {self.kind} model, not a (C)VAE; load it with "
                              f"hpcxtal.generate.plugin.load_generator")
-        self.model = RowVAE(ModelConfig(**self.config["model"])).to(dtype)
+        self.model = RowVAE(ModelConfig(**self.config["model"])).to(self.dtype)
         self.model.load_state_dict(blob["weights"])  # copied into the model's dtype
         self.model.eval().requires_grad_(False)
         self.gmm = ColumnGMM.from_state(numpy_state(blob["gmm"]))
