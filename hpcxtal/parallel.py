@@ -18,7 +18,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -200,6 +200,11 @@ class Workers:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     self._progress(results, len(parts), sum(len(p) for p in parts), start)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI raises it): stop the workers now
+                pool.shutdown(wait=False, cancel_futures=True)
+                for child in active_children():
+                    child.terminate()
+                raise
             except BrokenProcessPool:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise WorkerError(f"{self.label}: a worker process died (killed, or out of "

@@ -256,6 +256,37 @@ def test_kill_during_each_stage_then_resume_gives_the_uninterrupted_database(
     assert_same_database(camp / "database.h5", reference / "database.h5")
 
 
+def test_sigterm_to_the_driver_alone_stops_every_process_and_resume_completes(
+        reference, model, tmp_path):
+    """``kill PID`` (SIGTERM to the driver only, as a user or a batch system's time
+    limit sends it): the driver shuts Parsl down, so no interchange or worker pool of
+    its session outlives it, exits 143, and a resume gives the uninterrupted database."""
+    camp = init_campaign(tmp_path, model)
+    point = KILL_POINTS[1]  # mid-rounds: Parsl's executors are up and busy
+    log = tmp_path / "run-sigterm.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cli("run", str(camp)), stdout=out, stderr=subprocess.STDOUT,
+                                env=env(), start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not point.ready(camp) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert proc.poll() is None, f"run ended before the rounds:\n{log.read_text()[-3000:]}"
+            os.kill(proc.pid, signal.SIGTERM)
+            code = proc.wait(timeout=120)
+            gone = time.monotonic() + 60
+            while session_processes(proc.pid) and time.monotonic() < gone:
+                time.sleep(0.2)
+            left = session_processes(proc.pid)
+        finally:
+            kill_session(proc)
+    assert code == 143, f"exit {code}:\n{log.read_text()[-3000:]}"
+    assert "terminated; completed files are kept" in log.read_text()
+    assert not left, f"processes outlived the driver's SIGTERM: {left}"
+    run_to_end(camp)
+    assert_same_database(camp / "database.h5", reference / "database.h5")
+
+
 def _corrupt(path: Path) -> None:
     """Overwrite 16 bytes of the stored ``cell`` data of ``path`` (same file size)."""
     import h5py

@@ -187,3 +187,35 @@ def test_chunk_rows_from_the_command_line(rows_file, tmp_path, caplog, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["relax", str(rows_file), "-o", str(tmp_path / "r.h5"), "--chunk-rows", "0"])
     assert exit_.value.code == 2 and "--chunk-rows: 0 is out of range" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_workers_at_once_and_writes_nothing(rows_file, tmp_path):
+    """SIGTERM to a file-mode stage (``kill``, a batch system's time limit) ends its
+    worker processes now instead of waiting for their chunks: exit 143, no output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_faults import env, session_processes
+
+    out = tmp_path / "out.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcxtal.cli", "refine", str(rows_file), "-o",
+                             str(out), "-j", "2", "--chunk-rows", "8", "--steps", "100000"],
+                            stderr=subprocess.PIPE, text=True, env=env(),
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum("spawn_main" in cmd for _, _, cmd in session_processes(proc.pid)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.1)
+        time.sleep(2)  # the workers are refining their first chunks
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        workers = [p for p in session_processes(proc.pid) if "spawn_main" in p[2]]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 143, proc.stderr.read()
+    assert "hpcxtal refine: terminated" in proc.stderr.read()
+    assert not workers and not out.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -50,6 +51,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger("parsl").propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit) raised as an interrupt, so that
+    context managers (Parsl's executors and their interchange, temp files) clean up."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status. The one error boundary: every failure
     prints one line (what, which file, what to do) and exits 2; with -v a bug also
@@ -57,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         num.refuse_overwriting_inputs(args)
     except ValueError as err:
@@ -69,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head or less that closed early
         sys.stdout = open(os.devnull, "w")
         return 0
-    except KeyboardInterrupt:
-        print(f"hpcxtal {args.command}: interrupted; completed files are kept, "
-              "partial ones were removed", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"hpcxtal {args.command}: {'terminated' if terminated else 'interrupted'}; "
+              "completed files are kept, partial ones were removed", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as err:  # noqa: BLE001 - the boundary: no traceback for users
         text, bug = num.describe_failure(err)
         if args.verbose:
