@@ -15,6 +15,8 @@ CONF="$DIR/slurm.conf"
 HOST="$(hostname -s)"
 
 die() { echo "local_slurm: $*" >&2; exit 1; }
+# shellcheck source=scripts/munge.sh
+. "$(dirname "${BASH_SOURCE[0]}")/munge.sh"
 
 install_packages() {
     [ "$(id -u)" = 0 ] || die "install needs root (apt-get)"
@@ -22,19 +24,6 @@ install_packages() {
         && { echo "local_slurm: packages already installed"; return; }
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
-}
-
-start_munge() {
-    if [ -f "$DIR/munged.pid" ] && kill -0 "$(cat "$DIR/munged.pid")" 2>/dev/null; then return; fi
-    mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
-    [ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
-    chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
-    chmod 0700 /etc/munge /var/lib/munge /var/log/munge
-    chmod 0400 /etc/munge/munge.key
-    chmod 0755 /run/munge
-    runuser -u munge -- munged --force --pid-file=/run/munge/munged.pid
-    cp /run/munge/munged.pid "$DIR/munged.pid"
-    munge -n | unmunge >/dev/null || die "munge does not authenticate"
 }
 
 write_conf() {
@@ -81,7 +70,7 @@ start() {
     [ "$(id -u)" = 0 ] || die "start needs root (munge and slurm daemons)"
     command -v slurmctld >/dev/null || die "SLURM is not installed; run '$0 install'"
     mkdir -p "$DIR"
-    start_munge
+    start_munge "$DIR"
     write_conf
     export SLURM_CONF="$CONF"
     running "$DIR/slurmctld.pid" || slurmctld -f "$CONF"

@@ -27,22 +27,10 @@ CTLD_PORT=6917
 SLURMD_PORT=6918
 
 die() { echo "local_slurm_multinode: $*" >&2; exit 1; }
+# shellcheck source=scripts/munge.sh
+. "$(dirname "${BASH_SOURCE[0]}")/munge.sh"
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 nodes() { cat "$DIR/nodes" 2>/dev/null || true; }
-
-start_munge() {
-    # Reuse a running munged (scripts/local_slurm.sh's); else start one and own it.
-    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
-    mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
-    [ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
-    chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
-    chmod 0700 /etc/munge /var/lib/munge /var/log/munge
-    chmod 0400 /etc/munge/munge.key
-    chmod 0755 /run/munge
-    runuser -u munge -- munged --force --pid-file=/run/munge/munged.pid
-    cp /run/munge/munged.pid "$DIR/munged.pid"
-    munge -n | unmunge >/dev/null || die "munge does not authenticate"
-}
 
 network() {
     local n=$1 k ns
@@ -120,7 +108,7 @@ start() {
     [ "$n" -ge 2 ] || die "a multi-node cluster needs at least 2 nodes, got $n"
     mkdir -p "$DIR"
     echo "$n" | xargs seq 1 | sed 's/^/hxn/' > "$DIR/nodes"
-    start_munge
+    start_munge "$DIR"
     network "$n"
     write_conf "$n"
     export SLURM_CONF="$CONF"
