@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from hpcxtal.progress import note
+from hpcxtal.progress import note, span
 from hpcxtal.store.table import Table
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,9 @@ class Workers:
             if self._kernel is None:
                 self._kernel = self.factory(self.cfg)
             results = []
-            for k, part in enumerate(parts):
-                results.append(self._kernel(part))
+            for chunk in parts:
+                with span(sum(len(r) for r in results), len(chunk), len(table)):
+                    results.append(self._kernel(chunk))
                 self._progress(results, len(parts), len(table), start)
         else:
             results = self._pool_map(parts, start)

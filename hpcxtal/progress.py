@@ -44,12 +44,32 @@ def recording(path: Path, stage: str, shard: int | None) -> Iterator[None]:
 
 
 def note(done: int, total: int | None = None) -> None:
-    """Report ``done`` of ``total`` rows to the progress file being recorded (if any)."""
+    """Report ``done`` of ``total`` rows to the progress file being recorded (if any).
+    Inside :func:`span`, ``done``/``total`` is the fraction of that part done."""
     if _sink is None:
         return
-    state = _sink["state"]
+    state, scope = _sink["state"], _sink.get("part")
+    if scope is not None:
+        offset, rows, whole = scope
+        done = offset + (rows * done // total if total else 0)
+        total = whole
     state["done"], state["total"] = int(done), total if total is None else int(total)
     _write()
+
+
+@contextmanager
+def span(offset: int, rows: int, whole: int) -> Iterator[None]:
+    """While the block computes ``rows`` rows after the first ``offset`` of ``whole``
+    (a chunk of a file), the progress it notes counts in rows of the whole, so that one
+    progress file keeps one meaning (rows of the shard) whatever loop reports it."""
+    if _sink is None:
+        yield
+        return
+    _sink["part"] = (offset, rows, whole)
+    try:
+        yield
+    finally:
+        _sink.pop("part", None)
 
 
 def _write(force: bool = False) -> None:

@@ -219,3 +219,32 @@ def test_sigterm_stops_the_workers_at_once_and_writes_nothing(rows_file, tmp_pat
     assert code == 143, proc.stderr.read()
     assert "hpcxtal refine: terminated" in proc.stderr.read()
     assert not workers and not out.exists()
+
+
+def _noting_kernel(cfg):
+    """A chunk kernel that notes progress over its own rows, as relax_table does."""
+    from hpcxtal.progress import note
+
+    def kernel(table):
+        for k in range(1, len(table) + 1):
+            note(k, len(table))
+        return table
+    return kernel
+
+
+def test_progress_of_chunks_counts_rows_of_the_whole_file(tmp_path, monkeypatch):
+    """The kernel's own progress (k of its chunk) and the chunk loop's (rows done of the
+    file) write one file: every note must count rows of the file, never of a chunk."""
+    from hpcxtal import progress
+
+    seen = []
+    monkeypatch.setattr(progress, "_write", lambda force=False: seen.append(
+        (progress._sink["state"]["done"], progress._sink["state"]["total"])))
+    table = Table({"id": np.arange(10, dtype=np.uint64)})
+    chunks = plan_chunks(np.arange(10), np.ones(10), 3)  # 4 + 3 + 3 rows
+    with progress.recording(tmp_path / "p.json", "relax", 0):
+        Workers(_noting_kernel, None, 1, "test").map(table, chunks)
+    noted = seen[1:-1]  # between the file's first and last write
+    assert {total for _, total in noted} == {10}
+    done = [d for d, _ in noted]
+    assert done == sorted(done) and done[-1] == 10 and len(set(done)) == 10
