@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import active_children, get_context
@@ -148,6 +152,60 @@ def _ids(chunk: Table, shown: int = 5) -> str:
     return f"{len(chunk)} rows (ids {', '.join(ids)}{more})"
 
 
+class KeptChunks:
+    """Finished chunks of one output file, kept beside it (``.NAME.chunks/``) until the
+    file is written, so that a stage interrupted after hours resumes at its first
+    unfinished chunk, not its first row. A kept chunk is used only if it was made from
+    the same inputs and science config (the output's provenance stamp) and the same rows;
+    without such a stamp nothing is kept."""
+
+    def __init__(self, dest: Path, stamp: dict[str, object]):
+        self.folder = Path(dest).with_name(f".{Path(dest).name}.chunks")
+        self.active = {"inputs_sha256", "stage_config"} <= set(stamp)
+        self._stamp = json.dumps({k: stamp[k] for k in sorted(stamp)}, default=str)
+
+    def _path(self, k: int) -> Path:
+        return self.folder / f"chunk-{k:05d}.h5"
+
+    def _key(self, part: Table) -> str:
+        ids = np.ascontiguousarray(np.asarray(part["id"], dtype=np.uint64)).tobytes()
+        return hashlib.sha256(self._stamp.encode() + ids).hexdigest()
+
+    def load(self, k: int, part: Table) -> Table | None:
+        """Chunk ``k``'s kept result if it was made from ``part`` under this stamp."""
+        from hpcxtal.store.hdf5 import StoreError, read_table
+
+        path = self._path(k)
+        if not self.active or not path.exists():
+            return None
+        try:
+            table, _ = read_table(path)
+        except StoreError:
+            return None
+        if table.attrs.get("chunk_key") != self._key(part):
+            return None
+        names = json.loads(str(table.attrs["chunk_attrs"]))
+        table.attrs = {name: table.attrs[name] for name in names}
+        return table
+
+    def save(self, k: int, part: Table, result: Table) -> None:
+        """Keep chunk ``k``'s result (made from ``part``)."""
+        from hpcxtal.store.hdf5 import write_table
+
+        if not self.active:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_table(self._path(k), result, kind="chunk", chunk_key=self._key(part),
+                    chunk_attrs=json.dumps(sorted(result.attrs)))
+
+    def clear(self) -> None:
+        """Drop the kept chunks (their output file is written)."""
+        from hpcxtal.store.provenance import PROVENANCE
+
+        PROVENANCE.forget(list(self.folder.glob("*.h5")))
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class Workers:
     """Compute a stage's chunks over ``n`` worker processes (``n == 1``: in this
     process, the kernel built once and kept across calls). Workers are spawned, so
@@ -159,48 +217,59 @@ class Workers:
         self.factory, self.cfg, self.n, self.label = factory, cfg, n, label
         self._kernel: ChunkKernel | None = None
 
-    def map(self, table: Table, chunks: list[np.ndarray]) -> Table:
-        """The kernel's output for every row of ``table``, in row order."""
+    def map(self, table: Table, chunks: list[np.ndarray], kept: KeptChunks | None = None) -> Table:
+        """The kernel's output for every row of ``table``, in row order. With ``kept``,
+        chunks an interrupted run finished are taken from it and each chunk finished now
+        is kept there until the caller has written its output."""
         parts = [table.take(c) for c in chunks]
+        results: list[Table | None] = [kept.load(k, part) if kept else None
+                                       for k, part in enumerate(parts)]
+        todo = [k for k, r in enumerate(results) if r is None]
+        if len(todo) < len(parts):
+            log.info("%s: %d of %d chunks kept from an interrupted run (%s)", self.label,
+                     len(parts) - len(todo), len(parts), kept.folder)
         start = time.monotonic()
-        if self.n == 1 or len(parts) <= 1:
-            if self._kernel is None:
+        if self.n == 1 or len(todo) <= 1:
+            if self._kernel is None and todo:
                 self._kernel = self.factory(self.cfg)
-            results = []
-            for chunk in parts:
-                with span(sum(len(r) for r in results), len(chunk), len(table)):
-                    results.append(self._kernel(chunk))
-                self._progress(results, len(parts), len(table), start)
+            for k in todo:
+                with span(sum(len(r) for r in results if r is not None), len(parts[k]), len(table)):
+                    results[k] = self._kernel(parts[k])
+                self._finished(k, parts, results, kept, start)
         else:
-            results = self._pool_map(parts, start)
-        return gather(len(table), chunks, results)
+            self._pool_map(parts, results, todo, kept, start)
+        return gather(len(table), chunks, results)  # type: ignore[arg-type]
 
-    def _progress(self, results: list, total: int, n_rows: int, start: float) -> None:
-        """Log chunks done and note the rows done in the progress file being recorded."""
+    def _finished(self, k: int, parts: list[Table], results: list[Table | None],
+                  kept: KeptChunks | None, start: float) -> None:
+        """Chunk ``k`` is done: keep it (if asked), log chunks done and note the rows
+        done in the progress file being recorded."""
+        if kept is not None:
+            kept.save(k, parts[k], results[k])  # type: ignore[arg-type]
         done = [r for r in results if r is not None]
-        note(sum(len(r) for r in done), n_rows)
-        log.info("%s: %d/%d chunks done (%.0f s)", self.label, len(done), total,
+        note(sum(len(r) for r in done), sum(len(p) for p in parts))
+        log.info("%s: %d/%d chunks done (%.0f s)", self.label, len(done), len(parts),
                  time.monotonic() - start)
 
-    def _pool_map(self, parts: list[Table], start: float) -> list[Table]:
-        """The chunks' results from pinned worker processes, each taking the next chunk
-        as it becomes free; the first failure stops the rest."""
+    def _pool_map(self, parts: list[Table], results: list[Table | None], todo: list[int],
+                  kept: KeptChunks | None, start: float) -> None:
+        """Chunks ``todo`` computed into ``results`` by pinned worker processes, each
+        taking the next chunk as it becomes free; the first failure stops the rest."""
         ctx = get_context("spawn")
-        n = min(self.n, len(parts))
+        n = min(self.n, len(todo))
         cores = ctx.Queue()
         usable = usable_cores()
         for i in range(n):
             cores.put(usable[i % len(usable)])
         cfg = one_thread(self.cfg)
-        results: list[Table | None] = [None] * len(parts)
         with _environment(_ONE_THREAD), ProcessPoolExecutor(
                 n, mp_context=ctx, initializer=_pin, initargs=(cores,)) as pool:
-            futures = {pool.submit(_run_chunk, self.factory, cfg, part): k
-                       for k, part in enumerate(parts)}
+            futures = {pool.submit(_run_chunk, self.factory, cfg, parts[k]): k for k in todo}
             try:
                 for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    self._progress(results, len(parts), sum(len(p) for p in parts), start)
+                    k = futures[future]
+                    results[k] = future.result()
+                    self._finished(k, parts, results, kept, start)
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI raises it): stop the workers now
                 pool.shutdown(wait=False, cancel_futures=True)
                 for child in active_children():
@@ -217,5 +286,4 @@ class Workers:
                 raise WorkerError(f"{self.label}: a worker failed on a chunk of "
                                   f"{_ids(part)}: {type(err).__name__}: {message}; nothing "
                                   f"was written") from None
-        return results  # type: ignore[return-value]
 

@@ -248,3 +248,51 @@ def test_progress_of_chunks_counts_rows_of_the_whole_file(tmp_path, monkeypatch)
     assert {total for _, total in noted} == {10}
     done = [d for d, _ in noted]
     assert done == sorted(done) and done[-1] == 10 and len(set(done)) == 10
+
+
+def _counting_kernel(cfg):
+    """A chunk kernel that records the first id of every chunk it computes (``cfg``:
+    the list) and fails on a chunk holding id 7 while the list holds "fail"."""
+    def kernel(table):
+        if "fail" in cfg and 7 in table["id"]:
+            raise RuntimeError("interrupted")
+        cfg.append(int(table["id"][0]))
+        return Table({**table.columns, "twice": 2 * np.asarray(table["id"])}, None,
+                     {"made_by": "kernel"})
+    return kernel
+
+
+def test_an_interrupted_map_resumes_at_its_first_unfinished_chunk(tmp_path):
+    from hpcxtal.parallel import KeptChunks
+
+    table = Table({"id": np.arange(12, dtype=np.uint64)})
+    chunks = plan_chunks(np.arange(12), np.ones(12), 4)  # ids 0-2, 3-5, 6-8, 9-11
+    stamp = {"inputs_sha256": "abc", "stage_config": "{}"}
+    kept = KeptChunks(tmp_path / "out.h5", stamp)
+    calls = ["fail"]
+    with pytest.raises(RuntimeError):
+        Workers(_counting_kernel, calls, 1).map(table, chunks, kept)
+    assert calls == ["fail", 0, 3] and len(list(kept.folder.glob("*.h5"))) == 2
+    calls = []
+    out = Workers(_counting_kernel, calls, 1).map(table, chunks, kept)
+    assert calls == [6, 9]  # the two finished chunks were not computed again
+    fresh = Workers(_counting_kernel, [], 1).map(table, chunks)
+    assert list(out.columns) == list(fresh.columns)
+    for name in fresh.columns:
+        np.testing.assert_array_equal(out[name], fresh[name], err_msg=name)
+    assert out.attrs == fresh.attrs == {"made_by": "kernel"}
+    calls = []  # another config (stamp): nothing kept is used
+    Workers(_counting_kernel, calls, 1).map(
+        table, chunks, KeptChunks(tmp_path / "out.h5", {**stamp, "stage_config": "{1}"}))
+    assert calls == [0, 3, 6, 9]
+    kept.clear()
+    assert not kept.folder.exists()
+    calls = []  # without a provenance stamp nothing is kept
+    Workers(_counting_kernel, calls, 1).map(table, chunks, KeptChunks(tmp_path / "o.h5", {}))
+    assert not (tmp_path / ".o.h5.chunks").exists()
+
+
+def test_a_finished_refine_leaves_no_kept_chunks(rows_file, tmp_path):
+    cfg = RefineConfig(max_steps=5, restarts=0, chunk_rows=8)
+    stage_spec("refine").run_file(rows_file, tmp_path / "out.h5", cfg, Resources(workers=1))
+    assert (tmp_path / "out.h5").exists() and not list(tmp_path.glob(".*"))

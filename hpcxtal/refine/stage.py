@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.parallel import ChunkKernel, Workers, default_workers, n_chunks, plan_chunks
+from hpcxtal.parallel import ChunkKernel, KeptChunks, Workers, default_workers, n_chunks, plan_chunks
 from hpcxtal.refine.config import RefineConfig
 from hpcxtal.refine.represent import refine_table
 from hpcxtal.store.hdf5 import read_table, write_table
@@ -86,11 +86,13 @@ def refine_file(src: Path, dest: Path, cfg: RefineConfig, **attrs: object) -> di
     log.info("refine %s: %d rows in %d chunks over %d worker process(es)", Path(src).name,
              len(table), len(chunks), min(workers, len(chunks)))
     t0 = time.monotonic()
-    out = Workers(refine_kernel, cfg, workers, f"refine {Path(src).name}").map(table, chunks)
+    kept = KeptChunks(dest, attrs)
+    out = Workers(refine_kernel, cfg, workers, f"refine {Path(src).name}").map(table, chunks, kept)
     if not structure_rows(table).any():
         out.structures = None  # rows only: every geometry is the row's again
     seconds = time.monotonic() - t0
     write_table(dest, out, kind="refine", source=str(src), refine_seconds=seconds, **attrs)
+    kept.clear()
     counts = {"rows": len(table), "valid": int(out["valid"].sum())}
     log.info("%s: %d rows refined in %.1f s (%.1f ms/row), %d CN-valid", dest, len(table), seconds,
              1000 * seconds / len(table), counts["valid"])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcxtal.parallel import ChunkKernel, Workers, default_workers, n_chunks, plan_chunks
+from hpcxtal.parallel import (ChunkKernel, KeptChunks, Workers, default_workers, n_chunks,
+                              plan_chunks)
 from hpcxtal.relax.config import RelaxConfig
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.table import Table
@@ -59,10 +60,11 @@ class RelaxRunner:
         out.attrs.update(e_graphite_eV_per_atom=e_graphite, **model.describe())
         return out
 
-    def relax(self, table: Table) -> Table:
+    def relax(self, table: Table, kept: KeptChunks | None = None) -> Table:
         """The rows of ``table`` that are worth it relaxed by this runner's workers, in
-        chunks fixed by the rows (:func:`relax_chunks`); the table needs a row to relax."""
-        return self._workers.map(table, relax_chunks(table, self.cfg))
+        chunks fixed by the rows (:func:`relax_chunks`; finished ones kept in ``kept``);
+        the table needs a row to relax."""
+        return self._workers.map(table, relax_chunks(table, self.cfg), kept)
 
     def run(self, src: Path, dest: Path, dedup: Path | None = None,
             **attrs: object) -> dict[str, int]:
@@ -77,11 +79,13 @@ class RelaxRunner:
         table, quarantine = read_table(src)
         if dedup is not None:
             table = apply_index(table, read_table(dedup)[0])
-        out = self.relax(table)
+        kept = KeptChunks(dest, attrs)
+        out = self.relax(table, kept)
         counts = status_counts(out, self.cfg.low_energy_window_eV)
         write_table(dest, out, kind="relax", quarantine=quarantine, source=str(src),
                     low_energy_window_eV=self.cfg.low_energy_window_eV,
                     **{f"n_{k}": v for k, v in counts.items() if k != "rows"}, **attrs)
+        kept.clear()
         log.info("%s: %d rows, %d relaxed: %d converged, %d not converged, %d failed, %d within "
                  "%.2f eV/atom of graphite", dest, counts["rows"], counts["relaxed"],
                  counts["converged"], counts["not_converged"], counts["failed"],

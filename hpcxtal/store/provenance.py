@@ -48,6 +48,13 @@ class Provenance:
                             {k: attrs[k] for k in _LEDGER_ATTRS if k in attrs})
         self._written.add(path)
 
+    def forget(self, paths: Sequence[Path]) -> None:
+        """Drop what this process knows of ``paths`` (files it is about to delete, such
+        as kept chunks), so that no ledger records them."""
+        for path in map(_absolute, paths):
+            self._seen.pop(path, None)
+            self._written.discard(path)
+
     def load_ledger(self, ledger: Path) -> None:
         """Trust the verifications a previous process saved in ``ledger``, and what stage
         runs wrote since (``written/`` beside it), for files that have not changed since
