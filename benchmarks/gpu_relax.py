@@ -3,10 +3,13 @@ and a short per-structure ASE FIRE loop for scale; skips cleanly without CUDA.
 
 The same SACADA structures (at most --max-atoms atoms, --limit of them spread over the
 sizes) relaxed on ``cuda`` under each edge budget in --edge-budgets (neighbour pairs in
-flight; the relax stage's GPU default is 150,000). Reports per side: wall time, model
-evaluations per structure (steps + 1), converged count, seconds per converged structure,
-peak GPU memory; energy differences of L-BFGS against FIRE (meV/atom, converged in
-both); the ASE loop on the first --ase-limit structures gives seconds per structure.
+flight; the relax stage's GPU default is 150,000; --atom-budget, the other bound on a
+batch, defaults to the stage's 2,000 atoms; the report gives the sample's atoms and
+neighbour pairs, so which bound sized the batches can be read off). Reports per side:
+wall time, model evaluations per structure (steps + 1), converged count, seconds per
+converged structure, peak GPU memory; energy differences of L-BFGS against FIRE
+(meV/atom, converged in both); the ASE loop on the first --ase-limit structures gives
+seconds per structure.
 
     PYTHONPATH=. python benchmarks/gpu_relax.py --limit 64 --json gpu-relax.json
 """
@@ -34,6 +37,8 @@ def timed(fn, device: str):
 
 
 def main() -> int:
+    from ase.neighborlist import neighbor_list
+
     from hpcxtal.data import sacada_structures
     from hpcxtal.relax.engine import CONVERGED, RelaxParams, relax
     from hpcxtal.relax.models import load_model
@@ -44,6 +49,8 @@ def main() -> int:
     p.add_argument("--max-atoms", type=int, default=100)
     p.add_argument("--limit", type=int, default=64)
     p.add_argument("--edge-budgets", default="50000,150000")
+    p.add_argument("--atom-budget", type=int, default=RelaxParams.batch_atom_budget,
+                   help="batch_atom_budget (atoms per batch) beside each edge budget")
     p.add_argument("--ase-limit", type=int, default=4)
     p.add_argument("--fmax", type=float, default=0.05)
     p.add_argument("--device", default="cuda", help="cpu: a quick check of this script")
@@ -61,13 +68,15 @@ def main() -> int:
     report = {"machine": machine(torch.get_num_threads()),
               "device": torch.cuda.get_device_name() if gpu else args.device,
               "model": models[1.0].describe(), "fmax": args.fmax, "sizes": [len(a) for a in images],
+              "atoms": sum(len(a) for a in images), "atom_budget": args.atom_budget,
+              "edges": sum(len(neighbor_list("i", a, models[1.0].cutoff)) for a in images),
               "load_before": os.getloadavg(), "sides": {}}
     relax(images[:2], models[1.0], RelaxParams(max_steps=3, steps_per_atom=0))  # warm-up
     results = {}
     for budget in [int(b) for b in args.edge_budgets.split(",")]:
         for optimizer, skin in (("fire", 1.0), ("lbfgs", 1.0), ("lbfgs", 0.0)):
             params = RelaxParams(optimizer=optimizer, fmax_eV_per_A=args.fmax,
-                                 batch_edge_budget=budget)
+                                 batch_edge_budget=budget, batch_atom_budget=args.atom_budget)
             if gpu:
                 torch.cuda.reset_peak_memory_stats()
             out, wall = timed(lambda: relax(images, models[skin], params), args.device)
