@@ -90,6 +90,22 @@ class EnergyModel(ABC):
     #: Whether ``__call__`` takes ``keys``: stable ids of the structures across calls,
     #: under which it may keep per-structure work (neighbour lists) from call to call.
     takes_keys: bool = False
+    #: Atomic numbers the model was trained on.
+    elements: frozenset[int]
+
+    def check_elements(self, numbers: np.ndarray) -> None:
+        """Raise :class:`ModelSetupError` naming the elements of ``numbers`` this model
+        does not know (a carbon model asked about NaCl), before any work is done."""
+        from ase.data import chemical_symbols
+
+        missing = sorted(set(np.asarray(numbers, dtype=int).tolist()) - self.elements)
+        if missing:
+            known = ", ".join(chemical_symbols[z] for z in sorted(self.elements)[:10])
+            raise ModelSetupError(
+                f"{self.backend} model {self.source} knows {known}"
+                f"{' ...' if len(self.elements) > 10 else ''}, not "
+                f"{', '.join(chemical_symbols[z] for z in missing)}; relax these rows with "
+                f"backend: chgnet (elements H-Pu)")
 
     @abstractmethod
     def __call__(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
@@ -153,6 +169,10 @@ def _min_distance(distances: np.ndarray) -> float:
     return float(distances.min()) if len(distances) else float("inf")
 
 
+#: CHGNet's element embedding covers atomic numbers 1-94 (H-Pu).
+CHGNET_MAX_Z = 94
+
+
 class CHGNetModel(EnergyModel):
     """CHGNet (Deng et al. 2023) with the checkpoint its wheel carries.
 
@@ -186,6 +206,7 @@ class CHGNetModel(EnergyModel):
         self.weights = chgnet_weights(version)
         self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
         self.bond_cutoff = float(self.model.graph_converter.bond_graph_cutoff)
+        self.elements = frozenset(range(1, CHGNET_MAX_Z + 1))
 
     def _graph(self, pos: np.ndarray, num: np.ndarray, cell: np.ndarray, frac: torch.Tensor,
                lattice: torch.Tensor):
@@ -289,6 +310,7 @@ class MACEModel(EnergyModel):
         self.z_index = torch.full((119,), -1, dtype=torch.long)
         zs = [int(z) for z in self.model.atomic_numbers]
         self.z_index[zs] = torch.arange(len(zs))
+        self.elements = frozenset(zs)
 
     def __call__(self, positions, numbers, cells, batch, keys: list[int] | None = None):
         if self.verlet is not None and keys is not None:
