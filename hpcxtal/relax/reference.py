@@ -46,41 +46,41 @@ def graphite_energy(model: EnergyModel, params: RelaxParams) -> float:
 
 #: Standard states ASE's reference data give as a bulk crystal ``ase.build.bulk`` builds.
 BULK_STATES = ("fcc", "bcc", "hcp", "diamond", "sc")
-#: Vacuum (Å) around a diatomic molecule's standard state.
+#: Elements whose standard state is a diatomic gas (geometry from ASE's G2 set).
+DIATOMIC_GASES = ("H", "N", "O", "F", "Cl")
+#: Vacuum box (Å) around a molecule.
 MOLECULE_BOX_A = 12.0
 
 
 def elemental_energy(z: int, model: EnergyModel, params: RelaxParams) -> float:
     """Energy per atom (eV) of element ``z``'s standard state relaxed with ``model``:
-    graphite for carbon, ASE's reference crystal (fcc, bcc, hcp, diamond, sc) relaxed
-    with ``params``, or a diatomic molecule (H2, N2, O2, F2, Cl2 ...) in a fixed
-    ``MOLECULE_BOX_A`` box relaxed by ASE's BFGS; ValueError for other elements."""
-    from ase import Atoms
-    from ase.build import bulk
+    graphite for carbon, a diatomic molecule (H2, N2, O2, F2, Cl2) in a fixed
+    ``MOLECULE_BOX_A`` box relaxed by ASE's BFGS, or ASE's reference crystal (fcc, bcc,
+    hcp, diamond, sc) relaxed with ``params``; ValueError for other elements."""
+    from ase.build import bulk, molecule
     from ase.data import chemical_symbols, reference_states
 
     if z == 6:
         return graphite_energy(model, params)
     symbol = chemical_symbols[z]
-    state = reference_states[z] or {}
-    kind = state.get("symmetry")
+    if symbol in DIATOMIC_GASES:
+        from ase.optimize import BFGS
+
+        from hpcxtal.relax.models import ModelCalculator
+
+        atoms = molecule(f"{symbol}2")
+        atoms.set_cell([MOLECULE_BOX_A] * 3)
+        atoms.center()
+        atoms.pbc = True
+        atoms.calc = ModelCalculator(model)
+        BFGS(atoms, logfile=None).run(fmax=params.fmax_eV_per_A, steps=params.max_steps)
+        return float(atoms.get_potential_energy()) / len(atoms)
+    kind = (reference_states[z] or {}).get("symmetry")
     if kind in BULK_STATES:
         (result,) = relax([bulk(symbol)], model, params)
         if not np.isfinite(result.energy):
             raise RuntimeError(f"{symbol} reference could not be relaxed: {result.status}")
         return result.energy / len(result.atoms)
-    if kind == "diatom":
-        from ase.optimize import BFGS
-
-        from hpcxtal.relax.models import ModelCalculator
-
-        half = MOLECULE_BOX_A / 2
-        atoms = Atoms(symbol * 2, positions=[[half, half, half - state["d"] / 2],
-                                             [half, half, half + state["d"] / 2]],
-                      cell=[MOLECULE_BOX_A] * 3, pbc=True)
-        atoms.calc = ModelCalculator(model)
-        BFGS(atoms, logfile=None).run(fmax=params.fmax_eV_per_A, steps=params.max_steps)
-        return atoms.get_potential_energy() / len(atoms)
     raise ValueError(f"no standard-state reference for {symbol} (ASE gives {kind!r}); "
                      f"its rows' e_rel cannot be a formation energy")
 
