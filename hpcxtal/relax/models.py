@@ -235,20 +235,39 @@ class CHGNetModel(EnergyModel):
         return g, _min_distance(dist)
 
     def __call__(self, positions, numbers, cells, batch):
-        from chgnet.model.model import BatchedGraph
-
-        n_struct = len(cells)
         pos = positions.detach().to(self.device, self.dtype).requires_grad_(True)
         cel = cells.detach().to(self.device, self.dtype)
         strain = torch.zeros_like(cel, requires_grad=True)
         eye = torch.eye(3, dtype=self.dtype, device=self.device)
-        lattices = cel @ (eye + strain)
-        inv = torch.linalg.inv(cel)
+        # Cartesian positions move with the strain: r' = r (1 + e)
+        energy, dmin = self._energies(positions, numbers, cells, batch, pos,
+                                      torch.linalg.inv(cel), cel @ (eye + strain))
+        grad_pos, grad_strain = torch.autograd.grad(energy.sum(), [pos, strain])
+        volume = torch.linalg.det(cel).abs()
+        return BatchResult(energy.detach(), -grad_pos, grad_strain / volume[:, None, None],
+                           torch.tensor(dmin, dtype=self.dtype, device=self.device))
+
+    def energy(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+               batch: torch.Tensor) -> torch.Tensor:
+        """(N,) total energies (eV) that stay differentiable in ``positions`` and
+        ``cells`` (energy-guided refinement backpropagates through them); the graphs
+        are built anew for the current geometry."""
+        pos = positions.to(self.device, self.dtype)
+        cel = cells.to(self.device, self.dtype)
+        return self._energies(positions, numbers, cells, batch, pos, torch.linalg.inv(cel), cel)[0]
+
+    def _energies(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+                  batch: torch.Tensor, pos: torch.Tensor, inv: torch.Tensor,
+                  lattices: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """(N,) energies and shortest distances; the graphs' pairs come from the detached
+        geometry, their fractional coordinates (``pos`` times ``inv`` per structure) and
+        ``lattices`` carry the gradients."""
+        from chgnet.model.model import BatchedGraph
+
         graphs, dmin = [], []
-        counts = torch.bincount(batch, minlength=n_struct).tolist()
+        counts = torch.bincount(batch, minlength=len(cells)).tolist()
         lo = 0
         for i, (p, z, c) in enumerate(self._split(positions, numbers, cells, batch)):
-            # Cartesian positions move with the strain: r' = r (1 + e)
             frac = pos[lo:lo + counts[i]] @ inv[i]
             g, d = self._graph(p, z, c, frac, lattices[i])
             graphs.append(g)
@@ -265,11 +284,7 @@ class CHGNetModel(EnergyModel):
         if comp is not None:
             feas = comp._assemble_graphs(graphs).to(self.dtype)
             e_atom = e_atom + comp._get_energy(feas)
-        energy = e_atom * natoms if self.model.is_intensive else e_atom
-        grad_pos, grad_strain = torch.autograd.grad(energy.sum(), [pos, strain])
-        volume = torch.linalg.det(cel).abs()
-        return BatchResult(energy.detach(), -grad_pos, grad_strain / volume[:, None, None],
-                           torch.tensor(dmin, dtype=self.dtype, device=self.device))
+        return (e_atom * natoms if self.model.is_intensive else e_atom), dmin
 
 
 class MACEModel(EnergyModel):
