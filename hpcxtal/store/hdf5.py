@@ -186,14 +186,14 @@ def table_checksum(table: Table, quarantine: Table | None = None,
     """SHA-256 over every dataset of the file, in name order, then over the root
     attributes of :data:`CHECKSUM_ATTRS` when ``attrs`` is given (a file's kind and
     row count are part of what it is; without ``attrs``: the checksum of older files).
-    ``leave_out`` names columns added on reading that the file did not store."""
+    ``leave_out`` names datasets (``quarantine/...`` for the quarantine's) added on
+    reading that the file did not store."""
     h = hashlib.sha256()
     arrays = _group_arrays(table)
     if quarantine is not None:
         arrays.update({f"quarantine/{k}": v for k, v in _group_arrays(quarantine).items()})
     for name in leave_out:
         arrays.pop(name, None)
-        arrays.pop(f"quarantine/{name}", None)
     for name in sorted(arrays):
         _hash_dataset(h, name, arrays[name])
     if attrs is not None:
@@ -320,6 +320,11 @@ def _read(path: Path, verify: bool) -> tuple[Table, Table | None, dict[str, obje
                                  f"than this hpcxtal ({SCHEMA_VERSION}); upgrade hpcxtal")
             table = _read_group(f)
             quarantine = _read_group(f["quarantine"]) if "quarantine" in f else None
+            # Columns a Table adds on reading (species of a version-1 file) are not the
+            # file's: its checksum covers what it stored.
+            groups = (("species", f), ("quarantine/species", f.get("quarantine")))
+            added = tuple(name for name, group in groups
+                          if group is not None and "wps" in group and "species" not in group)
     except StoreError as err:
         if str(err).startswith(str(path)):
             raise
@@ -329,7 +334,6 @@ def _read(path: Path, verify: bool) -> tuple[Table, Table | None, dict[str, obje
     table.attrs = {k: v for k, v in attrs.items() if k not in RESERVED_ATTRS}
     if verify:
         expected = attrs.get("sha256")
-        added = ("species",) if int(attrs.get("schema_version", 0)) < 2 else ()
         actual = table_checksum(table, quarantine, attrs if "sha256_scope" in attrs else None,
                                 added)
         if expected != actual:
