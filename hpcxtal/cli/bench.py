@@ -44,9 +44,9 @@ def cmd_perovskite(args: argparse.Namespace) -> int:
     """Design ABX3 perovskites in Pm-3m against a TPE baseline.
 
     Element choice as a variable (per-site softmax over the allowed A, B and X elements,
-    charge-neutral by construction, annealed to one-hot) minimises the tolerance-factor
-    penalty for n_samples samples; each composition's lattice is refined on the CHGNet
-    energy. TPE (optuna) searches (A, B, X) with as many energy evaluations. Targets:
+    charge-neutral by construction, annealed to one-hot) minimises the probability of a
+    tolerance factor outside t_range for n_samples samples; each chosen composition's
+    lattice is refined on the CHGNet energy. TPE (optuna) searches (A, B, X) with as many energy evaluations. Targets:
     formation energy below e_form_max_eV (elemental references), tolerance factor in
     t_range, charge neutrality, perovskite fidelity. Needs optuna (pip install
     'hpcxtal[bench]'). Example config: examples/perovskite.yaml.
