@@ -57,7 +57,7 @@ class PerovskiteConfig:
     a_elements: list[str] = field(default_factory=lambda: [
         "Na", "K", "Rb", "Cs", "Ca", "Sr", "Ba", "La"])
     b_elements: list[str] = field(default_factory=lambda: [
-        "Ti", "Zr", "Nb", "Ta", "Mn", "Fe", "Co", "Ni", "Al", "Pb", "Sn", "Ge"])
+        "Ti", "Zr", "Nb", "Ta", "V", "Fe", "Co", "Ni", "Al", "Pb", "Ge", "Mg"])
     x_elements: list[str] = field(default_factory=lambda: ["O", "F", "Cl", "Br", "I"])
     n_samples: int = 256
     t_range: tuple[float, float] = (0.8, 1.0)

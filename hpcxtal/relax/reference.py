@@ -46,32 +46,34 @@ def graphite_energy(model: EnergyModel, params: RelaxParams) -> float:
 
 #: Standard states ASE's reference data give as a bulk crystal ``ase.build.bulk`` builds.
 BULK_STATES = ("fcc", "bcc", "hcp", "diamond", "sc")
-#: Elements whose standard state is a diatomic gas (geometry from ASE's G2 set).
-DIATOMIC_GASES = ("H", "N", "O", "F", "Cl")
+#: Elements taken as a diatomic molecule (the gases; bromine and iodine, molecular
+#: liquid and solid, as their isolated molecule: off by their cohesive energy).
+DIATOMIC = ("H", "N", "O", "F", "Cl", "Br", "I")
 #: Vacuum box (Å) around a molecule.
 MOLECULE_BOX_A = 12.0
 
 
 def elemental_energy(z: int, model: EnergyModel, params: RelaxParams) -> float:
     """Energy per atom (eV) of element ``z``'s standard state relaxed with ``model``:
-    graphite for carbon, a diatomic molecule (H2, N2, O2, F2, Cl2) in a fixed
-    ``MOLECULE_BOX_A`` box relaxed by ASE's BFGS, or ASE's reference crystal (fcc, bcc,
-    hcp, diamond, sc) relaxed with ``params``; ValueError for other elements."""
-    from ase.build import bulk, molecule
-    from ase.data import chemical_symbols, reference_states
+    graphite for carbon, a diatomic molecule (:data:`DIATOMIC`, started at twice the
+    covalent radius) in a fixed ``MOLECULE_BOX_A`` box relaxed by ASE's BFGS, or ASE's
+    reference crystal (fcc, bcc, hcp, diamond, sc) relaxed with ``params``; ValueError
+    for other elements."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.data import chemical_symbols, covalent_radii, reference_states
 
     if z == 6:
         return graphite_energy(model, params)
     symbol = chemical_symbols[z]
-    if symbol in DIATOMIC_GASES:
+    if symbol in DIATOMIC:
         from ase.optimize import BFGS
 
         from hpcxtal.relax.models import ModelCalculator
 
-        atoms = molecule(f"{symbol}2")
-        atoms.set_cell([MOLECULE_BOX_A] * 3)
-        atoms.center()
-        atoms.pbc = True
+        half, d = MOLECULE_BOX_A / 2, 2 * covalent_radii[z]
+        atoms = Atoms(symbol * 2, positions=[[half, half, half - d / 2], [half, half, half + d / 2]],
+                      cell=[MOLECULE_BOX_A] * 3, pbc=True)
         atoms.calc = ModelCalculator(model)
         BFGS(atoms, logfile=None).run(fmax=params.fmax_eV_per_A, steps=params.max_steps)
         return float(atoms.get_potential_energy()) / len(atoms)
