@@ -167,6 +167,7 @@ class Evaluator:
                 "fidelity": bool(fidelity)}
 
     def t_factor(self, k: int) -> float:
+        """Goldschmidt tolerance factor of assignment ``k`` (its neutral states' radii)."""
         from hpcxtal.refine.elements import tolerance_factor
 
         r_a, r_b, r_x = self.choice.radius[k]
@@ -248,6 +249,7 @@ def _tpe(cfg: PerovskiteConfig, choice, budget: int, shared: Evaluator
 
 
 def _summary(records: list[dict], evaluations: int, seconds: float) -> dict:
+    """Success rate, distinct (successful) compositions, neutral share, cost of a method."""
     ok = [r for r in records if r["success"]]
     return {"samples": len(records), "success_rate": len(ok) / max(len(records), 1),
             "distinct_successes": len({r["formula"] for r in ok}),
