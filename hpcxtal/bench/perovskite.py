@@ -12,9 +12,10 @@ Two methods in the same run, the same energy model and the same lattice refineme
 - **design**: ``n_samples`` samples of element choice as a variable
   (:mod:`hpcxtal.refine.elements`: per-site softmax, charge-neutral assignments only,
   annealed to one-hot) minimise the probability of a tolerance factor outside the
-  window (the expectation of its indicator, smooth in the logits) by gradient descent; each distinct composition chosen then has its cubic lattice parameter
-  refined by batched gradient descent on the CHGNet ``energy`` objective (the refine
-  stage's loop, ``lattice_steps`` steps, all compositions in one batch).
+  window (the expectation of its indicator, smooth in the logits) by gradient descent;
+  each distinct composition chosen then has its cubic lattice parameter refined by
+  batched gradient descent on the CHGNet ``energy`` objective (the refine stage's loop,
+  ``lattice_steps`` steps, all compositions in one batch).
 - **tpe**: optuna's TPE sampler over (A, B, X); a trial's value is the formation energy
   plus ``10 * `` the squared tolerance-factor distance outside the window, or 10 for a
   composition that is not charge-neutral (no energy evaluation). Each new neutral

@@ -46,10 +46,10 @@ def cmd_perovskite(args: argparse.Namespace) -> int:
     Element choice as a variable (per-site softmax over the allowed A, B and X elements,
     charge-neutral by construction, annealed to one-hot) minimises the probability of a
     tolerance factor outside t_range for n_samples samples; each chosen composition's
-    lattice is refined on the CHGNet energy. TPE (optuna) searches (A, B, X) with as many energy evaluations. Targets:
-    formation energy below e_form_max_eV (elemental references), tolerance factor in
-    t_range, charge neutrality, perovskite fidelity. Needs optuna (pip install
-    'hpcxtal[bench]'). Example config: examples/perovskite.yaml.
+    lattice is refined on the CHGNet energy. TPE (optuna) searches (A, B, X) with as
+    many energy evaluations. Targets: formation energy below e_form_max_eV (elemental
+    references), tolerance factor in t_range, charge neutrality, perovskite fidelity.
+    Needs optuna (pip install 'hpcxtal[bench]'). Example config: examples/perovskite.yaml.
     """
     from hpcxtal.bench.perovskite import load_config, run
 
