@@ -72,8 +72,8 @@ def elemental_energy(z: int, model: EnergyModel, params: RelaxParams) -> float:
         from hpcxtal.relax.models import ModelCalculator
 
         half, d = MOLECULE_BOX_A / 2, 2 * covalent_radii[z]
-        atoms = Atoms(symbol * 2, positions=[[half, half, half - d / 2], [half, half, half + d / 2]],
-                      cell=[MOLECULE_BOX_A] * 3, pbc=True)
+        atoms = Atoms(symbol * 2, cell=[MOLECULE_BOX_A] * 3, pbc=True,
+                      positions=[[half, half, half - d / 2], [half, half, half + d / 2]])
         atoms.calc = ModelCalculator(model)
         BFGS(atoms, logfile=None).run(fmax=params.fmax_eV_per_A, steps=params.max_steps)
         return float(atoms.get_potential_energy()) / len(atoms)

@@ -18,8 +18,9 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from hpcxtal.progress import progress
-from hpcxtal.crystal.row import (CARBON, N_SITES, DecodeError, TooManySites, check_symmetry_tolerance,
-                                 decode, from_structure, structure_row)
+from hpcxtal.crystal.row import (CARBON, N_SITES, DecodeError, TooManySites,
+                                 check_symmetry_tolerance, decode, from_structure,
+                                 structure_row)
 from hpcxtal.store.hdf5 import atomic_dir, atomic_path, write_text_atomic
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array, structure_rows
 
