@@ -152,7 +152,8 @@ def check_stage_inputs(args: argparse.Namespace) -> None:
         require_kind(args.pool, ("pool",), "merge --pool")
     if args.command in ("shard", "refine", "topology", "relax") and Path(args.source).is_file():
         table, _ = read_table(args.source)
-        problems = stored_row_problems(table["spg"], table["cell"], table["wps"], table["xyz"])
+        problems = stored_row_problems(table["spg"], table["cell"], table["wps"], table["xyz"],
+                                       table["species"])
         bad = [k for k, p in enumerate(problems) if p]
         if bad:
             more = f" (and {len(bad) - 1} more rows)" if len(bad) > 1 else ""

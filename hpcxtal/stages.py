@@ -66,7 +66,8 @@ def import_pool(sources: list[str], dest: Path, cfg: ImportConfig,
                 **attrs: object) -> StageReport:
     """Import CSV / CIF / extxyz / ASE db / hpcxtal tables into one pool file."""
     paths = [resolve_input(s) for s in sources]
-    table, quarantine = import_files(paths, cfg.snap_tolerance_A, cfg.symmetry_tolerance_A)
+    table, quarantine = import_files(paths, cfg.snap_tolerance_A, cfg.symmetry_tolerance_A,
+                                     cfg.elements)
     write_table(dest, table, kind="pool", quarantine=quarantine,
                 sources=[str(p) for p in paths], **attrs)
     return StageReport([dest], {"rows": len(table), "quarantined": len(quarantine)})

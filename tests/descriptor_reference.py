@@ -56,7 +56,8 @@ def batch_atoms(batch, geometry, k: int):
     n = batch.n_atoms.numpy()
     off = np.concatenate([[0], np.cumsum(n)])
     frac = geometry.frac[off[k]:off[k + 1]].detach().cpu().double().numpy() % 1.0
-    atoms = Atoms(batch.species * int(n[k]), scaled_positions=frac,
+    numbers = batch.atom_weight[off[k]:off[k + 1]].round().long().numpy()
+    atoms = Atoms(numbers=numbers, scaled_positions=frac,
                   cell=geometry.lattice[k].detach().cpu().double().numpy(), pbc=True)
     sites = (batch.site_struct == k).nonzero().flatten()
     return atoms, (batch.site_atom[sites] - off[k]).numpy(), sites.numpy()

@@ -118,7 +118,7 @@ def test_from_structure_quarantines_what_a_row_cannot_hold(cif_file, tmp_path):
     assert "no periodic 3D cell" in reason(molecule)
     overlap = Atoms("C2", scaled_positions=[[0, 0, 0], [0, 0, 0.02]], cell=[3, 3, 3], pbc=True)
     assert "overlap (0.060 Å apart" in reason(overlap)
-    assert "elements C" in reason(to_atoms(decode(**GRAPHITE)), species="Si")
+    assert "elements C" in reason(to_atoms(decode(**GRAPHITE)), elements=["Si"])
 
 
 def test_generator_rows_skip_the_raw_check_of_untrained_tied_columns():

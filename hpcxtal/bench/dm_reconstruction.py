@@ -205,7 +205,7 @@ def run(cfg: DMReconstructionConfig, progress=None) -> dict:
                 result, best, evaluations = _refine(start_table, target, cfg, Path(tmp))
                 t_refine = time.perf_counter() - t0
                 answer = to_structure(Row(truth_row.spg, result.cell[best], start_rows[best].wps,
-                                          result.xyz[best]))
+                                          result.xyz[best], species=start_rows[best].species))
                 rec = {"id": sid, "spg": truth_row.spg, "n_atoms": n_atoms,
                        "n_free": row_layout(truth_row.spg, truth_row.wps).n_free,
                        "noise_rmse_A": sigma,

@@ -2,12 +2,15 @@
 
 In memory a row is ``spg`` (int), ``cell`` (6,) in Å and degrees, ``wps`` (8,) Wyckoff
 indices in pyxtal's numbering (0 = general position, -1 = empty slot) and ``xyz`` (8, 3)
-fractional generator coordinates (-1 in empty slots). :func:`decode` turns raw, possibly
-unsymmetrised numbers (a generative model's output) into a clean row or says why not.
+fractional generator coordinates (-1 in empty slots) and ``species`` (8,) the atomic
+number of each site's element (0 in empty slots; carbon unless given, so single-element
+rows need not say it). :func:`decode` turns raw, possibly unsymmetrised numbers (a
+generative model's output) into a clean row or says why not.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -20,6 +23,10 @@ from hpcxtal.crystal.symmetry import (
 )
 
 N_SITES = 8
+#: The element of a site when a row does not say (the campaigns' original element).
+CARBON = 6
+#: The heaviest element a row may hold (the elements ASE and pymatgen name).
+MAX_ATOMIC_NUMBER = 118
 #: Lengths and angles a decoded cell must respect (Å, degrees).
 LENGTH_RANGE_A = (0.5, 100.0)
 ANGLE_RANGE_DEG = (10.0, 170.0)
@@ -51,6 +58,13 @@ class Row:
     wps: np.ndarray  # (8,) int, -1 = empty
     xyz: np.ndarray  # (8, 3) fractional, -1 in empty slots
     snap_distance: float = 0.0  # largest distance (Å) a site moved when decoded
+    species: np.ndarray | None = None  # (8,) atomic numbers, 0 = empty; None: carbon
+
+    def __post_init__(self) -> None:
+        occupied = np.asarray(self.wps) >= 0
+        given = self.species
+        species = np.where(occupied, CARBON if given is None else np.asarray(given), 0)
+        object.__setattr__(self, "species", species.astype(np.int64).reshape(len(occupied)))
 
     @property
     def n_sites(self) -> int:
@@ -66,6 +80,19 @@ class Row:
         return np.concatenate(
             [expand_site(group.wyckoff[w], x) for w, x in zip(self.wps, self.xyz) if w >= 0]
         )
+
+    def numbers(self) -> np.ndarray:
+        """Atomic number of every atom of the conventional cell, in the order of
+        :meth:`frac_positions`."""
+        group = space_group(self.spg)
+        return np.concatenate([np.full(group.wyckoff[w].multiplicity, z, dtype=np.int64)
+                               for w, z in zip(self.wps, self.species) if w >= 0])
+
+    def elements(self) -> list[str]:
+        """Element symbol of each occupied site, e.g. ``['Na', 'Cl']``."""
+        from ase.data import chemical_symbols
+
+        return [chemical_symbols[z] for w, z in zip(self.wps, self.species) if w >= 0]
 
     def labels(self) -> list[str]:
         """Wyckoff labels of the occupied sites, e.g. ``['2b', '2c']``."""
@@ -104,6 +131,7 @@ def decode(
     xyz: np.ndarray,
     snap_tolerance: float | None = None,
     check_raw: bool = True,
+    species: np.ndarray | None = None,
 ) -> Row:
     """Validate and symmetrise a raw row; raise :class:`DecodeError` with the reason.
 
@@ -113,6 +141,8 @@ def decode(
     such rows) and occupied sites are packed to the front. Raw lengths and angles are
     range-checked before the symmetry mean unless ``check_raw`` is False (a generator's
     columns tied by symmetry carry no information; the symmetrised cell is checked).
+    ``species`` gives each slot's atomic number (None: carbon everywhere); it moves
+    with its site when sites are packed.
     """
     spg_f = float(spg)
     if not np.isfinite(spg_f) or spg_f != round(spg_f) or not 1 <= spg_f <= 230:
@@ -135,8 +165,13 @@ def decode(
     xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
     if len(wps) != len(xyz) or len(wps) > N_SITES:
         raise DecodeError(f"{len(wps)} Wyckoff sites; at most {N_SITES} fit a row")
+    numbers = np.full(len(wps), CARBON, dtype=np.int64) if species is None else \
+        np.asarray(species, dtype=np.int64).reshape(-1)
+    if len(numbers) != len(wps):
+        raise DecodeError(f"{len(numbers)} elements for {len(wps)} Wyckoff sites")
     out_wps = -np.ones(N_SITES, dtype=np.int64)
     out_xyz = -np.ones((N_SITES, 3))
+    out_species = np.zeros(N_SITES, dtype=np.int64)
     k = 0
     largest_move = 0.0
     for slot, (w, p) in enumerate(zip(wps, xyz)):
@@ -150,6 +185,9 @@ def decode(
                 f"site {slot}: Wyckoff index {wi} not in space group {n} "
                 f"(it has {len(group.wyckoff)} positions, 0-{len(group.wyckoff) - 1})"
             )
+        if not 1 <= numbers[slot] <= MAX_ATOMIC_NUMBER:
+            raise DecodeError(f"site {slot}: atomic number {int(numbers[slot])} is no element "
+                              f"(1-{MAX_ATOMIC_NUMBER})")
         wp = group.wyckoff[wi]
         snapped, moved = snap_to_wyckoff(group, wp, p - np.floor(p), matrix)
         if snap_tolerance is not None and moved > snap_tolerance:
@@ -159,18 +197,20 @@ def decode(
             )
         out_wps[k] = wi
         out_xyz[k] = snapped
+        out_species[k] = numbers[slot]
         largest_move = max(largest_move, moved)
         k += 1
     if k == 0:
         raise DecodeError("no occupied Wyckoff site")
-    return Row(n, cell, out_wps, out_xyz, largest_move)
+    return Row(n, cell, out_wps, out_xyz, largest_move, out_species)
 
 
 def stored_row_problems(spg: np.ndarray, cell: np.ndarray, wps: np.ndarray,
-                        xyz: np.ndarray) -> list[str]:
+                        xyz: np.ndarray, species: np.ndarray | None = None) -> list[str]:
     """Per row of a stored table, why it is no decoded row ("" if it is one): a cheap,
     vectorised check (space group, finite cell in range, Wyckoff indices of the group,
-    finite coordinates, an occupied site) for files that bypassed :func:`decode`."""
+    finite coordinates, an element on every occupied site, an occupied site) for files
+    that bypassed :func:`decode`."""
     from hpcxtal.crystal.symmetry import wyckoff_cost_tables
 
     _, _, known = wyckoff_cost_tables()
@@ -191,6 +231,10 @@ def stored_row_problems(spg: np.ndarray, cell: np.ndarray, wps: np.ndarray,
                 | (wps >= known.shape[1]), axis=1),
          "Wyckoff indices {wps} are not all positions of space group {spg}"),
         (np.any(occupied[:, :, None] & ~np.isfinite(xyz), axis=(1, 2)), "non-finite coordinates"),
+        (np.zeros(len(spg), dtype=bool) if species is None else
+         np.any(occupied & ((np.asarray(species).reshape(len(spg), N_SITES) < 1)
+                            | (np.asarray(species).reshape(len(spg), N_SITES) > MAX_ATOMIC_NUMBER)),
+                axis=1), "an occupied site without an element (atomic number 1-118)"),
         (~occupied.any(axis=1), "no occupied Wyckoff site"),
     ]
     problems = [""] * len(spg)
@@ -203,46 +247,56 @@ def stored_row_problems(spg: np.ndarray, cell: np.ndarray, wps: np.ndarray,
 
 
 def from_pyxtal(xtal) -> Row:
-    """Row of a pyxtal crystal (one element), generator of each site taken as is."""
+    """Row of a pyxtal crystal, generator and element of each site taken as is."""
+    from ase.data import atomic_numbers
+
     if len(xtal.atom_sites) > N_SITES:
         raise TooManySites(len(xtal.atom_sites), int(xtal.group.number))
     wps = -np.ones(N_SITES, dtype=np.int64)
     xyz = -np.ones((N_SITES, 3))
+    species = np.zeros(N_SITES, dtype=np.int64)
     for k, site in enumerate(xtal.atom_sites):
         wps[k] = site.wp.index
         xyz[k] = site.position - np.floor(site.position)
+        species[k] = atomic_numbers[str(site.specie)]
     cell = np.array(xtal.lattice.get_para(degree=True), dtype=float)
-    return decode(xtal.group.number, cell, wps, xyz)
+    return decode(xtal.group.number, cell, wps, xyz, species=species)
 
 
-def to_pyxtal(row: Row, species: str = "C"):
-    """A pyxtal crystal built from ``row`` (pyxtal's own construction)."""
+def to_pyxtal(row: Row):
+    """A pyxtal crystal built from ``row`` (pyxtal's own construction), one species
+    entry per element of the row."""
     from pyxtal import pyxtal
     from pyxtal.lattice import Lattice
 
     group = space_group(row.spg)
     a, b, c, al, be, ga = row.cell
     lattice = Lattice.from_para(a, b, c, al, be, ga, ltype=group.system)
-    sites = [(group.wyckoff[w].label, *x) for w, x in zip(row.wps, row.xyz) if w >= 0]
+    elements = list(dict.fromkeys(row.elements()))
+    sites: dict[str, list] = {el: [] for el in elements}
+    counts = dict.fromkeys(elements, 0)
+    for w, x, el in zip([w for w in row.wps if w >= 0], row.xyz[row.wps >= 0], row.elements()):
+        sites[el].append((group.wyckoff[w].label, *x))
+        counts[el] += group.wyckoff[w].multiplicity
     xtal = pyxtal()
-    xtal.build(row.spg, [species], [row.n_atoms()], lattice, [sites])
+    xtal.build(row.spg, elements, [counts[el] for el in elements], lattice,
+               [sites[el] for el in elements])
     return xtal
 
 
-def to_atoms(row: Row, species: str = "C"):
-    """ASE Atoms of the conventional cell of ``row``."""
+def to_atoms(row: Row):
+    """ASE Atoms of the conventional cell of ``row``, each atom its site's element."""
     from ase import Atoms
 
-    frac = row.frac_positions()
-    return Atoms(species * len(frac), scaled_positions=frac, cell=row.lattice(), pbc=True)
+    return Atoms(numbers=row.numbers(), scaled_positions=row.frac_positions(),
+                 cell=row.lattice(), pbc=True)
 
 
-def to_structure(row: Row, species: str = "C"):
+def to_structure(row: Row):
     """pymatgen Structure of the conventional cell of ``row``."""
     from pymatgen.core import Lattice, Structure
 
-    frac = row.frac_positions()
-    return Structure(Lattice(row.lattice()), [species] * len(frac), frac)
+    return Structure(Lattice(row.lattice()), row.numbers().tolist(), row.frac_positions())
 
 
 def check_symmetry_tolerance(tol: float) -> float:
@@ -263,9 +317,10 @@ def structure_row(atoms, spg: int = 1) -> Row:
     return Row(int(spg), cell, -np.ones(N_SITES, dtype=np.int64), -np.ones((N_SITES, 3)))
 
 
-def check_structure(atoms, species: str = "C") -> None:
+def check_structure(atoms, elements: Sequence[str] | None = ("C",)) -> None:
     """Raise DecodeError unless ASE ``atoms`` is an ordered periodic crystal of
-    ``species`` alone with no overlapping atoms: what a row of this campaign can hold."""
+    ``elements`` (None: any) with no overlapping atoms: what a row of this campaign can
+    hold."""
     if len(atoms) == 0:
         raise DecodeError("no atoms")
     cell = np.asarray(atoms.cell, dtype=float)
@@ -276,11 +331,11 @@ def check_structure(atoms, species: str = "C") -> None:
         if len(occ) > 1 or any(abs(float(v) - 1.0) > 1e-3 for v in occ.values()):
             shares = ", ".join(f"{el} {float(v):g}" for el, v in occ.items())
             raise DecodeError(f"partial or mixed occupancy on site {tag} ({shares}); a row "
-                              f"holds fully occupied {species} sites only")
-    elements = sorted(set(atoms.get_chemical_symbols()))
-    if elements != [species]:
-        raise DecodeError(f"elements {', '.join(elements)}: the campaign's species is "
-                          f"{species} alone")
+                              f"holds fully occupied sites only")
+    found = sorted(set(atoms.get_chemical_symbols()))
+    if elements is not None and not set(found) <= set(elements):
+        raise DecodeError(f"elements {', '.join(found)}: the campaign's elements are "
+                          f"{', '.join(elements)}")
     if not np.all(np.isfinite(atoms.positions)):
         raise DecodeError("non-finite atom positions")
     from ase.neighborlist import neighbor_list
@@ -292,11 +347,12 @@ def check_structure(atoms, species: str = "C") -> None:
                           f"apart, below {MIN_SEPARATION_A} Å)")
 
 
-def from_structure(structure, tol: float = 0.01, species: str = "C") -> Row:
+def from_structure(structure, tol: float = 0.01,
+                   elements: Sequence[str] | None = ("C",)) -> Row:
     """Row of a periodic structure (ASE Atoms or pymatgen Structure) found by symmetry
-    analysis at ``tol`` Å; raises DecodeError if it is no crystal of ``species`` alone
-    (see :func:`check_structure`), or :class:`TooManySites` if it needs more than 8
-    Wyckoff sites."""
+    analysis at ``tol`` Å, each site keeping its element; raises DecodeError if it is no
+    crystal of ``elements`` (None: any; see :func:`check_structure`), or
+    :class:`TooManySites` if it needs more than 8 Wyckoff sites."""
     from pymatgen.io.ase import AseAtomsAdaptor
     from pyxtal import pyxtal
 
@@ -305,7 +361,7 @@ def from_structure(structure, tol: float = 0.01, species: str = "C") -> Row:
         if not structure.is_ordered:
             raise DecodeError(f"partial or mixed occupancy ({structure.composition.formula})")
         structure = AseAtomsAdaptor.get_atoms(structure)
-    check_structure(structure, species)
+    check_structure(structure, elements)
     structure = AseAtomsAdaptor.get_structure(structure)
     xtal = pyxtal()
     try:

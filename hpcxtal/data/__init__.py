@@ -40,7 +40,7 @@ def sacada_structures() -> list:
     for part in (table, quarantine):
         for atoms, k in zip(table_images(part), range(len(part))):
             for key, col in part.columns.items():
-                if key not in ("wps", "xyz", "cell", "raw"):
+                if key not in ("wps", "xyz", "cell", "species", "raw"):
                     value = col[k]
                     atoms.info[key] = value.item() if hasattr(value, "item") else value
             images.append(atoms)

@@ -29,25 +29,24 @@ if TYPE_CHECKING:
 __all__ = ["Batch", "Geometry", "build_batch", "positions", "cell_parameters",
            "lattice_matrix", "rows_from_R", "neighbors", "PAD", "LENGTH", "ANGLE", "COORD"]
 
-_ATOMIC_NUMBERS = {"H": 1, "B": 5, "C": 6, "N": 7, "O": 8, "Si": 14, "P": 15, "S": 16}
-
-
 @dataclass(frozen=True)
 class Batch:
     """Index maps of B rows (S sites, N atoms) as tensors on one device and dtype.
 
-    Per structure: ``spg``, ``wps`` (B, 8) as numpy (for writing rows back),
+    Per structure: ``spg``, ``wps`` (B, 8) and ``species`` (B, 8) atomic numbers as
+    numpy (for writing rows back),
     ``R0`` (B, D) the rows' free variables, ``kind`` (B, D) their kinds,
     ``lat_src``/``lat_const`` (B, 6), ``n_atoms`` (B,). Per site: ``site_struct``,
     ``site_slot`` (row slot), ``site_src`` (S, 3) flat index into R or -1,
     ``site_A``/``site_t`` (generator), ``site_mult``, ``site_atom`` (its
     representative atom). Per atom: ``atom_struct``, ``atom_site``, ``atom_M``,
-    ``atom_c`` (frac = M x + c), ``atom_weight`` (atomic number).
+    ``atom_c`` (frac = M x + c), ``atom_weight`` (the atomic number of its site's
+    element: the weight of the species-weighted densities, as pyxtal's SO3).
     """
 
     spg: np.ndarray
     wps: np.ndarray
-    species: str
+    species: np.ndarray
     R0: torch.Tensor
     kind: torch.Tensor
     lat_src: torch.Tensor
@@ -108,7 +107,7 @@ class Batch:
 
         idx_np = idx.cpu().numpy()
         return Batch(
-            spg=self.spg[idx_np], wps=self.wps[idx_np], species=self.species,
+            spg=self.spg[idx_np], wps=self.wps[idx_np], species=self.species[idx_np],
             R0=self.R0[idx], kind=self.kind[idx], lat_src=flat(self.lat_src[idx]),
             lat_const=self.lat_const[idx], n_atoms=self.n_atoms[idx],
             site_struct=new_struct[self.site_struct[sites]], site_slot=self.site_slot[sites],
@@ -150,30 +149,30 @@ class Geometry:
     cart: torch.Tensor
 
 
-def _table_columns(rows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _table_columns(rows) -> tuple[np.ndarray, ...]:
+    """(spg, wps, cell, xyz, species) of a Table or a sequence of Rows."""
     if hasattr(rows, "columns"):  # a Table
         return (np.asarray(rows["spg"]), np.asarray(rows["wps"]), np.asarray(rows["cell"]),
-                np.asarray(rows["xyz"]))
+                np.asarray(rows["xyz"]), np.asarray(rows["species"]))
     rows = list(rows)
     return (np.array([r.spg for r in rows]), np.array([r.wps for r in rows]).reshape(-1, N_SITES),
             np.array([r.cell for r in rows], dtype=float).reshape(-1, 6),
-            np.array([r.xyz for r in rows], dtype=float).reshape(-1, N_SITES, 3))
+            np.array([r.xyz for r in rows], dtype=float).reshape(-1, N_SITES, 3),
+            np.array([r.species for r in rows]).reshape(-1, N_SITES))
 
 
-def build_batch(rows: Table | Sequence[Row], *, species: str = "C",
-                dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Batch:
+def build_batch(rows: Table | Sequence[Row], *, dtype: torch.dtype = torch.float64,
+                device: torch.device | str | None = None) -> Batch:
     """A batch of decoded rows (a :class:`~hpcxtal.store.table.Table` or a sequence of
-    :class:`~hpcxtal.crystal.row.Row`), all of element ``species``.
+    :class:`~hpcxtal.crystal.row.Row`), each atom weighted by its site's element.
 
     Rows must be symmetrised (as :func:`hpcxtal.crystal.row.decode` leaves them, with
     occupied sites packed to the front); sort a table with ``Table.layout_order()``
     first so neighbouring rows share layouts.
     """
-    spg, wps, cell, xyz = _table_columns(rows)
+    spg, wps, cell, xyz, species = _table_columns(rows)
     if len(spg) == 0:
         raise ValueError("no rows to batch")
-    if species not in _ATOMIC_NUMBERS:
-        raise ValueError(f"species {species!r} not in {sorted(_ATOMIC_NUMBERS)}")
     occupied = wps >= 0
     if np.any(occupied[:, 1:] & ~occupied[:, :-1]):
         raise ValueError("rows must have occupied Wyckoff sites packed to the front")
@@ -186,7 +185,7 @@ def build_batch(rows: Table | Sequence[Row], *, species: str = "C",
     lat_const = np.zeros((len(spg), 6))
     site_parts: dict[str, list] = {k: [] for k in
                                    ("struct", "slot", "src", "A", "t", "mult", "first")}
-    atom_parts: dict[str, list] = {k: [] for k in ("struct", "site", "M", "c")}
+    atom_parts: dict[str, list] = {k: [] for k in ("struct", "site", "M", "c", "z")}
     n_sites_seen = 0
     n_atoms_seen = 0
     for b, lay in enumerate(layouts):
@@ -207,6 +206,7 @@ def build_batch(rows: Table | Sequence[Row], *, species: str = "C",
         atom_parts["site"].append(lay.atom_site + n_sites_seen)
         atom_parts["M"].append(lay.atom_M)
         atom_parts["c"].append(lay.atom_c)
+        atom_parts["z"].append(np.asarray(species[b], dtype=np.int64)[lay.atom_site])
         n_sites_seen += n_s
         n_atoms_seen += lay.n_atoms
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -222,7 +222,7 @@ def build_batch(rows: Table | Sequence[Row], *, species: str = "C",
     return Batch(
         spg=np.asarray(spg, dtype=np.int64),
         wps=np.asarray(wps, dtype=np.int64).copy(),
-        species=species,
+        species=np.asarray(species, dtype=np.int64).copy(),
         R0=f(R0),
         kind=i(kind),
         lat_src=i(lat_src),
@@ -239,7 +239,7 @@ def build_batch(rows: Table | Sequence[Row], *, species: str = "C",
         atom_site=i(cat(atom_parts["site"])),
         atom_M=f(cat(atom_parts["M"])),
         atom_c=f(cat(atom_parts["c"])),
-        atom_weight=f(np.full(len(atom_struct), _ATOMIC_NUMBERS[species])),
+        atom_weight=f(cat(atom_parts["z"])),
     )
 
 
@@ -339,4 +339,5 @@ def site_pair_vectors(batch: Batch, R: torch.Tensor, pairs: Pairs) -> torch.Tens
 def rows_of_batch(batch: Batch, R: torch.Tensor) -> list[Row]:
     """The batch's rows as :class:`Row` objects for free variables R (for tests, export)."""
     cell, xyz = rows_from_R(batch, R)
-    return [Row(int(s), cell[b], batch.wps[b].copy(), xyz[b]) for b, s in enumerate(batch.spg)]
+    return [Row(int(s), cell[b], batch.wps[b].copy(), xyz[b], species=batch.species[b].copy())
+            for b, s in enumerate(batch.spg)]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from ase.data import atomic_numbers
 
 from hpcxtal.crystal.row import Row, decode
 from hpcxtal.crystal.symmetry import space_group
@@ -78,7 +79,8 @@ def target_from_mapping(name: str, spec: dict) -> Target:
         sites = spec["sites"]
         wps = [by_label[str(s[0])] for s in sites]
         xyz = np.array([[float(v) for v in s[1:4]] for s in sites])
-        reference = decode(spg, np.array(spec["cell"], dtype=float), np.array(wps), xyz)
+        reference = decode(spg, np.array(spec["cell"], dtype=float), np.array(wps), xyz,
+                           species=np.full(len(wps), atomic_numbers[species]))
         cn = spec["cn"][species]
         return Target(
             name=name,
@@ -118,8 +120,7 @@ class Environment:
             target = targets[target]
         self.target = target
         self.so3 = SO3(self.target.so3, dtype=dtype, device=device)
-        ref = build_batch([self.target.reference], species=self.target.species, dtype=dtype,
-                          device=device)
+        ref = build_batch([self.target.reference], dtype=dtype, device=device)
         with torch.no_grad():
             p = self.spectrum(ref, ref.R0)
         self.reference = p[self.target.reference_site].clone()

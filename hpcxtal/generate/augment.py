@@ -184,7 +184,7 @@ def with_generator_choices(row: Row, n: int, rng: np.random.Generator) -> list[R
         if key in seen:
             continue
         seen.add(key)
-        out.append(Row(row.spg, row.cell.copy(), row.wps.copy(), xyz))
+        out.append(Row(row.spg, row.cell.copy(), row.wps.copy(), xyz, species=row.species))
     return out
 
 

@@ -101,14 +101,21 @@ class DistanceMatrixSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class EnergySettings:
-    """Settings of the ``energy`` objective: a MACE model (as ``relax.model``: the
-    shipped ``hpcxtal-carbon``, a file, or a foundation name found offline in
-    ``model_dir``); the loss is eV/atom above ``reference_eV_per_atom`` (None: graphite
-    relaxed with the same model, as the relax stage's ``e_rel``)."""
+    """Settings of the ``energy`` objective: ``backend`` ``mace`` (``model`` as
+    ``relax.model``: the shipped ``hpcxtal-carbon``, the default, a file, or a foundation
+    name found offline in ``model_dir``) or ``chgnet`` (any element H-Pu; ``model``: a
+    bundled version, default 0.3.0); the loss is eV/atom above ``reference_eV_per_atom``
+    (None: the standard states of the row's elements relaxed with the same model, as the
+    relax stage's ``e_rel``; graphite for carbon)."""
 
-    model: str = "hpcxtal-carbon"
+    backend: str = "mace"
+    model: str | None = None
     model_dir: str | None = None
     reference_eV_per_atom: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("mace", "chgnet"):
+            raise ValueError(f"backend {self.backend!r}: use mace or chgnet")
 
 
 #: Built-in objectives: name -> (``module:class``, settings class). The classes are

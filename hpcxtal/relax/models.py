@@ -90,6 +90,22 @@ class EnergyModel(ABC):
     #: Whether ``__call__`` takes ``keys``: stable ids of the structures across calls,
     #: under which it may keep per-structure work (neighbour lists) from call to call.
     takes_keys: bool = False
+    #: Atomic numbers the model was trained on.
+    elements: frozenset[int]
+
+    def check_elements(self, numbers: np.ndarray) -> None:
+        """Raise :class:`ModelSetupError` naming the elements of ``numbers`` this model
+        does not know (a carbon model asked about NaCl), before any work is done."""
+        from ase.data import chemical_symbols
+
+        missing = sorted(set(np.asarray(numbers, dtype=int).tolist()) - self.elements)
+        if missing:
+            known = ", ".join(chemical_symbols[z] for z in sorted(self.elements)[:10])
+            raise ModelSetupError(
+                f"{self.backend} model {self.source} knows {known}"
+                f"{' ...' if len(self.elements) > 10 else ''}, not "
+                f"{', '.join(chemical_symbols[z] for z in missing)}; relax these rows with "
+                f"backend: chgnet (elements H-Pu)")
 
     @abstractmethod
     def __call__(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
@@ -153,6 +169,10 @@ def _min_distance(distances: np.ndarray) -> float:
     return float(distances.min()) if len(distances) else float("inf")
 
 
+#: CHGNet's element embedding covers atomic numbers 1-94 (H-Pu).
+CHGNET_MAX_Z = 94
+
+
 class CHGNetModel(EnergyModel):
     """CHGNet (Deng et al. 2023) with the checkpoint its wheel carries.
 
@@ -186,6 +206,7 @@ class CHGNetModel(EnergyModel):
         self.weights = chgnet_weights(version)
         self.cutoff = float(self.model.graph_converter.atom_graph_cutoff)
         self.bond_cutoff = float(self.model.graph_converter.bond_graph_cutoff)
+        self.elements = frozenset(range(1, CHGNET_MAX_Z + 1))
 
     def _graph(self, pos: np.ndarray, num: np.ndarray, cell: np.ndarray, frac: torch.Tensor,
                lattice: torch.Tensor):
@@ -214,20 +235,39 @@ class CHGNetModel(EnergyModel):
         return g, _min_distance(dist)
 
     def __call__(self, positions, numbers, cells, batch):
-        from chgnet.model.model import BatchedGraph
-
-        n_struct = len(cells)
         pos = positions.detach().to(self.device, self.dtype).requires_grad_(True)
         cel = cells.detach().to(self.device, self.dtype)
         strain = torch.zeros_like(cel, requires_grad=True)
         eye = torch.eye(3, dtype=self.dtype, device=self.device)
-        lattices = cel @ (eye + strain)
-        inv = torch.linalg.inv(cel)
+        # Cartesian positions move with the strain: r' = r (1 + e)
+        energy, dmin = self._energies(positions, numbers, cells, batch, pos,
+                                      torch.linalg.inv(cel), cel @ (eye + strain))
+        grad_pos, grad_strain = torch.autograd.grad(energy.sum(), [pos, strain])
+        volume = torch.linalg.det(cel).abs()
+        return BatchResult(energy.detach(), -grad_pos, grad_strain / volume[:, None, None],
+                           torch.tensor(dmin, dtype=self.dtype, device=self.device))
+
+    def energy(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+               batch: torch.Tensor) -> torch.Tensor:
+        """(N,) total energies (eV) that stay differentiable in ``positions`` and
+        ``cells`` (energy-guided refinement backpropagates through them); the graphs
+        are built anew for the current geometry."""
+        pos = positions.to(self.device, self.dtype)
+        cel = cells.to(self.device, self.dtype)
+        return self._energies(positions, numbers, cells, batch, pos, torch.linalg.inv(cel), cel)[0]
+
+    def _energies(self, positions: torch.Tensor, numbers: torch.Tensor, cells: torch.Tensor,
+                  batch: torch.Tensor, pos: torch.Tensor, inv: torch.Tensor,
+                  lattices: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """(N,) energies and shortest distances; the graphs' pairs come from the detached
+        geometry, their fractional coordinates (``pos`` times ``inv`` per structure) and
+        ``lattices`` carry the gradients."""
+        from chgnet.model.model import BatchedGraph
+
         graphs, dmin = [], []
-        counts = torch.bincount(batch, minlength=n_struct).tolist()
+        counts = torch.bincount(batch, minlength=len(cells)).tolist()
         lo = 0
         for i, (p, z, c) in enumerate(self._split(positions, numbers, cells, batch)):
-            # Cartesian positions move with the strain: r' = r (1 + e)
             frac = pos[lo:lo + counts[i]] @ inv[i]
             g, d = self._graph(p, z, c, frac, lattices[i])
             graphs.append(g)
@@ -244,11 +284,7 @@ class CHGNetModel(EnergyModel):
         if comp is not None:
             feas = comp._assemble_graphs(graphs).to(self.dtype)
             e_atom = e_atom + comp._get_energy(feas)
-        energy = e_atom * natoms if self.model.is_intensive else e_atom
-        grad_pos, grad_strain = torch.autograd.grad(energy.sum(), [pos, strain])
-        volume = torch.linalg.det(cel).abs()
-        return BatchResult(energy.detach(), -grad_pos, grad_strain / volume[:, None, None],
-                           torch.tensor(dmin, dtype=self.dtype, device=self.device))
+        return (e_atom * natoms if self.model.is_intensive else e_atom), dmin
 
 
 class MACEModel(EnergyModel):
@@ -289,6 +325,7 @@ class MACEModel(EnergyModel):
         self.z_index = torch.full((119,), -1, dtype=torch.long)
         zs = [int(z) for z in self.model.atomic_numbers]
         self.z_index[zs] = torch.arange(len(zs))
+        self.elements = frozenset(zs)
 
     def __call__(self, positions, numbers, cells, batch, keys: list[int] | None = None):
         if self.verlet is not None and keys is not None:

@@ -7,6 +7,7 @@ on the number of workers.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class RelaxRunner:
     def __init__(self, cfg: RelaxConfig):
         self.cfg = cfg
         self._setup: tuple | None = None
+        self._references: dict[int, float] = {}
         self._workers = Workers(relax_kernel, cfg, cfg.workers or default_workers(cfg.device),
                                 "relax")
 
@@ -49,15 +51,39 @@ class RelaxRunner:
             self._setup = (model, params, graphite_energy(model, params))
         return self._setup
 
+    def references(self, numbers: np.ndarray) -> dict[int, float]:
+        """Energy per atom of the standard state of every element in ``numbers`` (and
+        carbon: graphite), each relaxed once per runner with its model and settings."""
+        from hpcxtal.relax.reference import elemental_energy
+
+        model, params, e_graphite = self.setup()
+        self._references.setdefault(6, e_graphite)
+        for z in sorted(set(np.asarray(numbers, dtype=int).tolist()) - set(self._references)):
+            model.check_elements(np.array([z]))
+            self._references[z] = elemental_energy(z, model, params)
+            log.info("elemental reference Z=%d: %.4f eV/atom", z, self._references[z])
+        return self._references
+
     def relax_rows(self, table: Table) -> Table:
         """The rows of ``table`` that are worth it relaxed (one chunk's work), with the
-        graphite reference and the model's description in the table's attributes."""
+        graphite reference (and those of other elements), and the model's description in
+        the table's attributes."""
         from hpcxtal.relax.table import relax_selection, relax_table
 
         model, params, e_graphite = self.setup()
         chosen, skipped = relax_selection(table)
-        out = relax_table(table, model, params, e_graphite, chosen, skipped)
+        numbers = np.concatenate([table["species"][chosen][table["wps"][chosen] >= 0],
+                                  [] if table.structures is None else
+                                  table.structures.take(chosen).numbers]).astype(int)
+        references = self.references(numbers)
+        out = relax_table(table, model, params, references, chosen, skipped)
         out.attrs.update(e_graphite_eV_per_atom=e_graphite, **model.describe())
+        others = {z: e for z, e in references.items() if z != 6 and z in numbers}
+        if others:
+            from ase.data import chemical_symbols
+
+            out.attrs["elemental_references_eV_per_atom"] = json.dumps(
+                {chemical_symbols[z]: e for z, e in sorted(others.items())})
         return out
 
     def relax(self, table: Table, kept: KeptChunks | None = None) -> Table:

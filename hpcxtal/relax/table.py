@@ -2,7 +2,8 @@
 
 Input structures are the table's stored structures where it has them, else its rows
 expanded to atoms. The output keeps every row and adds ``energy`` (eV/atom), ``e_rel``
-(eV/atom above graphite), ``status`` (a :class:`~hpcxtal.relax.status.RelaxStatus`: converged /
+(eV/atom above graphite; for rows of other elements, above their elements' standard
+states: the formation energy), ``status`` (a :class:`~hpcxtal.relax.status.RelaxStatus`: converged /
 not_converged / failed / skipped), ``status_reason`` (why a row failed or was skipped,
 "" otherwise), ``relax_steps`` (optimiser steps) and how far relaxation moved each structure
 (``energy_initial``, ``rms_displacement_A``, ``volume_change``, see
@@ -12,7 +13,7 @@ failed rows, none for skipped ones) become the table's structures.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -20,6 +21,7 @@ from ase import Atoms
 from hpcxtal.progress import progress
 from hpcxtal.relax.engine import RelaxParams, RelaxResult, iter_relax
 from hpcxtal.relax.models import EnergyModel
+from hpcxtal.relax.reference import reference_energy
 from hpcxtal.relax.status import RelaxStatus
 from hpcxtal.screen.closeness import displacement_rms, volume_change
 from hpcxtal.store.formats import table_images
@@ -79,10 +81,13 @@ def initial_energies(images: Sequence[Atoms], model: EnergyModel, atom_budget: i
     return out
 
 
-def relax_table(table: Table, model: EnergyModel, params: RelaxParams, e_graphite: float,
-                chosen: np.ndarray | None = None, skipped: dict[int, str] | None = None) -> Table:
+def relax_table(table: Table, model: EnergyModel, params: RelaxParams,
+                references: Mapping[int, float], chosen: np.ndarray | None = None,
+                skipped: dict[int, str] | None = None) -> Table:
     """``table`` with rows ``chosen`` (default all) relaxed and the energy columns added:
-    ``energy``, ``e_rel`` (NaN where not relaxed), ``status`` and ``status_reason`` (the
+    ``energy``, ``e_rel`` (above the composition-weighted ``references``, eV/atom of
+    each element's standard state, see :func:`hpcxtal.relax.reference.reference_energy`;
+    NaN where not relaxed), ``status`` and ``status_reason`` (the
     reason from ``skipped`` where not relaxed), ``relax_steps``, ``energy_initial``,
     ``rms_displacement_A``, ``volume_change``; relaxed structures become the table's
     structures (empty for rows not relaxed, the input structure for failed ones)."""
@@ -90,10 +95,12 @@ def relax_table(table: Table, model: EnergyModel, params: RelaxParams, e_graphit
     chosen = np.arange(n) if chosen is None else np.asarray(chosen, dtype=np.int64)
     skipped = skipped or {}
     images = table_images(table.take(chosen))
+    if images:
+        model.check_elements(np.concatenate([a.numbers for a in images]))
     results: list[RelaxResult | None] = [None] * len(images)
     for i, result in progress(iter_relax(images, model, params), total=len(images), desc="relax"):
         results[i] = result
-    energy, e_initial, rms, dvol = (np.full(n, np.nan) for _ in range(4))
+    energy, e_initial, rms, dvol, e_ref = (np.full(n, np.nan) for _ in range(5))
     e_initial[chosen] = initial_energies(images, model, params.batch_atom_budget)
     status = [RelaxStatus.SKIPPED.value] * n
     reason = [skipped.get(i, "not selected") for i in range(n)]
@@ -103,12 +110,13 @@ def relax_table(table: Table, model: EnergyModel, params: RelaxParams, e_graphit
         assert r is not None
         state, why = _status(r)
         energy[k] = r.energy / len(r.atoms)
+        e_ref[k] = reference_energy(start.numbers, references)
         status[k], reason[k], steps[k], structures[k] = state.value, why, r.steps, r.atoms
         if state is not RelaxStatus.FAILED:
             rms[k] = displacement_rms(start, r.atoms)
             dvol[k] = volume_change(start, r.atoms)
     columns = dict(table.columns)
-    columns.update(energy=energy, e_rel=energy - e_graphite, status=str_array(status),
+    columns.update(energy=energy, e_rel=energy - e_ref, status=str_array(status),
                    status_reason=str_array(reason), relax_steps=steps, energy_initial=e_initial,
                    rms_displacement_A=rms, volume_change=dvol)
     return Table(columns, Structures.from_atoms(structures), dict(table.attrs))

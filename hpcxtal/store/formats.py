@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
 
 from hpcxtal.progress import progress
-from hpcxtal.crystal.row import (N_SITES, DecodeError, TooManySites, check_symmetry_tolerance,
-                                 decode, from_structure, structure_row)
+from hpcxtal.crystal.row import (CARBON, N_SITES, DecodeError, TooManySites,
+                                 check_symmetry_tolerance, decode, from_structure,
+                                 structure_row)
 from hpcxtal.store.hdf5 import atomic_dir, atomic_path, write_text_atomic
 from hpcxtal.store.table import ROW_COLUMNS, Structures, Table, str_array, structure_rows
 
@@ -30,11 +32,19 @@ class ImportConfig:
     inputs: list[str] = field(default_factory=lambda: ["sacada"])
     snap_tolerance_A: float | None = None
     symmetry_tolerance_A: float = 0.01
+    #: Elements a structure file's crystals may hold (others go to the quarantine);
+    #: null: any element. CSV and table rows say their own elements.
+    elements: list[str] | None = field(default_factory=lambda: ["C"])
 
     def __post_init__(self) -> None:
         if not self.inputs:
             raise ValueError("inputs: give at least one file (CSV, CIF, extxyz, ASE db, "
                              ".h5) or 'sacada' for the bundled set")
+        if self.elements is not None:
+            unknown = [el for el in self.elements if el not in atomic_numbers]
+            if unknown or not self.elements:
+                raise ValueError(f"elements: {unknown or 'none given'} are not element symbols "
+                                 f"(or give null for any element)")
         if self.snap_tolerance_A is not None and self.snap_tolerance_A <= 0:
             raise ValueError("snap_tolerance_A must be positive or null")
         check_symmetry_tolerance(self.symmetry_tolerance_A)
@@ -45,6 +55,8 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = ["spg", "a", "b", "c", "alpha", "beta", "gamma"] + [
     f"{name}{k}" for k in range(N_SITES) for name in ("wp", "x", "y", "z")
 ]
+#: Optional element symbol per site ("" in an empty slot); a CSV without them is carbon.
+CSV_ELEMENT_COLUMNS = [f"el{k}" for k in range(N_SITES)]
 STRUCTURE_SUFFIXES = {".cif": "cif", ".xyz": "extxyz", ".extxyz": "extxyz", ".db": "ase"}
 IMPORT_SUFFIXES = (".csv", ".h5", *STRUCTURE_SUFFIXES)
 EXPORT_FORMATS = ("csv", "cif", "extxyz", "ase")
@@ -96,6 +108,10 @@ def read_csv(path: str | Path, first_id: int = 0,
             raise FormatError(f"{path}: not a tabular crystal CSV; missing columns {missing[:5]}"
                               f"{' ...' if len(missing) > 5 else ''}")
         pick = [header.index(c) for c in CSV_COLUMNS]
+        named = [header.index(c) for c in CSV_ELEMENT_COLUMNS if c in header]
+        if named and len(named) != N_SITES:
+            raise FormatError(f"{path}: element columns must be all of {CSV_ELEMENT_COLUMNS[0]}-"
+                              f"{CSV_ELEMENT_COLUMNS[-1]} or none")
         rows, ids, origins = [], [], []
         q_ids, q_origins, q_reasons, q_raw = [], [], [], []
         for k, line in enumerate(_csv_lines(reader, path)):
@@ -105,7 +121,9 @@ def read_csv(path: str | Path, first_id: int = 0,
                 cell = values[1:7].copy()
                 cell[3:] = np.degrees(cell[3:])
                 sites = values[7:].reshape(N_SITES, 4)
-                row = decode(values[0], cell, sites[:, 0], sites[:, 1:], snap_tolerance)
+                species = _csv_species([line[i] for i in named]) if named else None
+                row = decode(values[0], cell, sites[:, 0], sites[:, 1:], snap_tolerance,
+                             species=species)
             except (DecodeError, ValueError, IndexError) as err:
                 q_ids.append(row_id), q_origins.append(origin)
                 q_reasons.append(str(err) if isinstance(err, DecodeError) else f"unreadable line: {err}")
@@ -115,6 +133,19 @@ def read_csv(path: str | Path, first_id: int = 0,
     table = Table.from_rows(rows, ids, origins,
                             snap_distance=np.array([r.snap_distance for r in rows]))
     return table, quarantine_table(q_ids, q_origins, q_reasons, q_raw)
+
+
+def _csv_species(symbols: Sequence[str]) -> np.ndarray:
+    """Atomic numbers of a CSV line's element columns (0 where blank or -1: an empty
+    slot); an unknown symbol is a DecodeError naming it."""
+    out = np.zeros(len(symbols), dtype=np.int64)
+    for k, el in enumerate(s.strip() for s in symbols):
+        if el in ("", "-1"):
+            continue
+        if el not in atomic_numbers:
+            raise DecodeError(f"site {k}: {el!r} is not an element symbol")
+        out[k] = atomic_numbers[el]
+    return out
 
 
 def _csv_lines(reader, path: Path) -> Iterable[list[str]]:
@@ -130,20 +161,24 @@ def _csv_lines(reader, path: Path) -> Iterable[list[str]]:
 
 
 def write_csv(path: str | Path, table: Table) -> Path:
-    """The published CSV layout: angles in radians, exact -1 padding (written
+    """The published CSV layout: angles in radians, exact -1 padding, and the element
+    columns el0..el7 where a row holds another element than carbon (written
     atomically: a full disk leaves the previous file or none, never a truncated one)."""
     path = Path(path)
     cell = table["cell"].copy()
     cell[:, 3:] = np.radians(cell[:, 3:])
     sites = np.concatenate([table["wps"][:, :, None].astype(float), table["xyz"]], axis=2)
     sites[table["wps"] < 0] = -1.0
+    species = np.where(table["wps"] >= 0, table["species"], 0)
+    named = bool(np.any(species[table["wps"] >= 0] != CARBON))
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for spg, c, s in zip(table["spg"], cell, sites):
+        writer.writerow(CSV_COLUMNS + (CSV_ELEMENT_COLUMNS if named else []))
+        for spg, c, s, z in zip(table["spg"], cell, sites, species):
             site_values = [int(v) if j % 4 == 0 else repr(float(v))
                            for j, v in enumerate(s.reshape(-1))]
-            writer.writerow([int(spg)] + [repr(float(v)) for v in c] + site_values)
+            elements = [chemical_symbols[v] if v else "" for v in z] if named else []
+            writer.writerow([int(spg)] + [repr(float(v)) for v in c] + site_values + elements)
     return path
 
 
@@ -169,13 +204,14 @@ def read_images(path: str | Path) -> list[tuple[str, object]]:
 
 
 def rows_from_images(images: Sequence[tuple[str, object]], first_id: int = 0,
-                     tol: float = 0.01, species: str = "C") -> tuple[Table, Table]:
+                     tol: float = 0.01, elements: Sequence[str] | None = ("C",)
+                     ) -> tuple[Table, Table]:
     """Decode structures into rows by symmetry analysis; keep every source structure.
 
     A crystal whose symmetry needs more than 8 Wyckoff sites (a P1 structure of many
     atoms, say) becomes a structure row (:func:`hpcxtal.crystal.row.structure_row`) and
-    goes on as its structure. Structures that are no crystal of ``species`` alone
-    (molecules, partial or mixed occupancy, other elements, overlapping atoms) or fail
+    goes on as its structure. Structures that are no crystal of ``elements`` (None: any;
+    molecules, partial or mixed occupancy, other elements, overlapping atoms) or fail
     the analysis go to the quarantine with their structure, so later stages can still
     use them; one without a periodic cell keeps its geometry in ``raw``.
     """
@@ -184,7 +220,7 @@ def rows_from_images(images: Sequence[tuple[str, object]], first_id: int = 0,
     for k, (origin, atoms) in progress(enumerate(images), len(images), "symmetry analysis"):
         try:
             good.append((first_id + k, origin, atoms, from_structure(atoms, tol=tol,
-                                                                     species=species)))
+                                                                     elements=elements)))
         except TooManySites as err:
             log.info("%s: %s; kept as a structure", origin, err)
             good.append((first_id + k, origin, atoms, structure_row(atoms, err.spg)))
@@ -223,7 +259,8 @@ def _no_atoms():
 
 
 def import_files(paths: Iterable[str | Path], snap_tolerance: float | None = None,
-                 tol: float = 0.01, species: str = "C") -> tuple[Table, Table]:
+                 tol: float = 0.01, elements: Sequence[str] | None = ("C",)
+                 ) -> tuple[Table, Table]:
     """Import any mix of CSV, structure files and hpcxtal tables; every row passes
     :func:`~hpcxtal.crystal.row.decode` (the one gate into a pool); ids run on across
     files."""
@@ -237,7 +274,7 @@ def import_files(paths: Iterable[str | Path], snap_tolerance: float | None = Non
         elif path.suffix.lower() == ".h5":
             table, quarantine = _read_h5_table(path, next_id, snap_tolerance)
         else:
-            table, quarantine = rows_from_images(read_images(path), next_id, tol, species)
+            table, quarantine = rows_from_images(read_images(path), next_id, tol, elements)
         n = len(table) + len(quarantine)
         log.info("%s: %d rows, %d quarantined", path, len(table), len(quarantine))
         next_id += n
@@ -269,24 +306,27 @@ def _read_h5_table(path: Path, first_id: int,
         part.columns["id"] = new
     good, reasons = [], []
     spg, cell, wps, xyz = table["spg"].copy(), table["cell"].copy(), table["wps"], table["xyz"].copy()
+    species = table["species"].copy()
     as_structure = structure_rows(table)
     for i in range(len(table)):
         if as_structure[i]:
             good.append(i)
             continue
         try:
-            row = decode(spg[i], cell[i], wps[i].astype(float), xyz[i], snap_tolerance)
+            row = decode(spg[i], cell[i], wps[i].astype(float), xyz[i], snap_tolerance,
+                         species=species[i])
         except DecodeError as err:
             reasons.append((i, str(err)))
             continue
-        spg[i], cell[i], xyz[i] = row.spg, row.cell, row.xyz
+        spg[i], cell[i], xyz[i], species[i] = row.spg, row.cell, row.xyz, row.species
         wps[i] = row.wps
         good.append(i)
-    table.columns.update(spg=spg, cell=cell, xyz=xyz)
+    table.columns.update(spg=spg, cell=cell, xyz=xyz, species=species)
     if reasons:
         bad = table.take([i for i, _ in reasons])
         raw = [json.dumps({"spg": int(bad["spg"][k]), "cell": bad["cell"][k].tolist(),
-                           "wps": bad["wps"][k].tolist(), "xyz": bad["xyz"][k].tolist()})
+                           "wps": bad["wps"][k].tolist(), "xyz": bad["xyz"][k].tolist(),
+                           "species": bad["species"][k].tolist()})
                for k in range(len(bad))]
         rejected = quarantine_table(bad["id"], bad["origin"], [r for _, r in reasons], raw,
                                     bad.structures)

@@ -36,7 +36,9 @@ from hpcxtal import __version__
 from hpcxtal.store.table import Structures, Table, str_array
 
 FORMAT = "hpcxtal-table"
-SCHEMA_VERSION = 1
+#: 2: row tables carry ``species`` (atomic number per Wyckoff slot); a version-1 file
+#: has none and reads as carbon (its checksum covers what it stored).
+SCHEMA_VERSION = 2
 UNITS = "cell: a, b, c in angstrom and alpha, beta, gamma in degrees; xyz fractional"
 STRUCTURE_FIELDS = ("natoms", "lattice", "frac", "numbers")
 CHUNK_BYTES = 1 << 20
@@ -180,14 +182,18 @@ def _group_arrays(table: Table) -> dict[str, np.ndarray]:
 
 
 def table_checksum(table: Table, quarantine: Table | None = None,
-                   attrs: dict[str, object] | None = None) -> str:
+                   attrs: dict[str, object] | None = None, leave_out: tuple[str, ...] = ()) -> str:
     """SHA-256 over every dataset of the file, in name order, then over the root
     attributes of :data:`CHECKSUM_ATTRS` when ``attrs`` is given (a file's kind and
-    row count are part of what it is; without ``attrs``: the checksum of older files)."""
+    row count are part of what it is; without ``attrs``: the checksum of older files).
+    ``leave_out`` names datasets (``quarantine/...`` for the quarantine's) added on
+    reading that the file did not store."""
     h = hashlib.sha256()
     arrays = _group_arrays(table)
     if quarantine is not None:
         arrays.update({f"quarantine/{k}": v for k, v in _group_arrays(quarantine).items()})
+    for name in leave_out:
+        arrays.pop(name, None)
     for name in sorted(arrays):
         _hash_dataset(h, name, arrays[name])
     if attrs is not None:
@@ -314,6 +320,11 @@ def _read(path: Path, verify: bool) -> tuple[Table, Table | None, dict[str, obje
                                  f"than this hpcxtal ({SCHEMA_VERSION}); upgrade hpcxtal")
             table = _read_group(f)
             quarantine = _read_group(f["quarantine"]) if "quarantine" in f else None
+            # Columns a Table adds on reading (species of a version-1 file) are not the
+            # file's: its checksum covers what it stored.
+            groups = (("species", f), ("quarantine/species", f.get("quarantine")))
+            added = tuple(name for name, group in groups
+                          if group is not None and "wps" in group and "species" not in group)
     except StoreError as err:
         if str(err).startswith(str(path)):
             raise
@@ -323,7 +334,8 @@ def _read(path: Path, verify: bool) -> tuple[Table, Table | None, dict[str, obje
     table.attrs = {k: v for k, v in attrs.items() if k not in RESERVED_ATTRS}
     if verify:
         expected = attrs.get("sha256")
-        actual = table_checksum(table, quarantine, attrs if "sha256_scope" in attrs else None)
+        actual = table_checksum(table, quarantine, attrs if "sha256_scope" in attrs else None,
+                                added)
         if expected != actual:
             raise StoreError(f"{path}: checksum mismatch (file says {expected}, "
                              f"data gives {actual}); the file is corrupted or was modified")

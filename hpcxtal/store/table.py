@@ -1,7 +1,9 @@
 """In-memory tables of crystals: one entry per row in every column.
 
 A :class:`Table` is the unit every stage reads and writes. The row columns are fixed
-(``id``, ``spg``, ``wps``, ``cell``, ``xyz``, ``origin``); stages add their own columns
+(``id``, ``spg``, ``wps``, ``cell``, ``xyz``, ``species``, ``origin``; a table with
+``wps`` but no ``species``, built by hand or read from an older file, gets carbon on
+every occupied site); stages add their own columns
 (``loss``, ``valid``, ``energy``, ``status`` ...). Explicit structures, where a row
 came from one or a stage produced one, ride along as ragged :class:`Structures`.
 
@@ -16,7 +18,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from hpcxtal.crystal.row import N_SITES, Row
+from hpcxtal.crystal.row import CARBON, N_SITES, Row
 
 #: The fixed row columns, their dtypes and per-row shapes.
 ROW_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -25,8 +27,15 @@ ROW_COLUMNS: dict[str, tuple[str, tuple[int, ...]]] = {
     "wps": ("int8", (N_SITES,)),
     "cell": ("float64", (6,)),
     "xyz": ("float64", (N_SITES, 3)),
+    "species": ("uint8", (N_SITES,)),
     "origin": ("str", ()),
 }
+
+
+def carbon_species(wps: np.ndarray) -> np.ndarray:
+    """(N, 8) species column of rows with Wyckoff indices ``wps``: carbon on every
+    occupied site, 0 in empty slots (what a row that names no element holds)."""
+    return np.where(np.asarray(wps) >= 0, CARBON, 0).astype(np.uint8)
 
 
 def str_array(values: Iterable[str]) -> np.ndarray:
@@ -121,6 +130,9 @@ class Table:
         lengths = {name: len(col) for name, col in self.columns.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"columns differ in length: {lengths}")
+        if "wps" in self.columns and "species" not in self.columns:
+            self.columns["species"] = carbon_species(
+                np.asarray(self.columns["wps"]).reshape(-1, N_SITES))
         for name, (dtype, shape) in ROW_COLUMNS.items():
             if name not in self.columns:
                 continue
@@ -152,6 +164,7 @@ class Table:
             "wps": np.array([r.wps for r in rows], dtype=np.int8).reshape(n, N_SITES),
             "cell": np.array([r.cell for r in rows], dtype=float).reshape(n, 6),
             "xyz": np.array([r.xyz for r in rows], dtype=float).reshape(n, N_SITES, 3),
+            "species": np.array([r.species for r in rows], dtype=np.uint8).reshape(n, N_SITES),
             "origin": str_array(origins),
         }
         columns.update(extra)
@@ -160,7 +173,8 @@ class Table:
     def row(self, i: int) -> Row:
         """Row ``i`` as a :class:`Row` (as stored; no re-symmetrisation)."""
         return Row(int(self["spg"][i]), self["cell"][i].copy(),
-                   self["wps"][i].astype(np.int64), self["xyz"][i].copy())
+                   self["wps"][i].astype(np.int64), self["xyz"][i].copy(),
+                   species=self["species"][i].astype(np.int64))
 
     def atoms(self, i: int):
         """Row ``i``'s geometry as ASE Atoms: its stored structure where it has a
@@ -192,7 +206,7 @@ class Table:
             raise ValueError("nothing to concatenate")
         names = list(parts[0].columns)
         for p in parts[1:]:
-            if list(p.columns) != names:
+            if sorted(p.columns) != sorted(names):
                 raise ValueError(f"tables differ in columns: {names} vs {list(p.columns)}")
         has_structures = {p.structures is not None for p in parts}
         if len(has_structures) > 1:
@@ -202,9 +216,10 @@ class Table:
                      dict(parts[0].attrs))
 
     def layout_order(self) -> np.ndarray:
-        """Stable order by space group, then Wyckoff layout, then id: rows of one
-        group and layout become neighbours, so a batch shares its index maps."""
-        keys = [self["id"]] + [self["wps"][:, k] for k in reversed(range(N_SITES))] + [self["spg"]]
+        """Stable order by space group, then Wyckoff layout, then elements, then id:
+        rows of one group and layout become neighbours, so a batch shares its index maps."""
+        keys = [self["id"]] + [self["species"][:, k] for k in reversed(range(N_SITES))] \
+            + [self["wps"][:, k] for k in reversed(range(N_SITES))] + [self["spg"]]
         return np.lexsort(keys)
 
 
