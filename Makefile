@@ -15,11 +15,12 @@ setup: $(VENV)/.installed
 # torch is installed first and pinned here (setup.cfg only asks for a range, so a cluster
 # keeps its own build): an unpinned torch pulls a multi-GB CUDA build. The mpich extra
 # gives mpi4py an MPI for the local MPI tests; on a cluster use the site's (docs/CLUSTERS.md).
+# The bench extra (optuna) is the perovskite benchmark's TPE baseline, which a test runs.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,mpich]'
+	$(BIN)/pip install --quiet -e '.[test,mpich,bench]'
 	touch $@
 
 # A real single-node SLURM on loopback for the scheduler tests (needs root; skipped,

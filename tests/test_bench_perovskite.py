@@ -47,7 +47,7 @@ def test_soft_choice_is_a_distribution_over_neutral_assignments_and_anneals_to_o
 
 
 def test_perovskite_benchmark_runs_from_the_command_line(cli, tmp_path):
-    pytest.importorskip("optuna")
+    """Needs optuna (the 'bench' extra, which make test installs)."""
     config = tmp_path / "p.yaml"
     config.write_text("a_elements: [K, Sr]\nb_elements: [Ti, Nb]\nx_elements: [O, F]\n"
                       "n_samples: 8\ndesign_steps: 30\nlattice_steps: 5\n")
