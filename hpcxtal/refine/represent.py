@@ -4,8 +4,9 @@ target environment) by batched gradient descent on the free variables R.
 
 One batch is one tensor program: per-sample Adam (:mod:`hpcxtal.refine.optim`) with
 gradient clipping and plateau step control, bounds on lattice and coordinates,
-neighbour lists reused within a skin, converged samples dropped from the working set,
-and validity checked on the way so samples that are valid and flat stop early.
+each row's neighbour list reused while it stays within a skin, converged samples
+dropped from the working set, and validity checked on the way so samples that are
+valid and flat stop early.
 """
 from __future__ import annotations
 
