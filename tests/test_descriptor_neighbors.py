@@ -123,3 +123,26 @@ def test_unsearchable_cells_are_flagged_not_fatal():
     pairs = neighbor_pairs(frac, lattice, struct, torch.arange(6), 2.0)
     assert pairs.searched.tolist() == [True, False, False]
     assert set(pairs.centre.tolist()) == {0, 1}
+
+
+def _same_pairs(a, b) -> None:
+    for name in ("centre", "atom", "shift", "searched"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_kept_and_replaced_rows_give_the_pairs_a_fresh_search_gives(generated_csv):
+    """A batch's list with some rows taken out, or some rows searched again at moved
+    geometry, is the list a search of the whole batch gives: same pairs, same order."""
+    from hpcxtal.descriptor.batch import neighbors, replace_pairs, take_pairs
+    from hpcxtal.store.formats import read_csv
+
+    table, _ = read_csv(generated_csv)
+    batch = build_batch(table.take(np.arange(12)))
+    R0 = batch.R0
+    idx = torch.tensor([1, 4, 5, 9])
+    found = neighbors(batch, R0, 2.5)
+    _same_pairs(take_pairs(batch, found, idx), neighbors(batch.take(idx), R0[idx], 2.5))
+    moved = R0.clone()
+    moved[idx] += 0.01 * (batch.kind[idx] > 0)  # a small step of the free variables
+    again = replace_pairs(batch, found, idx, neighbors(batch.take(idx), moved[idx], 2.5))
+    _same_pairs(again, neighbors(batch, moved, 2.5))

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from hpcxtal.store.table import Table
 
 __all__ = ["Batch", "Geometry", "build_batch", "positions", "cell_parameters",
-           "lattice_matrix", "rows_from_R", "neighbors", "PAD", "LENGTH", "ANGLE", "COORD"]
+           "lattice_matrix", "rows_from_R", "neighbors", "take_pairs", "replace_pairs", "PAD",
+           "LENGTH", "ANGLE", "COORD"]
 
 @dataclass(frozen=True)
 class Batch:
@@ -90,9 +91,7 @@ class Batch:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
         width = self.R0.shape[1]
         n_struct = len(self)
-        n_sites = torch.bincount(self.site_struct, minlength=n_struct)
-        sites = _ranges(torch.cumsum(n_sites, 0) - n_sites, n_sites, idx)
-        atoms = _ranges(torch.cumsum(self.n_atoms, 0) - self.n_atoms, self.n_atoms, idx)
+        sites, atoms = self.members(idx)
         new_struct = torch.full((n_struct,), -1, dtype=torch.long, device=self.device)
         new_struct[idx] = torch.arange(len(idx), device=self.device)
         new_site = torch.full((self.n_sites,), -1, dtype=torch.long, device=self.device)
@@ -117,6 +116,13 @@ class Batch:
             atom_struct=new_struct[self.atom_struct[atoms]], atom_site=new_site[self.atom_site[atoms]],
             atom_M=self.atom_M[atoms], atom_c=self.atom_c[atoms], atom_weight=self.atom_weight[atoms],
         )
+
+    def members(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The site and atom indices of the structures ``idx`` (long), in that order:
+        site k / atom k of ``self.take(idx)`` is site ``sites[k]`` / atom ``atoms[k]`` here."""
+        n_sites = torch.bincount(self.site_struct, minlength=len(self))
+        return (_ranges(torch.cumsum(n_sites, 0) - n_sites, n_sites, idx),
+                _ranges(torch.cumsum(self.n_atoms, 0) - self.n_atoms, self.n_atoms, idx))
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Batch":
         """The same batch on another device and/or floating dtype."""
@@ -318,6 +324,37 @@ def neighbors(batch: Batch, R: torch.Tensor, cutoff: float, **kw) -> Pairs:
     with torch.no_grad():
         geo = positions(batch, R.detach())
     return neighbor_pairs(geo.frac, geo.lattice, batch.atom_struct, batch.site_atom, cutoff, **kw)
+
+
+def take_pairs(batch: Batch, pairs: Pairs, idx: torch.Tensor) -> Pairs:
+    """The pairs of the structures ``idx`` (ascending), numbered as in ``batch.take(idx)``:
+    a list kept when converged rows leave a batch, in the order a search would give."""
+    sites, atoms = batch.members(idx)
+    new_site = torch.full((batch.n_sites,), -1, dtype=torch.long, device=batch.device)
+    new_site[sites] = torch.arange(len(sites), device=batch.device)
+    new_atom = torch.full((len(batch.atom_struct),), -1, dtype=torch.long, device=batch.device)
+    new_atom[atoms] = torch.arange(len(atoms), device=batch.device)
+    keep = new_site[pairs.centre] >= 0
+    return Pairs(new_site[pairs.centre[keep]], new_atom[pairs.atom[keep]], pairs.shift[keep],
+                 pairs.searched[idx])
+
+
+def replace_pairs(batch: Batch, pairs: Pairs, idx: torch.Tensor, found: Pairs) -> Pairs:
+    """``pairs`` with those of the structures ``idx`` (ascending) replaced by ``found``,
+    a list searched on ``batch.take(idx)``. Centres stay sorted and each centre's pairs
+    keep the order of the search that found them, so sums over pairs do not depend on
+    which rows were searched again when."""
+    sites, atoms = batch.members(idx)
+    redo = torch.zeros(len(batch), dtype=torch.bool, device=batch.device)
+    redo[idx] = True
+    old = ~redo[batch.site_struct[pairs.centre]]
+    centre = torch.cat([pairs.centre[old], sites[found.centre]])
+    order = torch.sort(centre, stable=True).indices
+    atom = torch.cat([pairs.atom[old], atoms[found.atom]])[order]
+    shift = torch.cat([pairs.shift[old], found.shift])[order]
+    searched = pairs.searched.clone()
+    searched[idx] = found.searched
+    return Pairs(centre[order], atom, shift, searched)
 
 
 def site_pair_vectors(batch: Batch, R: torch.Tensor, pairs: Pairs) -> torch.Tensor:

@@ -140,11 +140,16 @@ class Environment:
         """(S, K) power spectrum of each site's representative atom."""
         if pairs is None:
             pairs = neighbors(batch, R, self.target.so3.rcut)
-        vec = site_pair_vectors(batch, R, pairs)
-        r2 = (vec * vec).sum(1)
-        keep = (r2 < self.target.so3.rcut ** 2) & (r2 > MIN_PAIR_DISTANCE_A ** 2)
-        weights = batch.atom_weight[pairs.atom[keep]]
-        return self.so3.power_spectrum(vec[keep], pairs.centre[keep], batch.n_sites, weights)
+        with torch.no_grad():  # the pairs within rcut, found before any graph is recorded
+            vec = site_pair_vectors(batch, R, pairs)
+            r2 = (vec * vec).sum(1)
+            keep = (r2 < self.target.so3.rcut ** 2) & (r2 > MIN_PAIR_DISTANCE_A ** 2)
+        centre, atom = pairs.centre[keep], pairs.atom[keep]
+        if R.requires_grad:
+            vec = site_pair_vectors(batch, R, Pairs(centre, atom, pairs.shift[keep], pairs.searched))
+        else:
+            vec = vec[keep]
+        return self.so3.power_spectrum(vec, centre, batch.n_sites, batch.atom_weight[atom])
 
     def loss(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
         """(B,) multiplicity-weighted mean over sites of ``|p_site - p_ref|^2``."""

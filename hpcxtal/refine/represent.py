@@ -4,8 +4,9 @@ target environment) by batched gradient descent on the free variables R.
 
 One batch is one tensor program: per-sample Adam (:mod:`hpcxtal.refine.optim`) with
 gradient clipping and plateau step control, bounds on lattice and coordinates,
-neighbour lists reused within a skin, converged samples dropped from the working set,
-and validity checked on the way so samples that are valid and flat stop early.
+each row's neighbour list reused while it stays within a skin, converged samples
+dropped from the working set, and validity checked on the way so samples that are
+valid and flat stop early.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import numpy as np
 import torch
 
 from hpcxtal.crystal.freevars import ANGLE, COORD, LENGTH
-from hpcxtal.descriptor.batch import Batch, build_batch, positions, rows_from_R
-from hpcxtal.descriptor.neighbors import plane_reach
+from hpcxtal.descriptor.batch import (
+    Batch, Geometry, build_batch, positions, replace_pairs, rows_from_R, take_pairs,
+)
+from hpcxtal.descriptor.neighbors import Pairs, plane_reach
 from hpcxtal.refine.config import RefineConfig
 from hpcxtal.refine.objective import Objective, build_objective
 from hpcxtal.refine.optim import adam_init, adam_step
@@ -73,22 +76,65 @@ def _apply_bounds(R: torch.Tensor, kind: torch.Tensor, cfg: RefineConfig) -> tor
     return torch.where(kind == COORD, R - torch.floor(R), R)
 
 
-@torch.no_grad()
-def _outside_skin(batch: Batch, R: torch.Tensor, built, cutoff: float, skin: float) -> bool:
-    """Whether some pair may have crossed into the cutoff since the list was built at
-    geometry ``built`` (then the list within cutoff + skin is no longer complete). A pair
-    vector (f_atom - f_centre + shift) L changes by at most twice the largest atom
-    displacement plus sum_k |f_k| max_k |dL_k|, and |f_k| is bounded by the plane reach
-    of cutoff + skin; so the loss stays exact, whatever the rebuild history."""
-    now = positions(batch, R)
-    moved = torch.linalg.norm(torch.bmm((now.frac - built.frac).unsqueeze(1),
+def _outside_skin(batch: Batch, now: Geometry, built_frac: torch.Tensor,
+                  built_lattice: torch.Tensor, cutoff: float, skin: float) -> torch.Tensor:
+    """(B,) bool: rows where some pair may have crossed into the cutoff since the row's
+    list was built at fractional positions ``built_frac`` and lattice ``built_lattice``
+    (then its list within cutoff + skin is no longer complete). A pair vector (f_atom -
+    f_centre + shift) L changes by at most twice the largest atom displacement plus
+    sum_k |f_k| max_k |dL_k|, and |f_k| is bounded by the plane reach of cutoff + skin; so
+    the loss stays exact, whatever the rebuild history."""
+    moved = torch.linalg.norm(torch.bmm((now.frac - built_frac).unsqueeze(1),
                                         now.lattice[batch.atom_struct]).squeeze(1), dim=1)
     most = torch.zeros(len(batch), dtype=moved.dtype, device=moved.device)
     most = most.scatter_reduce(0, batch.atom_struct, moved, reduce="amax")
-    reach, _ = plane_reach(built.lattice, cutoff + skin)
-    d_lattice = torch.linalg.norm(now.lattice - built.lattice, dim=2).amax(1)
+    reach, _ = plane_reach(built_lattice, cutoff + skin)
+    d_lattice = torch.linalg.norm(now.lattice - built_lattice, dim=2).amax(1)
     bound = 2 * most + (reach + 1.0).sum(1) * d_lattice
-    return bool((bound > skin).any()) or not bool(torch.isfinite(bound).all())
+    return (bound > skin) | ~torch.isfinite(bound)
+
+
+class _PairLists:
+    """The objective's pairs within cutoff + skin for a working batch. A row's pairs are
+    searched again only when one of them may have crossed the skin since that row's own
+    last search (:func:`_outside_skin`), or when asked (a restarted row): one fast row
+    no longer makes the whole batch search again. Rows leaving the batch take their
+    pairs out (:func:`take_pairs`), so the rest search nothing."""
+
+    def __init__(self, env: Objective, skin: float) -> None:
+        self.env, self.skin = env, skin
+        self.pairs: Pairs | None = None
+        self.frac = self.lattice = None  # geometry each row's list was searched at
+
+    @torch.no_grad()
+    def update(self, batch: Batch, R: torch.Tensor, redo: torch.Tensor) -> Pairs | None:
+        """Complete pairs for R; ``redo`` (B,) bool: rows to search again in any case."""
+        if self.frac is not None and self.pairs is None:
+            return None  # the objective reads no pairs
+        now = positions(batch, R)
+        if self.frac is not None:
+            redo = redo | _outside_skin(batch, now, self.frac, self.lattice, self.env.cutoff,
+                                        self.skin)
+            if not bool(redo.any()):
+                return self.pairs
+        if self.frac is None or bool(redo.all()):
+            self.pairs = self.env.pairs(batch, R, skin=self.skin)
+            self.frac, self.lattice = now.frac, now.lattice
+            return self.pairs
+        idx = torch.nonzero(redo).flatten()
+        found = self.env.pairs(batch.take(idx), R[idx], skin=self.skin)
+        self.pairs = replace_pairs(batch, self.pairs, idx, found)
+        self.frac = torch.where(redo[batch.atom_struct, None], now.frac, self.frac)
+        self.lattice = torch.where(redo[:, None, None], now.lattice, self.lattice)
+        return self.pairs
+
+    def take(self, batch: Batch, idx: torch.Tensor) -> None:
+        """Keep the lists of rows ``idx`` (ascending) of ``batch``, as ``batch.take(idx)``."""
+        if self.frac is None:
+            return
+        if self.pairs is not None:
+            self.pairs = take_pairs(batch, self.pairs, idx)
+        self.frac, self.lattice = self.frac[batch.members(idx)[1]], self.lattice[idx]
 
 
 def _restart_noise(ids: np.ndarray, restarts: np.ndarray, width: int, cfg: RefineConfig
@@ -151,11 +197,11 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Objective, cfg: RefineConfi
     last_check, best_loss, valid_loss = inf.clone(), inf.clone(), inf.clone()
     best_R, valid_R = R_all.clone(), R_all.clone()
     restarts = np.zeros(n, dtype=np.int64)
-    pairs = built = None
+    lists = _PairLists(env, cfg.skin_A)
+    redo = torch.zeros(n, dtype=torch.bool, device=batch.device)
     for step in range(cfg.max_steps):
-        if built is None or _outside_skin(wb, R, built, env.cutoff, cfg.skin_A):
-            pairs = env.pairs(wb, R.detach(), skin=cfg.skin_A)
-            built = positions(wb, R.detach())
+        pairs = lists.update(wb, R.detach(), redo)
+        redo = torch.zeros_like(redo)
         Rg = R.detach().requires_grad_(True)
         loss = env.loss(wb, Rg, pairs)
         grad, = torch.autograd.grad(loss.sum(), Rg)
@@ -199,7 +245,7 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Objective, cfg: RefineConfi
             noise = _restart_noise(ids[rows], restarts[rows], R.shape[1], cfg)
             R, state = _restart(torch.where(hop[:, None], best_R[work], R), wb.kind, state, hop,
                                 torch.from_numpy(noise), cfg)
-            built = None
+            redo = hop
         R_all[work] = R.detach()
         if on_step is not None:
             on_step(step + 1)
@@ -207,8 +253,9 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Objective, cfg: RefineConfi
             break
         if bool(stop.any()):  # drop finished samples from the working set
             keep = torch.nonzero(~stop).flatten()
-            work, wb, R = work[keep], wb.take(keep), R[keep]
-            state, scale, built = state.take(keep), scale[keep], None
+            lists.take(wb, keep)
+            work, wb, R, redo = work[keep], wb.take(keep), R[keep], redo[keep]
+            state, scale = state.take(keep), scale[keep]
     with torch.no_grad():  # last state if valid, else the best valid one, else the lowest loss
         valid = env.validity(batch, R_all)
         fallback = torch.where(torch.isfinite(valid_loss)[:, None], valid_R, best_R)
