@@ -66,3 +66,12 @@ def test_snap_finds_nearest_equivalent_generator():
     again, moved_again = snap_to_wyckoff(group, wp, snapped, matrix)
     assert moved_again == pytest.approx(0, abs=1e-12)
     assert again == pytest.approx(snapped)
+
+
+def test_the_shipped_wyckoff_tables_equal_pyxtal_s_groups():
+    from hpcxtal.crystal.symmetry import build_wyckoff_tables, wyckoff_cost_tables
+
+    for shipped, built, name in zip(wyckoff_cost_tables(), build_wyckoff_tables(),
+                                    ("mult", "dof", "ok")):
+        np.testing.assert_array_equal(shipped, built, err_msg=f"{name}: regenerate "
+                                      "hpcxtal/data/wyckoff_tables.npz (build_wyckoff_tables)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -102,10 +103,27 @@ def space_group(spg: int) -> SpaceGroup:
     return SpaceGroup(spg, group.symbol, system, tuple(positions))
 
 
+#: The lookup tables of :func:`wyckoff_cost_tables`, shipped so that no process builds
+#: all 230 groups from pyxtal to cost or check rows (seconds of every command's start-up).
+WYCKOFF_TABLES = Path(__file__).resolve().parents[1] / "data" / "wyckoff_tables.npz"
+
+
 @lru_cache(maxsize=1)
 def wyckoff_cost_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lookup tables over all groups, indexed ``[spg, wp]``: multiplicity, free
-    coordinates, and a valid-entry mask. Shape (231, 27); row 0 unused."""
+    coordinates, and a valid-entry mask. Shape (231, 27); row 0 unused. Read from
+    :data:`WYCKOFF_TABLES` (equal to :func:`build_wyckoff_tables`, tested)."""
+    with np.load(WYCKOFF_TABLES) as f:
+        tables = tuple(f[name] for name in ("mult", "dof", "ok"))
+    for t in tables:
+        t.setflags(write=False)
+    return tables  # type: ignore[return-value]
+
+
+def build_wyckoff_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The tables of :func:`wyckoff_cost_tables` built from pyxtal's groups (slow: every
+    group). Regenerate the shipped file with ``np.savez_compressed(WYCKOFF_TABLES, mult=..., dof=...,
+    ok=...)`` after a pyxtal upgrade that changes them (a test compares)."""
     n_max = 27
     mult = np.zeros((231, n_max), dtype=np.int64)
     dof = np.zeros((231, n_max), dtype=np.int64)
