@@ -215,3 +215,56 @@ def test_reconstruction_of_training_rows_by_the_shipped_cvae(sacada):
     gen = load_generator("default")
     z = gen.encode(small)
     assert z.shape == (10, gen.latent_dim)
+
+
+# --- coverage (CDVAE's COV-R / COV-P) and overlap ---------------------------------------
+
+def _carbon(kind: str):
+    from ase.build import bulk
+    from ase import Atoms
+
+    if kind == "diamond":
+        return bulk("C", "diamond", a=3.567)
+    return Atoms("C4", scaled_positions=[[0, 0, 0.25], [0, 0, 0.75], [1 / 3, 2 / 3, 0.25],
+                                         [2 / 3, 1 / 3, 0.75]],
+                 cell=[[2.464, 0, 0], [-1.232, 2.1339, 0], [0, 0, 6.711]], pbc=True)
+
+
+def test_fingerprints_see_the_coordination():
+    from hpcxtal.generate.metrics import FINGERPRINT_LENGTH, structure_fingerprint
+
+    assert FINGERPRINT_LENGTH == 61  # matminer's CrystalNNFingerprint "ops" preset
+    graphite, diamond = structure_fingerprint(_carbon("graphite")), structure_fingerprint(_carbon("diamond"))
+    assert graphite.shape == (61,) and diamond.shape == (61,)
+    assert graphite[8] > 0.9 and graphite[9] > 0.9  # wt CN_3, trigonal planar CN_3
+    assert diamond[12] > 0.9 and diamond[14] > 0.9  # wt CN_4, tetrahedral CN_4
+    # a supercell has the same fingerprint (a site mean)
+    np.testing.assert_allclose(structure_fingerprint(_carbon("diamond").repeat((2, 1, 1))), diamond,
+                               atol=1e-6)
+
+
+def test_a_set_covers_itself_and_not_a_disjoint_one():
+    from hpcxtal.generate.metrics import coverage, structure_fingerprint
+
+    g, d = structure_fingerprint(_carbon("graphite")), structure_fingerprint(_carbon("diamond"))
+    same = coverage([g, d], ["C", "C"], [g, d], ["C", "C"], n_generated=2)
+    assert same["cov_r"] == 1.0 and same["cov_p"] == 1.0 and same["amsd_r"] == 0.0
+    apart = coverage([g], ["C"], [d], ["C"], n_generated=1)
+    assert apart["cov_r"] == 0.0 and apart["cov_p"] == 0.0 and apart["amsd_p"] > 0.2
+    # an undecoded sample (None) counts in COV-P's denominator only; another formula never covers
+    half = coverage([g, None], ["C", ""], [g, d], ["C", "C"], n_generated=2)
+    assert half["cov_r"] == 0.5 and half["cov_p"] == 0.5
+    assert coverage([g], ["Si"], [g], ["C"], n_generated=1)["cov_r"] == 0.0
+
+
+def test_overlap_of_distinct_structures():
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from hpcxtal.generate.metrics import distinct, overlap
+
+    g, d = (AseAtomsAdaptor.get_structure(_carbon(k)) for k in ("graphite", "diamond"))
+    shifted = AseAtomsAdaptor.get_structure(_carbon("diamond").repeat((1, 1, 2)))
+    mine = distinct([g, d, shifted])
+    assert len(mine) == 2  # the diamond supercell is diamond
+    assert overlap(mine, distinct([d])) == 1 and overlap(mine, mine) == 2
+    assert overlap(distinct([g]), distinct([d])) == 0

@@ -41,7 +41,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     --model cvae: the conditional VAE (the shipped default's kind); vae: the unconditional
     VAE baseline; diffusion: symmetry-aware tabular diffusion on the free lattice
     parameters and coordinates, conditioned on space group and Wyckoff sites; gan: a
-    conditional WGAN-GP on the same free columns. A checkpoint
+    conditional WGAN-GP on the same free columns. --discrete (cvae, vae, gan): LEGO-xtal's
+    binned representation, each fractional coordinate one of BINS equal bins (default
+    100) as a category, cell parameters continuous. A checkpoint
     MODEL.pt.ckpt is written every epoch; running again resumes from it. The model file
     records kind, config, seed and the data checksum; 'hpcxtal sample --model' and a
     campaign's sample.model take any kind.
@@ -54,14 +56,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hpcxtal.generate.train import TrainConfig, train
 
     kind = KINDS[args.model]
+    bins = args.discrete or 0
     try:
         if args.model == "diffusion":
+            if bins:
+                raise ValueError("--discrete: the diffusion model has no binned representation "
+                                 "(cvae, vae and gan have)")
             model = DiffusionConfig(hidden=args.hidden)
         elif args.model == "gan":
-            model = GANConfig(hidden=args.hidden, latent_dim=args.latent)
+            model = GANConfig(hidden=args.hidden, latent_dim=args.latent, n_bins=bins)
         else:
             model = ModelConfig(conditional=args.model == "cvae", n_components=args.components,
-                                latent_dim=args.latent, hidden=args.hidden)
+                                latent_dim=args.latent, hidden=args.hidden, n_bins=bins)
         cfg = TrainConfig(model=model, epochs=args.epochs or kind.epochs,
                           batch_size=args.batch_size or kind.batch_size,
                           learning_rate=args.lr or kind.learning_rate, seed=args.seed,
@@ -268,6 +274,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="model file to write (.pt)")
     p.add_argument("--model", choices=list(KINDS), default="cvae",
                    help="generator kind (default cvae; vae: unconditional baseline; diffusion; gan)")
+    p.add_argument("--discrete", type=num.positive_int, nargs="?", const=100, metavar="BINS",
+                   help="cvae, vae, gan: binned coordinates as LEGO-xtal's discrete models, "
+                        "BINS equal bins per fractional coordinate (default 100)")
     p.add_argument("--epochs", type=num.positive_int,
                    help="epochs (default: cvae/vae 20, published 250; diffusion 200; gan 100)")
     p.add_argument("--batch-size", type=num.positive_int,

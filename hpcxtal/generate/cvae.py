@@ -7,6 +7,10 @@ to mixture-component logits and residual means/log-variances of every continuous
 Unconditional (``vae``): no condition; the row's space group and Wyckoff indices are part
 of the data and the decoder predicts them as categories too.
 
+Binned (``n_bins`` > 0, LEGO-xtal's discrete representation): the coordinate columns are
+categories of ``n_bins`` bins (:mod:`hpcxtal.generate.gmm`), the heads are
+``max(n_components, n_bins)`` wide and the residual NLL counts the cell columns only.
+
 Loss = ``w_ce`` x cross-entropy of the components (and, unconditional, of the group and
 the Wyckoff indices) + ``w_nll`` x Gaussian NLL of the residuals + ``w_kl`` x KL, over the
 free columns of each row only (the rest are fixed by symmetry and restored by decode).
@@ -42,11 +46,20 @@ class ModelConfig:
     w_ce: float = 2.0
     w_nll: float = 0.1
     w_kl: float = 1.0
+    #: Bins per coordinate column; 0 = continuous (GMM) coordinates.
+    n_bins: int = 0
 
     def __post_init__(self) -> None:
         if min(self.n_components, self.latent_dim, self.hidden, self.n_hidden_layers,
                self.condition_embedding) < 1:
             raise ValueError("model sizes must be positive")
+        if self.n_bins < 0 or self.n_bins == 1:
+            raise ValueError("n_bins must be 0 (continuous) or at least 2")
+
+    @property
+    def width(self) -> int:
+        """Categories per column head: GMM components, or bins if more."""
+        return max(self.n_components, self.n_bins)
 
     @property
     def kind(self) -> str:
@@ -75,7 +88,7 @@ class RowVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        k = cfg.n_components
+        k = cfg.width
         data_dim = N_COLUMNS * (k + 1) + (0 if cfg.conditional else CONDITION_DIM)
         cond_dim = cfg.condition_embedding if cfg.conditional else 0
         if cfg.conditional:
@@ -91,7 +104,7 @@ class RowVAE(nn.Module):
     def encoder_input(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(encoder data, embedded condition) of a batch as :meth:`loss` takes it."""
         maskf = batch["mask"].to(batch["resid"].dtype)
-        onehot = nn.functional.one_hot(batch["comp"], self.cfg.n_components).to(maskf.dtype) * maskf[..., None]
+        onehot = nn.functional.one_hot(batch["comp"], self.cfg.width).to(maskf.dtype) * maskf[..., None]
         data = torch.cat([onehot, (batch["resid"] * maskf)[..., None]], -1).flatten(1)
         cond_emb = self.embed_condition(batch["cond"])
         if not self.cfg.conditional:
@@ -107,7 +120,7 @@ class RowVAE(nn.Module):
         """Raw decoder heads: ``logits`` (N, 30, K), ``res_mu`` and ``res_logvar`` (N, 30),
         and (unconditional) ``spg_logits`` (N, 230), ``wp_logits`` (N, 8, 28)."""
         h = self.decoder(z if cond_emb is None else torch.cat([z, cond_emb], 1))
-        k = self.cfg.n_components
+        k = self.cfg.width
         n = len(z)
         cont = h[:, :N_COLUMNS * (k + 2)]
         out = {"logits": cont[:, :N_COLUMNS * k].reshape(n, N_COLUMNS, k),
@@ -120,10 +133,12 @@ class RowVAE(nn.Module):
         return out
 
     def loss(self, batch: dict[str, torch.Tensor], noise: torch.Tensor,
-             active: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+             active: torch.Tensor, continuous: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of a batch (``comp`` (N, 30) long, ``resid`` (N, 30), ``mask`` (N, 30) bool,
         ``cond`` (N, CONDITION_DIM)); ``noise`` (N, latent) drives the reparameterisation;
-        ``active`` (30, K) marks real mixture components."""
+        ``active`` (30, K) marks real mixture components; ``continuous`` (30,) bool the
+        columns with a residual (not binned)."""
         cfg = self.cfg
         comp, resid, mask, cond = batch["comp"], batch["resid"], batch["mask"], batch["cond"]
         maskf = mask.float()
@@ -135,7 +150,7 @@ class RowVAE(nn.Module):
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), comp.flatten(), reduction="none")
         ce = (ce.view_as(maskf) * maskf).sum(1)
         nll = 0.5 * (out["res_logvar"] + (resid - out["res_mu"]) ** 2 * torch.exp(-out["res_logvar"]))
-        nll = (nll * maskf).sum(1)
+        nll = (nll * maskf * continuous).sum(1)
         if not cfg.conditional:
             spg = cond[:, :N_SPG].argmax(1)
             wp = cond[:, N_SPG:].view(-1, N_SITES, N_WP + 1).argmax(-1)

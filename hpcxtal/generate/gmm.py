@@ -8,6 +8,13 @@ then x, y, z of the 8 sites) gets its own K-component mixture, fitted by EM on t
 values that are real (occupied sites, free coordinates). :meth:`ColumnGMM.inverse` maps
 component probabilities and residuals back to values in torch, differentiably, so
 latent refinement can push gradients from a decoded crystal back to the latent vector.
+
+The discrete (binned) representation LEGO-xtal trains its "-Dis" GAN and VAE on
+(pyxtal's ``get_tabular_representation(discrete=True)``: a fractional coordinate x is
+bin ``floor(x N)`` of ``N`` equal bins, decoded as ``k / N``; cell parameters stay
+continuous) is the same object with the coordinate columns replaced by ``N`` point
+"components" at ``k / N`` of width 0 (:meth:`ColumnGMM.fit` with ``n_bins``): the
+category is the bin, the residual is always 0.
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ from hpcxtal.crystal.symmetry import FREE_LATTICE_PARAMETERS, lattice_system, wy
 
 #: Continuous columns in order: 6 cell parameters, then x, y, z of each site.
 N_COLUMNS = 6 + 3 * N_SITES
+#: The coordinate columns (x, y, z of the 8 sites): the ones the binned representation bins.
+COORD_COLUMNS = slice(6, N_COLUMNS)
 #: Smallest component width relative to the column's spread (keeps point masses finite).
 MIN_STD_FRACTION = 1e-3
 
@@ -128,29 +137,48 @@ class ColumnGMM:
         return self.means.shape[1]
 
     @classmethod
-    def fit(cls, values: np.ndarray, mask: np.ndarray, k: int = 10, seed: int = 0) -> "ColumnGMM":
+    def fit(cls, values: np.ndarray, mask: np.ndarray, k: int = 10, seed: int = 0,
+            n_bins: int = 0) -> "ColumnGMM":
         """Fit column ``j`` on ``values[mask[:, j], j]``; columns with no data get one
-        standard-normal component."""
+        standard-normal component. ``n_bins`` > 0: the coordinate columns are ``n_bins``
+        equal bins instead (the binned representation), and every column is padded to
+        ``max(k, n_bins)`` components."""
         n_cols = values.shape[1]
-        w = np.zeros((n_cols, k))
-        m = np.zeros((n_cols, k))
-        s = np.ones((n_cols, k))
+        width = max(k, n_bins)
+        w = np.zeros((n_cols, width))
+        m = np.zeros((n_cols, width))
+        s = np.ones((n_cols, width))
         for j in range(n_cols):
+            if n_bins and COORD_COLUMNS.start <= j < COORD_COLUMNS.stop:
+                w[j, :n_bins], m[j, :n_bins], s[j, :n_bins] = 1.0 / n_bins, np.arange(n_bins) / n_bins, 0.0
+                continue
             wj, mj, sj = fit_gmm_1d(values[mask[:, j], j], k, seed=seed + j)
             n = len(wj)
             w[j, :n], m[j, :n], s[j, :n] = wj, mj, sj
         return cls(w, m, s, w > 0)
 
+    @property
+    def binned(self) -> np.ndarray:
+        """(C,) bool: columns that are bins (components of width 0), not mixtures."""
+        return ~(self.stds * self.active > 0).any(1)
+
     def encode(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(component (N, C) int, residual (N, C)): the most responsible component of
-        each value and the value's offset from it in units of that component's width."""
-        x = np.asarray(values, dtype=float)[..., None]
-        logp = -0.5 * ((x - self.means) / self.stds) ** 2 - np.log(self.stds) + np.log(
+        each value and the value's offset from it in units of that component's width;
+        in a binned column, the bin of the value modulo 1 and residual 0."""
+        values = np.asarray(values, dtype=float)
+        binned = self.binned
+        stds = np.where(binned[:, None], 1.0, self.stds)
+        x = values[..., None]
+        logp = -0.5 * ((x - self.means) / stds) ** 2 - np.log(stds) + np.log(
             np.where(self.active, self.weights, 1.0))
         logp = np.where(self.active, logp, -np.inf)
         comp = np.argmax(logp, axis=-1)
         cols = np.arange(self.n_columns)
-        return comp, (values - self.means[cols, comp]) / self.stds[cols, comp]
+        resid = (values - self.means[cols, comp]) / stds[cols, comp]
+        n_bins = self.active.sum(1)
+        bins = np.minimum(np.floor((values % 1.0) * n_bins + 1e-9), n_bins - 1).astype(comp.dtype)
+        return np.where(binned, bins, comp), np.where(binned, 0.0, resid)
 
     def inverse(self, probs, residual):
         """Values from component probabilities ``probs`` (N, C, K) (one-hot for a hard

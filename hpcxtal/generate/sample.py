@@ -37,7 +37,11 @@ class Generator(RowGenerator):
             raise ValueError(f"{self.path}: a {self.kind} model, not a (C)VAE; load it with "
                              f"hpcxtal.generate.plugin.load_generator")
         self.model = RowVAE(ModelConfig(**self.config["model"])).to(self.dtype)
-        self.model.load_state_dict(blob["weights"])  # copied into the model's dtype
+        try:
+            self.model.load_state_dict(blob["weights"])  # copied into the model's dtype
+        except RuntimeError:
+            raise ValueError(f"{self.path}: the weights do not fit the model config "
+                             f"(a damaged or edited model file)") from None
         self.model.eval().requires_grad_(False)
         self.gmm = ColumnGMM.from_state(numpy_state(blob["gmm"]))
         self.active = torch.as_tensor(self.gmm.active)
@@ -83,7 +87,7 @@ class Generator(RowGenerator):
         """(spg (n,), wps (n, 8), values (n, 30), condition source (n,)) for ``n`` new
         latent vectors; mixture components are drawn from the decoder's probabilities."""
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        z = torch.randn(n, self.latent_dim, generator=gen)
+        z = torch.randn(n, self.latent_dim, generator=gen).to(self.dtype)
         if self.model.cfg.conditional:
             cond, source = self.conditions.sample(n, rng, mode)
             spg, wps = torch.as_tensor(cond[:, 0]), torch.as_tensor(cond[:, 1:])

@@ -55,12 +55,14 @@ class TrainConfig:
             raise ValueError(f"model config {type(self.model).__name__} names no generator kind")
 
 
-def encode_table(table, gmm: ColumnGMM | None, k: int, seed: int) -> tuple[dict[str, torch.Tensor], ColumnGMM]:
-    """Tensors the (C)VAE trains on (GMM fitted here if ``gmm`` is None)."""
+def encode_table(table, gmm: ColumnGMM | None, k: int, seed: int, n_bins: int = 0
+                 ) -> tuple[dict[str, torch.Tensor], ColumnGMM]:
+    """Tensors the (C)VAE trains on (GMM, with ``n_bins`` binned coordinates if > 0,
+    fitted here if ``gmm`` is None)."""
     values = row_values(table["cell"], table["xyz"])
     mask = free_mask(table["spg"], table["wps"])
     if gmm is None:
-        gmm = ColumnGMM.fit(values, mask, k, seed)
+        gmm = ColumnGMM.fit(values, mask, k, seed, n_bins)
     comp, resid = gmm.encode(values)
     resid = np.where(mask, np.clip(resid, -20, 20), 0.0)
     comp = np.where(mask, comp, 0)
@@ -77,9 +79,11 @@ class VAETrainer(Trainer):
     def __init__(self, cfg: TrainConfig, table: Table):
         self.cfg = cfg.model
         self.kind = cfg.model.kind
-        self.data, self.gmm = encode_table(table, None, cfg.model.n_components, cfg.seed)
+        self.data, self.gmm = encode_table(table, None, cfg.model.n_components, cfg.seed,
+                                           cfg.model.n_bins)
         self.sampler = ConditionSampler.fit(table["spg"], table["wps"])
         self.active = torch.as_tensor(self.gmm.active)
+        self.continuous = torch.as_tensor(~self.gmm.binned)
         torch.manual_seed(cfg.seed)
         self.model = RowVAE(cfg.model)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
@@ -87,7 +91,7 @@ class VAETrainer(Trainer):
     def step(self, batch: dict[str, torch.Tensor], rng: torch.Generator) -> dict[str, float]:
         self.model.train()
         noise = torch.randn(len(batch["comp"]), self.cfg.latent_dim, generator=rng)
-        loss, parts = self.model.loss(batch, noise, self.active)
+        loss, parts = self.model.loss(batch, noise, self.active, self.continuous)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
