@@ -19,10 +19,10 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import active_children, get_context
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
