@@ -38,8 +38,9 @@ def main() -> None:
     db, quarantine = read_database(args.database)
     attrs = file_summary(args.database)["attrs"]
     n_sampled = args.n_sampled or int(attrs["n_sampled"])
-    cfg = MergeConfig(**{k: v for k, v in json.loads(attrs["merge_config"]).items()})
-    topo = TopologyConfig(**{k: v for k, v in json.loads(attrs["topology_config"]).items()})
+    science = json.loads(attrs["stage_config"])  # what the merge stage was run with
+    cfg = MergeConfig(**science["merge"])
+    topo = TopologyConfig(**science["topology"])
     params = SignatureParams(cutoffs=topo.cutoffs(), depth=topo.depth, max_ring=topo.max_ring)
     t0 = time.perf_counter()
     phases = [(name, _reduced(s)) for pairs in known_phases(params).values() for name, s in pairs]
