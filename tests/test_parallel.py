@@ -296,3 +296,18 @@ def test_a_finished_refine_leaves_no_kept_chunks(rows_file, tmp_path):
     cfg = RefineConfig(max_steps=5, restarts=0, chunk_rows=8)
     stage_spec("refine").run_file(rows_file, tmp_path / "out.h5", cfg, Resources(workers=1))
     assert (tmp_path / "out.h5").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_main_gives_the_caller_its_sigterm_handler_back(tmp_path, capsys):
+    """In-process callers of main() (tests, embedding code) keep their own handler."""
+    import signal
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert main(["info", str(tmp_path / "missing.h5")]) != 0
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 
 from hpcxtal import __version__
@@ -67,7 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM raises Terminated while this command runs (signals reach the main thread
+    # only); a caller's own handler comes back afterwards.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return _run(parser, args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command of ``args`` inside the error boundary (see :func:`main`)."""
     try:
         num.refuse_overwriting_inputs(args)
     except ValueError as err:
