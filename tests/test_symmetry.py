@@ -68,10 +68,24 @@ def test_snap_finds_nearest_equivalent_generator():
     assert again == pytest.approx(snapped)
 
 
-def test_the_shipped_wyckoff_tables_equal_pyxtal_s_groups():
-    from hpcxtal.crystal.symmetry import build_wyckoff_tables, wyckoff_cost_tables
+def test_the_shipped_space_groups_equal_pyxtal_s():
+    from hpcxtal.crystal.symmetry import SPACE_GROUP_TABLES, build_space_group_tables
 
-    for shipped, built, name in zip(wyckoff_cost_tables(), build_wyckoff_tables(),
-                                    ("mult", "dof", "ok")):
-        np.testing.assert_array_equal(shipped, built, err_msg=f"{name}: regenerate "
-                                      "hpcxtal/data/wyckoff_tables.npz (build_wyckoff_tables)")
+    with np.load(SPACE_GROUP_TABLES) as shipped:
+        built = build_space_group_tables()
+        assert sorted(shipped.files) == sorted(built)
+        for name, array in built.items():
+            np.testing.assert_array_equal(shipped[name], array, err_msg=(
+                f"{name}: regenerate hpcxtal/data/space_groups.npz (build_space_group_tables)"))
+
+
+def test_the_wyckoff_cost_tables_follow_the_groups():
+    from hpcxtal.crystal.symmetry import wyckoff_cost_tables
+
+    mult, dof, ok = wyckoff_cost_tables()
+    assert ok.sum() == 1731 and not ok[0].any()
+    for spg in (1, 15, 191, 194, 227, 230):
+        for wp in space_group(spg).wyckoff:
+            assert ok[spg, wp.index] and mult[spg, wp.index] == wp.multiplicity == len(wp.ops)
+            assert dof[spg, wp.index] == wp.dof
+        assert not ok[spg, len(space_group(spg).wyckoff):].any()

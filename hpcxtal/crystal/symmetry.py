@@ -1,4 +1,4 @@
-"""Space-group and Wyckoff tables from pyxtal, as cached numpy arrays.
+"""Space-group and Wyckoff tables from pyxtal (shipped), as cached numpy arrays.
 
 pyxtal numbers the Wyckoff positions of a group from the general position (index 0)
 to the most special one; hpcxtal uses the same numbering everywhere. Every generator
@@ -84,55 +84,74 @@ class SpaceGroup:
         return self.wyckoff[0].ops
 
 
-@lru_cache(maxsize=None)
-def space_group(spg: int) -> SpaceGroup:
-    """The tables of space group ``spg``, built once from pyxtal and cached."""
+#: Every group's Wyckoff positions (operations, labels, multiplicities) and symbol as
+#: pyxtal defines them, shipped so that no process imports pyxtal or builds its groups
+#: to decode, cost or check rows (seconds of every command's and worker's start-up).
+SPACE_GROUP_TABLES = Path(__file__).resolve().parents[1] / "data" / "space_groups.npz"
+
+
+def build_space_group_tables() -> dict[str, np.ndarray]:
+    """The arrays of :data:`SPACE_GROUP_TABLES` built from pyxtal's groups (slow: every
+    group). Regenerate the shipped file with ``np.savez_compressed(SPACE_GROUP_TABLES,
+    **build_space_group_tables())`` after a pyxtal upgrade that changes them (a test
+    compares): positions in group order, each position's operations consecutive."""
     from pyxtal.symmetry import Group
 
+    symbol, group_of, index, label, mult, ops = [""], [], [], [], [], []
+    for spg in range(1, 231):
+        group = Group(spg)
+        symbol.append(group.symbol)
+        for wp in group:
+            group_of.append(spg)
+            index.append(wp.index)
+            label.append(wp.get_label())
+            mult.append(wp.multiplicity)
+            ops.extend(op.affine_matrix[:3, :] for op in wp.ops)
+    return {"symbol": np.array(symbol), "group": np.array(group_of, dtype=np.int16),
+            "index": np.array(index, dtype=np.int16), "label": np.array(label),
+            "multiplicity": np.array(mult, dtype=np.int16),
+            "ops": np.array(ops, dtype=float)}
+
+
+@lru_cache(maxsize=1)
+def _space_group_tables() -> dict[str, np.ndarray]:
+    """The shipped tables, read once per process."""
+    with np.load(SPACE_GROUP_TABLES) as f:
+        return {name: f[name] for name in f.files}
+
+
+@lru_cache(maxsize=None)
+def space_group(spg: int) -> SpaceGroup:
+    """The tables of space group ``spg`` (pyxtal's, from :data:`SPACE_GROUP_TABLES`), cached."""
     system = lattice_system(spg)
-    group = Group(spg)
+    t = _space_group_tables()
+    first_op = np.cumsum(t["multiplicity"], dtype=np.int64) - t["multiplicity"]
     positions = []
-    for wp in group:
-        ops = np.array([op.affine_matrix[:3, :] for op in wp.ops], dtype=float)
+    for k in np.flatnonzero(t["group"] == spg):
+        ops = t["ops"][first_op[k]:first_op[k] + t["multiplicity"][k]].copy()
         ops.setflags(write=False)
         free = np.any(ops[0][:, :3] != 0, axis=0)
         free.setflags(write=False)
-        positions.append(
-            WyckoffPosition(wp.index, wp.get_label(), wp.multiplicity, ops, free)
-        )
-    return SpaceGroup(spg, group.symbol, system, tuple(positions))
-
-
-#: The lookup tables of :func:`wyckoff_cost_tables`, shipped so that no process builds
-#: all 230 groups from pyxtal to cost or check rows (seconds of every command's start-up).
-WYCKOFF_TABLES = Path(__file__).resolve().parents[1] / "data" / "wyckoff_tables.npz"
+        positions.append(WyckoffPosition(int(t["index"][k]), str(t["label"][k]),
+                                         int(t["multiplicity"][k]), ops, free))
+    return SpaceGroup(spg, str(t["symbol"][spg]), system, tuple(positions))
 
 
 @lru_cache(maxsize=1)
 def wyckoff_cost_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lookup tables over all groups, indexed ``[spg, wp]``: multiplicity, free
-    coordinates, and a valid-entry mask. Shape (231, 27); row 0 unused. Read from
-    :data:`WYCKOFF_TABLES` (equal to :func:`build_wyckoff_tables`, tested)."""
-    with np.load(WYCKOFF_TABLES) as f:
-        tables = tuple(f[name] for name in ("mult", "dof", "ok"))
-    for t in tables:
-        t.setflags(write=False)
-    return tables  # type: ignore[return-value]
-
-
-def build_wyckoff_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The tables of :func:`wyckoff_cost_tables` built from pyxtal's groups (slow: every
-    group). Regenerate the shipped file with ``np.savez_compressed(WYCKOFF_TABLES, mult=..., dof=...,
-    ok=...)`` after a pyxtal upgrade that changes them (a test compares)."""
-    n_max = 27
-    mult = np.zeros((231, n_max), dtype=np.int64)
-    dof = np.zeros((231, n_max), dtype=np.int64)
-    ok = np.zeros((231, n_max), dtype=bool)
-    for spg in range(1, 231):
-        for wp in space_group(spg).wyckoff:
-            mult[spg, wp.index] = wp.multiplicity
-            dof[spg, wp.index] = wp.dof
-            ok[spg, wp.index] = True
+    coordinates, and a valid-entry mask. Shape (231, 27); row 0 unused."""
+    t = _space_group_tables()
+    first_op = np.cumsum(t["multiplicity"], dtype=np.int64) - t["multiplicity"]
+    group, index = t["group"].astype(np.int64), t["index"].astype(np.int64)
+    mult = np.zeros((231, 27), dtype=np.int64)
+    dof = np.zeros((231, 27), dtype=np.int64)
+    ok = np.zeros((231, 27), dtype=bool)
+    mult[group, index] = t["multiplicity"]
+    dof[group, index] = np.any(t["ops"][first_op][:, :, :3] != 0, axis=1).sum(1)
+    ok[group, index] = True
+    for table in (mult, dof, ok):
+        table.setflags(write=False)
     return mult, dof, ok
 
 

@@ -252,7 +252,7 @@ def build_batch(rows: Table | Sequence[Row], *, dtype: torch.dtype = torch.float
 def _gather(R: torch.Tensor, src: torch.Tensor, fill: torch.Tensor | float) -> torch.Tensor:
     """``R.flatten()[src]`` where src >= 0, ``fill`` elsewhere."""
     flat = R.reshape(-1)
-    vals = flat[src.clamp_min(0)]
+    vals = flat.index_select(0, src.clamp_min(0).reshape(-1)).reshape(src.shape)
     return torch.where(src >= 0, vals, fill)
 
 
@@ -297,9 +297,9 @@ def positions(batch: Batch, R: torch.Tensor) -> Geometry:
     """Cell, lattice and all atom positions of the batch for free variables R (B, D)."""
     cell = cell_parameters(batch, R)
     lattice = lattice_matrix(cell)
-    x = site_coordinates(batch, R)[batch.atom_site]  # (N, 3)
+    x = site_coordinates(batch, R).index_select(0, batch.atom_site)  # (N, 3)
     frac = torch.bmm(batch.atom_M, x.unsqueeze(-1)).squeeze(-1) + batch.atom_c
-    cart = torch.bmm(frac.unsqueeze(1), lattice[batch.atom_struct]).squeeze(1)
+    cart = torch.bmm(frac.unsqueeze(1), lattice.index_select(0, batch.atom_struct)).squeeze(1)
     return Geometry(cell, lattice, frac, cart)
 
 
@@ -366,11 +366,14 @@ def site_pair_vectors(batch: Batch, R: torch.Tensor, pairs: Pairs) -> torch.Tens
     x = site_coordinates(batch, R)  # (S, 3)
 
     def place(atom: torch.Tensor) -> torch.Tensor:
-        xa = x[batch.atom_site[atom]].unsqueeze(-1)
-        return torch.bmm(batch.atom_M[atom], xa).squeeze(-1) + batch.atom_c[atom]
+        xa = x.index_select(0, batch.atom_site.index_select(0, atom)).unsqueeze(-1)
+        return (torch.bmm(batch.atom_M.index_select(0, atom), xa).squeeze(-1)
+                + batch.atom_c.index_select(0, atom))
 
-    delta = place(pairs.atom) - place(batch.site_atom)[pairs.centre] + pairs.shift
-    return torch.bmm(delta.unsqueeze(1), lattice[batch.site_struct[pairs.centre]]).squeeze(1)
+    delta = (place(pairs.atom) - place(batch.site_atom).index_select(0, pairs.centre)
+             + pairs.shift)
+    pair_lattice = lattice.index_select(0, batch.site_struct.index_select(0, pairs.centre))
+    return torch.bmm(delta.unsqueeze(1), pair_lattice).squeeze(1)
 
 
 def rows_of_batch(batch: Batch, R: torch.Tensor) -> list[Row]:

@@ -111,7 +111,7 @@ def neighbor_pairs(
         centre = owner + lo
         b = c_struct[centre]
         atom = atom_offset[b] + local
-        delta = frac[atom] - frac[centre_atom[centre]]
+        delta = frac.index_select(0, atom) - frac.index_select(0, centre_atom.index_select(0, centre))
         base = -torch.round(delta)
         wrapped = delta + base
         w = reach[b] + 1e-9  # a hair wider than the bound, against rounding
@@ -128,10 +128,11 @@ def neighbor_pairs(
                              img % cnt[:, 2]], dim=1).to(frac.dtype) + first[owner]
         centre, b, atom = centre[owner], b[owner], atom[owner]
         shift = base[owner] + image
-        vec = torch.bmm((frac[atom] - frac[centre_atom[centre]] + shift).unsqueeze(1),
-                        lattice[b]).squeeze(1)
+        c_atom = centre_atom.index_select(0, centre)
+        vec = torch.bmm((frac.index_select(0, atom) - frac.index_select(0, c_atom) + shift
+                         ).unsqueeze(1), lattice.index_select(0, b)).squeeze(1)
         dist2 = (vec * vec).sum(1)
-        is_self = (atom == centre_atom[centre]) & (shift == 0).all(1)
+        is_self = (atom == c_atom) & (shift == 0).all(1)
         keep = (dist2 < cutoff * cutoff) & ~is_self
         parts.append((centre[keep], atom[keep], shift[keep]))
     if not parts:

@@ -198,8 +198,10 @@ class SO3:
         grid = np.linspace(0.0, c.rcut, RADIAL_GRID + 1)
         val, der = radial_functions(grid, c)
         kw = dict(dtype=dtype, device=self.device)
-        self._val = torch.tensor(val.reshape(len(grid), -1), **kw)  # (G, nmax * L)
-        self._der = torch.tensor(der.reshape(len(grid), -1) * self._h, **kw)
+        val, der = val.reshape(len(grid), -1), der.reshape(len(grid), -1) * self._h
+        # row k: value and scaled derivative at grid points k and k + 1, so that one
+        # gather gives a pair's four Hermite coefficients (G - 1, 4, nmax * L)
+        self._hermite = torch.tensor(np.stack([val[:-1], der[:-1], val[1:], der[1:]], 1), **kw)
         ls = np.arange(c.lmax + 1)
         self._l_of_lm = torch.tensor(np.repeat(ls, 2 * ls + 1), device=self.device)
         tri_i, tri_j = np.tril_indices(c.nmax)
@@ -216,8 +218,9 @@ class SO3:
         k = torch.floor(u.detach()).clamp(0, RADIAL_GRID - 1).to(torch.long)
         t = (u - k).unsqueeze(-1)
         t2, t3 = t * t, t * t * t
-        out = ((2 * t3 - 3 * t2 + 1) * self._val[k] + (t3 - 2 * t2 + t) * self._der[k]
-               + (3 * t2 - 2 * t3) * self._val[k + 1] + (t3 - t2) * self._der[k + 1])
+        v0, d0, v1, d1 = self._hermite.index_select(0, k).unbind(1)
+        out = ((2 * t3 - 3 * t2 + 1) * v0 + (t3 - 2 * t2 + t) * d0
+               + (3 * t2 - 2 * t3) * v1 + (t3 - t2) * d1)
         return out.reshape(len(r), self.config.nmax, self.config.lmax + 1)
 
     def coefficients(self, vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -228,7 +231,7 @@ class SO3:
         """
         r = torch.linalg.norm(vectors, dim=-1)
         ylm = real_spherical_harmonics(vectors / r.unsqueeze(-1), self.config.lmax)  # (P, LM)
-        radial = self.radial(r)[:, :, self._l_of_lm]  # (P, nmax, LM)
+        radial = self.radial(r).index_select(2, self._l_of_lm)  # (P, nmax, LM)
         return radial * (weights.unsqueeze(-1) * ylm).unsqueeze(1)
 
     def power_spectrum(self, vectors: torch.Tensor, centre: torch.Tensor, n_centres: int,
@@ -244,7 +247,7 @@ class SO3:
         total = torch.zeros(n_centres, *coef.shape[1:], dtype=coef.dtype, device=coef.device)
         total = total.index_add(0, centre, coef)
         i, j = self._tri
-        prod = total[:, i] * total[:, j]  # (C, T, LM)
+        prod = total.index_select(1, i) * total.index_select(1, j)  # (C, T, LM)
         return (prod @ self._sum_m).reshape(n_centres, -1)
 
 
