@@ -51,11 +51,19 @@ def usable_cores() -> list[int]:
     return list(range(os.cpu_count() or 1))
 
 
+#: Device nodes without which no CUDA device is visible to a Linux process.
+_CUDA_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")
+
+
 def on_gpu(device: str | None) -> bool:
-    """Whether ``device`` (a torch device name, ``auto`` or None) resolves to a GPU."""
+    """Whether ``device`` (a torch device name, ``auto`` or None) resolves to a GPU.
+    ``auto`` asks torch only where a CUDA device node exists, so that a CPU machine's
+    main process need not import torch (seconds of start-up) to plan its workers."""
     if device is None or device == "cpu":
         return False
     if device == "auto":
+        if not any(os.path.exists(node) for node in _CUDA_NODES):
+            return False
         import torch
 
         return torch.cuda.is_available()

@@ -55,9 +55,30 @@ def test_gather_puts_results_back_in_row_order():
         gather(6, chunks[:2], [table.take(c) for c in chunks[:2]])
 
 
-def test_default_workers_one_per_core_on_a_cpu_one_on_a_gpu():
+def test_default_workers_one_per_core_on_a_cpu_one_on_a_gpu(monkeypatch):
     assert default_workers("cpu") == len(os.sched_getaffinity(0))
     assert default_workers("cuda:0") == 1
+    monkeypatch.setattr("hpcxtal.parallel._CUDA_NODES", ())  # no device node: no GPU
+    assert default_workers("auto") == len(os.sched_getaffinity(0))
+
+
+def test_a_file_mode_main_process_does_not_import_torch(rows_file, tmp_path):
+    """Torch's import is seconds of start-up: the main process of a refine with workers
+    only plans chunks and writes the file, so it must not pay it (the workers do)."""
+    import subprocess
+    import sys
+
+    from test_faults import env
+
+    code = ("import sys; from hpcxtal.cli import main\n"
+            "try: main(sys.argv[1:])\n"
+            "except SystemExit as e: assert not e.code, e.code\n"
+            "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, "refine", str(rows_file), "-o",
+                           str(tmp_path / "out.h5"), "-j", "2", "--chunk-rows", "4", "-q",
+                           "--steps", "5"], capture_output=True, text=True, env=env(), check=True)
+    assert done.stdout.split()[-1] == "False", done.stderr
+    assert read_table(tmp_path / "out.h5")[0]["steps"].max() > 0
 
 
 @pytest.mark.parametrize("section", ["refine", "relax"])

@@ -160,14 +160,21 @@ class Environment:
         return total / batch.n_atoms.to(p.dtype)
 
     @torch.no_grad()
-    def coordination(self, batch: Batch, R: torch.Tensor
+    def coordination(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(S,) coordination number within ``cn_cutoff_A``, (S,) distance to the nearest
-        other atom (inf if none within the neighbour-list cutoff) and (B,) whether the
-        structure's cell could be searched at all."""
-        pairs = neighbors(batch, R, self.cutoff)
+        other atom (inf if none within :attr:`cutoff`) and (B,) whether the structure's
+        cell could be searched at all. ``pairs``: a list complete within :attr:`cutoff`
+        for R (e.g. a refinement's, within a skin), used instead of a search; the
+        figures are the same either way."""
+        if pairs is None:
+            pairs = neighbors(batch, R, self.cutoff)
         vec = site_pair_vectors(batch, R, pairs)
         dist = torch.linalg.norm(vec, dim=1)
+        if len(dist) and bool((dist >= self.cutoff).any()):  # a list within a skin
+            near = dist < self.cutoff
+            pairs = Pairs(pairs.centre[near], pairs.atom[near], pairs.shift[near], pairs.searched)
+            dist = dist[near]
         bonded = (dist < self.target.cn_cutoff_A).to(torch.long)
         cn = torch.zeros(batch.n_sites, dtype=torch.long, device=dist.device)
         cn = cn.index_add(0, pairs.centre, bonded)
@@ -176,9 +183,10 @@ class Environment:
         return cn, nearest, pairs.searched
 
     @torch.no_grad()
-    def validity(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: every site has an allowed CN, no atom too close, cell sound."""
-        cn, nearest, searched = self.coordination(batch, R)
+    def validity(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
+        """(B,) bool: every site has an allowed CN, no atom too close, cell sound
+        (``pairs`` as for :meth:`coordination`)."""
+        cn, nearest, searched = self.coordination(batch, R, pairs)
         allowed = torch.tensor(self.target.cn, device=cn.device)
         site_ok = (cn.unsqueeze(1) == allowed).any(1) & (nearest >= self.target.min_distance_A)
         bad = torch.zeros(len(batch), dtype=torch.long, device=cn.device)

@@ -177,5 +177,5 @@ class DistanceMatrixObjective(Objective):
         return {"dm_rmse_A": rmse, "dm_overlap": overlap}
 
     @torch.no_grad()
-    def validity(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
+    def validity(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
         return self.metrics(batch, R)["dm_rmse_A"] < self.settings.valid_rmse_A

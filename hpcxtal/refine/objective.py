@@ -60,8 +60,9 @@ class Objective(ABC):
         ``refine.loss_tolerance`` and reads relative improvements, so a loss should be
         near zero at the optimum and not negative."""
 
-    def validity(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
-        """(B,) bool: the rows this objective accepts (only if ``sets_validity``)."""
+    def validity(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
+        """(B,) bool: the rows this objective accepts (only if ``sets_validity``);
+        ``pairs``, if given, are complete within :attr:`cutoff` for R (as for :meth:`loss`)."""
         raise NotImplementedError(f"objective {self.name!r} sets no validity")
 
     def metrics(self, batch: Batch, R: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -89,8 +90,8 @@ class SO3Objective(Objective):
     def loss(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
         return self.env.loss(batch, R, pairs)
 
-    def validity(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
-        return self.env.validity(batch, R)
+    def validity(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
+        return self.env.validity(batch, R, pairs)
 
 
 class WeightedSum(Objective):
@@ -114,8 +115,9 @@ class WeightedSum(Objective):
             total = total + weight * term.loss(batch, R, pairs if term.cutoff > 0 else None)
         return total
 
-    def validity(self, batch: Batch, R: torch.Tensor) -> torch.Tensor:
-        verdicts = [t.validity(batch, R) for t in self.terms if t.sets_validity]
+    def validity(self, batch: Batch, R: torch.Tensor, pairs: Pairs | None = None) -> torch.Tensor:
+        verdicts = [t.validity(batch, R, pairs if t.cutoff > 0 else None)
+                    for t in self.terms if t.sets_validity]
         if not verdicts:
             return self.fallback(batch, R)
         return torch.stack(verdicts).all(0)

@@ -220,7 +220,7 @@ def refine_batch(batch: Batch, ids: np.ndarray, env: Objective, cfg: RefineConfi
             status[int(work[k])] = RefineStatus.CONVERGED
         hop = torch.zeros_like(stop)
         if step % cfg.check_every == 0:
-            valid = env.validity(wb, R) & ~bad
+            valid = env.validity(wb, R, pairs) & ~bad
             better = valid & (loss < valid_loss[work])
             valid_loss[work] = torch.where(better, loss, valid_loss[work])
             valid_R[work] = torch.where(better[:, None], R, valid_R[work])

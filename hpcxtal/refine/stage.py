@@ -17,7 +17,6 @@ import numpy as np
 
 from hpcxtal.parallel import ChunkKernel, KeptChunks, Workers, default_workers, n_chunks, plan_chunks
 from hpcxtal.refine.config import RefineConfig
-from hpcxtal.refine.represent import refine_table
 from hpcxtal.store.hdf5 import read_table, write_table
 from hpcxtal.store.shard import table_cost
 from hpcxtal.refine.status import RefineStatus
@@ -37,6 +36,9 @@ def refine_rows(table: Table, cfg: RefineConfig) -> Table:
     loss, valid, steps = np.full(n, np.nan), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int32)
     status, reason = [RefineStatus.STRUCTURE.value] * n, [""] * n
     if len(rows):
+        # imported here: a file-mode main process plans and writes without torch
+        from hpcxtal.refine.represent import refine_table
+
         result = refine_table(table.take(rows), cfg)
         cell[rows], xyz[rows], loss[rows], valid[rows] = result.cell, result.xyz, result.loss, result.valid
         steps[rows] = result.steps
