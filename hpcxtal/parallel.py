@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -139,6 +140,24 @@ def _run_chunk(factory: KernelFactory, cfg: Any, chunk: Table) -> Table:
 
 
 @contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Torch (if a kernel loaded it) on ``n`` threads for the block, as in a pinned worker,
+    then back: float sums depend on the thread count, and a stage's output must not
+    depend on whether its chunks ran here or in workers (a kernel may still choose its
+    own count, as refine's ``threads`` does)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     """``values`` in os.environ while worker processes start (they inherit it)."""
     old = {k: os.environ.get(k) for k in values}
@@ -240,10 +259,12 @@ class Workers:
         if self.n == 1 or len(todo) <= 1:
             if self._kernel is None and todo:
                 self._kernel = self.factory(self.cfg)
-            for k in todo:
-                with span(sum(len(r) for r in results if r is not None), len(parts[k]), len(table)):
-                    results[k] = self._kernel(parts[k])
-                self._finished(k, parts, results, kept, start)
+            with _torch_threads(1):
+                for k in todo:
+                    with span(sum(len(r) for r in results if r is not None), len(parts[k]),
+                              len(table)):
+                        results[k] = self._kernel(parts[k])
+                    self._finished(k, parts, results, kept, start)
         else:
             self._pool_map(parts, results, todo, kept, start)
         return gather(len(table), chunks, results)  # type: ignore[arg-type]

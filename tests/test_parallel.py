@@ -176,6 +176,35 @@ def test_relax_with_one_or_two_workers_writes_the_same_file(tmp_path):
     assert_same_files(tmp_path / "j1.h5", tmp_path / "j2.h5")
 
 
+def _threads_kernel(cfg):
+    """A chunk kernel that records the torch threads it ran on (module level: picklable)."""
+    import torch
+
+    def kernel(chunk: Table) -> Table:
+        out = Table(dict(chunk.columns), None, {})
+        out.columns["threads"] = np.full(len(chunk), torch.get_num_threads())
+        return out
+    return kernel
+
+
+def test_chunks_run_on_one_torch_thread_in_this_process_as_in_workers(rows_file):
+    """In-process chunks (one worker) run on one torch thread like a pinned worker's, so
+    float results do not depend on the worker count; the caller's threads come back."""
+    import torch
+
+    table, _ = read_table(rows_file)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chunks = plan_chunks(np.arange(len(table)), np.ones(len(table)), 2)
+        for n in (1, 2):
+            out = Workers(_threads_kernel, None, n).map(table, chunks)
+            assert set(out["threads"].tolist()) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("command", ["refine", "topology", "relax"])
 def test_workers_below_one_is_a_usage_error(command, rows_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
