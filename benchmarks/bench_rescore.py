@@ -12,6 +12,11 @@ for the low-energy window (--window) and each margin m the rows a campaign would
 window + m but rescore e_rel <= window). The files stay in --work, so a second call
 only analyses (delete them to re-run a tier).
 
+With --campaign DIR the same figures come from a campaign's own rescore outputs
+(DIR/rescore/rescore-*.h5) instead: its relaxed candidates, not SACADA. There the rescore
+took only the rows within the campaign's window + margin, so false negatives can be
+counted only for margins up to the campaign's; wider margins are left out.
+
     PYTHONPATH=. python benchmarks/bench_rescore.py --max-atoms 48 --workers 2 \\
         --json benchmarks/results/rescore-2026-12-03.json --figures benchmarks/results
 """
@@ -59,21 +64,41 @@ def run_tiers(work: Path, max_atoms: int, workers: int, screen_fmax: float) -> d
     return times
 
 
-def analyse(work: Path, window: float) -> tuple[dict, dict]:
+def campaign_rescore(campaign: Path):
+    """A campaign's rescore outputs joined (every shard's rows, the attributes of the
+    first) and the margin its rescore took."""
+    from hpcxtal.store.hdf5 import read_table
+    from hpcxtal.store.table import Table
+
+    paths = sorted((campaign / "rescore").glob("rescore-*.h5"))
+    if not paths:
+        raise SystemExit(f"{campaign}: no rescore/rescore-*.h5 (has its rescore stage run?)")
+    tables = [read_table(p)[0] for p in paths]
+    out = Table.concat(tables)
+    out.attrs = dict(tables[0].attrs)
+    return out, float(out.attrs["rescore_margin_eV"])
+
+
+def analyse(work: Path, window: float, campaign: Path | None = None) -> tuple[dict, dict]:
     """The agreement figures, and the arrays the plots need."""
     from hpcxtal.store.hdf5 import read_table
 
-    out, _ = read_table(work / "rescore.h5")
-    pool, _ = read_table(work / "pool.h5")
-    dft = dict(zip(pool["id"].tolist(), pool["vasp_energy"].tolist()))
+    max_margin = np.inf
+    if campaign is None:
+        out, _ = read_table(work / "rescore.h5")
+        pool, _ = read_table(work / "pool.h5")
+        dft = dict(zip(pool["id"].tolist(), pool["vasp_energy"].tolist()))
+    else:
+        out, max_margin = campaign_rescore(campaign)
+        dft = {}
     both = (out["status_screen"] == "converged") & (out["status_rescore"] == "converged")
     screen, rescore = out["e_rel_screen"][both], out["e_rel_rescore"][both]
-    vasp = np.array([dft[i] for i in out["id"][both].tolist()])
+    vasp = np.array([dft.get(i, np.nan) for i in out["id"][both].tolist()])
     has_dft = np.isfinite(vasp)
     shift = rescore - screen
     q = np.quantile(shift, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
     margins = []
-    for m in MARGINS:
+    for m in (m for m in MARGINS if m <= max_margin + 1e-9):
         take = screen <= window + m
         margins.append({"margin_eV": m, "rescored": int(take.sum()),
                         "false_negatives": int((~take & (rescore <= window)).sum()),
@@ -86,8 +111,10 @@ def analyse(work: Path, window: float) -> tuple[dict, dict]:
         "rescore_status": {s: int((out["status_rescore"] == s).sum())
                            for s in sorted(set(out["status_rescore"].tolist()))},
         "spearman_screen_rescore": float(spearmanr(screen, rescore)[0]),
-        "spearman_screen_dft": float(spearmanr(screen[has_dft], vasp[has_dft])[0]),
-        "spearman_rescore_dft": float(spearmanr(rescore[has_dft], vasp[has_dft])[0]),
+        "spearman_screen_dft": (float(spearmanr(screen[has_dft], vasp[has_dft])[0])
+                                if has_dft.sum() > 1 else None),
+        "spearman_rescore_dft": (float(spearmanr(rescore[has_dft], vasp[has_dft])[0])
+                                 if has_dft.sum() > 1 else None),
         "n_dft": int(has_dft.sum()),
         "shift_eV_per_atom": dict(zip(("min", "p05", "q25", "median", "q75", "p95", "max"),
                                       map(float, q))),
@@ -134,15 +161,18 @@ def main() -> None:
     p.add_argument("--screen-fmax", type=float, default=0.05)
     p.add_argument("--window", type=float, default=0.55)
     p.add_argument("--work", type=Path, default=Path("build/bench-rescore"))
+    p.add_argument("--campaign", type=Path,
+                   help="analyse this campaign's rescore outputs instead of SACADA")
     p.add_argument("--json")
     p.add_argument("--figures", type=Path)
     args = p.parse_args()
     torch.set_num_threads(1)  # workers are pinned to one core, one thread each; so is this
     load_before = os.getloadavg()
-    times = run_tiers(args.work, args.max_atoms, args.workers, args.screen_fmax)
-    result, arrays = analyse(args.work, args.window)
+    times = ({} if args.campaign else
+             run_tiers(args.work, args.max_atoms, args.workers, args.screen_fmax))
+    result, arrays = analyse(args.work, args.window, args.campaign)
     report = {"machine": machine(1), "workers": args.workers, "args": vars(args) | {
-        "work": str(args.work), "figures": str(args.figures)}, "times": times,
+        "work": str(args.work), "figures": str(args.figures), "campaign": str(args.campaign)}, "times": times,
         "load_before": load_before, **result}
     if args.figures:
         report["figures"] = plot(arrays, args.window, args.figures, Path(args.json or "rescore").stem)
