@@ -197,6 +197,51 @@ def test_refinement_recovers_a_structure_from_its_distance_matrix(small, tmp_pat
     np.testing.assert_allclose(result.cell[0], small["cell"][0], atol=1e-3)
 
 
+def _perovskite(a_site: str, b_site: str):
+    """Cubic perovskite ABO3 (Pm-3m, A on 1a, B on 1b, O on 3c) of a = 3.905 Å."""
+    from ase.data import atomic_numbers
+
+    from hpcxtal.crystal.row import decode
+    from hpcxtal.crystal.symmetry import space_group
+
+    by_label = {wp.label: wp.index for wp in space_group(221).wyckoff}
+    return decode(221, np.array([3.905] * 3 + [90] * 3), [by_label[x] for x in ("1a", "1b", "3c")],
+                  [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]],
+                  species=[atomic_numbers[x] for x in (a_site, b_site, "O")])
+
+
+def test_element_resolved_distances_tell_elements_apart(tmp_path):
+    """With the target's elements, Sr-O distances are compared with Sr-O distances only:
+    SrTiO3 with Sr and Ti swapped has the same pooled distance list (loss 0 without
+    elements) but not the same per-class lists; the loss is exact at the target, its
+    gradient correct, and a row of another composition is a one-line error."""
+    from hpcxtal.crystal.row import to_atoms
+
+    right, swapped = _perovskite("Sr", "Ti"), _perovskite("Ti", "Sr")
+    atoms = to_atoms(right)
+    atoms.write(tmp_path / "ref.cif")
+    np.savetxt(tmp_path / "dm.txt", atoms.get_all_distances(mic=True))
+    resolved = [DistanceMatrixObjective(DistanceMatrixSettings(**kw)) for kw in (
+        {"reference": str(tmp_path / "ref.cif")},
+        {"distances": str(tmp_path / "dm.txt"), "elements": atoms.get_chemical_symbols()})]
+    pooled = DistanceMatrixObjective(DistanceMatrixSettings(distances=str(tmp_path / "dm.txt")))
+    torch.testing.assert_close(resolved[0].target, resolved[1].target)
+    batch = build_batch([right, swapped])
+    for objective in resolved:
+        loss = objective.loss(batch, batch.R0)
+        assert loss[0].item() < 1e-20 < 0.1 < loss[1].item()
+    assert pooled.loss(batch, batch.R0).max().item() < 1e-20
+    R = batch.R0.clone()
+    R[:, 0] *= 1.05
+    R.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r: resolved[0].loss(batch, r), (R,))
+    other = build_batch([_perovskite("Ba", "Ti")])
+    with pytest.raises(ValueError, match="the target's composition is O3SrTi, a row's is BaO3Ti"):
+        resolved[0].loss(other, other.R0)
+    with pytest.raises(ValueError, match="elements .* need an N x N matrix"):
+        load_distances(tmp_path / "dm.txt", ["Sr", "Ti"])
+
+
 def test_histogram_mode_is_zero_at_the_reference_and_positive_elsewhere(small, tmp_path):
     from hpcxtal.crystal.row import decode, to_atoms
 
