@@ -130,12 +130,27 @@ class EnergySettings:
             raise ValueError(f"backend {self.backend!r}: use mace or chgnet")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TorchScriptSettings:
+    """Settings of the ``torchscript`` objective: ``file``, a TorchScript module saved
+    with ``torch.jit.save`` whose ``forward`` follows the contract of
+    :mod:`hpcxtal.refine.scripted` (docs/OBJECTIVES.md). The file enters the fingerprint
+    by path: give a changed module a new file name."""
+
+    file: str
+
+    def __post_init__(self) -> None:
+        if not Path(self.file).is_file():
+            raise ValueError(f"file {self.file}: no such file")
+
+
 #: Built-in objectives: name -> (``module:class``, settings class). The classes are
 #: imported (with torch) only when an objective is built.
 BUILTIN_OBJECTIVES: dict[str, tuple[str, type]] = {
     "so3": ("hpcxtal.refine.objective:SO3Objective", SO3Settings),
     "distance_matrix": ("hpcxtal.refine.distance:DistanceMatrixObjective", DistanceMatrixSettings),
     "energy": ("hpcxtal.refine.energy:EnergyObjective", EnergySettings),
+    "torchscript": ("hpcxtal.refine.scripted:TorchScriptObjective", TorchScriptSettings),
 }
 
 
