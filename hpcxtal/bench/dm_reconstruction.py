@@ -8,9 +8,9 @@ of ``noise_rmse_A``, the error size of AlphaCrystal-II's predictor), two methods
 for the structure in the same run:
 
 - **refine**: ``starts`` random crystals of that symmetry (pyxtal ``from_random`` with
-  the same Wyckoff labels, each label's element as in the structure) refined at once by batched gradient descent on the
-  ``distance_matrix`` objective (the refine stage's loop: restarts, step control,
-  bounds); the lowest-loss row is the answer. Evaluations = loss + gradient
+  the same Wyckoff labels, each label's element as in the structure) refined at once
+  by batched gradient descent on the ``distance_matrix`` objective (the refine stage's
+  loop: restarts, step control, bounds); the lowest-loss row is the answer. Evaluations = loss + gradient
   evaluations (each row's steps plus the one it stops at).
 - **random**: random search, pyxtal random crystals of the same symmetry ranked by
   distance-matrix RMSE, as many as refine spent evaluations on that structure (and

@@ -16,8 +16,8 @@ def cmd_dm_reconstruction(args: argparse.Namespace) -> int:
     and a target distance matrix (exact or noisy), refine random starts on the
     element-resolved distance_matrix objective and compare with random search (pyxtal
     crystals ranked by distance-matrix RMSE, same number of evaluations): match rate
-    (StructureMatcher), RMSD, DM RMSE, distance-map overlap, time. Example configs: examples/dm_reconstruction.yaml (carbon),
-    examples/dm_prototypes.yaml.
+    (StructureMatcher), RMSD, DM RMSE, distance-map overlap, time. Example configs:
+    examples/dm_reconstruction.yaml (carbon), examples/dm_prototypes.yaml.
     """
     from hpcxtal.bench.dm_reconstruction import load_config, run
 
