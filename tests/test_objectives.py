@@ -216,7 +216,8 @@ def test_element_resolved_distances_tell_elements_apart(tmp_path):
     """With the target's elements, Sr-O distances are compared with Sr-O distances only:
     SrTiO3 with Sr and Ti swapped has the same pooled distance list (loss 0 without
     elements) but not the same per-class lists; the loss is exact at the target, its
-    gradient correct, and a row of another composition is a one-line error."""
+    gradient correct, and a row of another composition is a one-line error (sorted) or
+    far from the target (histogram)."""
     from hpcxtal.crystal.row import to_atoms
 
     right, swapped = _perovskite("Sr", "Ti"), _perovskite("Ti", "Sr")
@@ -240,6 +241,12 @@ def test_element_resolved_distances_tell_elements_apart(tmp_path):
     other = build_batch([_perovskite("Ba", "Ti")])
     with pytest.raises(ValueError, match="the target's composition is O3SrTi, a row's is BaO3Ti"):
         resolved[0].loss(other, other.R0)
+    # histogram mode: one histogram per pair class; Ba-O pairs the reference lacks count
+    histogram = DistanceMatrixObjective(DistanceMatrixSettings(
+        reference=str(tmp_path / "ref.cif"), mode="histogram", cutoff_A=4.0))
+    three = build_batch([right, swapped, _perovskite("Ba", "Ti")])
+    loss = histogram.loss(three, three.R0)
+    assert loss[0].item() < 1e-12 and loss[1].item() > 0.1 and loss[2].item() > 0.1
     with pytest.raises(ValueError, match="elements .* need an N x N matrix"):
         load_distances(tmp_path / "dm.txt", ["Sr", "Ti"])
 

@@ -18,7 +18,10 @@ Two modes (:class:`~hpcxtal.refine.config.DistanceMatrixSettings`):
   composition. One element: the same list as unresolved.
 - ``histogram``: per-atom Gaussian-smeared pair-distance distribution within
   ``cutoff_A`` (all images), against the reference's: loss = ``bin * sum_k (h_k -
-  t_k)^2``. Any atom count, so it suits campaigns whose rows differ in size.
+  t_k)^2``, summed over the reference's pair classes (one histogram per (element i,
+  element j); a row's pairs of a class the reference lacks go to one more histogram
+  whose target is empty). Any atom count, so it suits campaigns whose rows differ in
+  size.
 
 Metrics: ``dm_rmse_A`` (sorted RMSE) and ``dm_overlap`` (share of sorted entries that
 agree within ``overlap_tolerance_A``; our permutation-free stand-in for the paper's
@@ -201,15 +204,21 @@ class DistanceMatrixObjective(Objective):
             self.histogram = self._reference_histogram(settings.reference)
 
     def _reference_histogram(self, path: str) -> torch.Tensor:
+        """(C, K) the reference's histogram per pair class (``self.hist_classes``, the
+        classes its pairs within the cutoff have, ascending)."""
         from ase.io import read
         from ase.neighborlist import neighbor_list
 
         atoms = read(path)
-        d = torch.as_tensor(neighbor_list("d", atoms, self.settings.cutoff_A),
-                            dtype=self.dtype, device=self.device)
+        i, j, dist = neighbor_list("ijd", atoms, self.settings.cutoff_A)
+        z = atoms.get_atomic_numbers().astype(np.int64)
+        keys = z[i] * PAIR_BASE + z[j]
+        classes, owner = np.unique(keys, return_inverse=True)
+        self.hist_classes = torch.as_tensor(classes, device=self.device)
+        d = torch.as_tensor(dist, dtype=self.dtype, device=self.device)
         ones = torch.ones_like(d) / len(atoms)
-        return smeared_histogram(d, torch.zeros(len(d), dtype=torch.long, device=d.device), ones,
-                                 1, self.grid, self.settings.sigma_A)[0]
+        return smeared_histogram(d, torch.as_tensor(owner.reshape(-1), device=d.device), ones,
+                                 len(classes), self.grid, self.settings.sigma_A)
 
     def _check_atoms(self, batch: Batch) -> None:
         wrong = sorted(set(batch.n_atoms.tolist()) - {self.n_atoms})
@@ -248,9 +257,18 @@ class DistanceMatrixObjective(Objective):
         near = d < self.settings.cutoff_A
         centre = pairs.centre[near]
         weight = batch.site_mult[centre].to(d.dtype) / batch.n_atoms[batch.site_struct[centre]].to(d.dtype)
-        h = smeared_histogram(d[near], batch.site_struct[centre], weight, len(batch), self.grid,
-                              self.settings.sigma_A)
-        return self.settings.bin_A * ((h - self.histogram) ** 2).sum(1)
+        # one histogram per pair class of the reference, and one (target: empty) for the
+        # pairs of classes the reference lacks
+        z = torch.round(batch.atom_weight).long()
+        key = z[batch.site_atom[centre]] * PAIR_BASE + z[pairs.atom[near]]
+        n_cls = len(self.hist_classes)
+        idx = torch.searchsorted(self.hist_classes, key).clamp_max(n_cls - 1)
+        idx = torch.where(self.hist_classes[idx] == key, idx, n_cls)
+        h = smeared_histogram(d[near], batch.site_struct[centre] * (n_cls + 1) + idx, weight,
+                              len(batch) * (n_cls + 1), self.grid, self.settings.sigma_A)
+        h = h.view(len(batch), n_cls + 1, -1)
+        known = ((h[:, :n_cls] - self.histogram) ** 2).reshape(len(batch), -1).sum(1)
+        return self.settings.bin_A * known + self.settings.bin_A * (h[:, n_cls] ** 2).sum(1)
 
     @torch.no_grad()
     def metrics(self, batch: Batch, R: torch.Tensor) -> dict[str, torch.Tensor]:
