@@ -68,9 +68,11 @@ class DistanceMatrixSettings:
     compares the sorted minimum-image distance matrix (rows must have the target's atom
     count), element-resolved when the target's elements are known (a reference, or
     ``elements``: pairs compared within each (element, element) class, so rows must have
-    the target's composition); ``histogram`` compares Gaussian-smeared pair-distance distributions per atom
-    within ``cutoff_A`` (any atom count). A row is valid for this objective when its
-    distance-matrix RMSE is below ``valid_rmse_A`` (None: the objective sets no validity).
+    the target's composition); ``histogram`` compares Gaussian-smeared pair-distance
+    distributions per atom within ``cutoff_A``, one per (element, element) class of the
+    reference (any atom count). A row is valid for this objective when its
+    distance-matrix RMSE is below ``valid_rmse_A`` (None: the objective sets no
+    validity).
     Files enter the fingerprint by path (as ``relax.model`` does): give a changed target
     a new file name. Relative paths are taken from the directory a command runs in.
     """
