@@ -389,9 +389,10 @@ def test_a_torchscript_objective_refines_rows_from_the_cli_and_lowers_its_loss(t
     batch = build_batch(refined)
     np.testing.assert_allclose(objective.loss(batch, batch.R0).detach().numpy(), refined["loss"],
                                rtol=1e-6, atol=1e-12)
-    # a weighted sum from repeated flags
+    # a weighted sum from repeated flags, one of them a term in the config's YAML form
     code, _, err = cli("refine", pool, "-o", tmp_path / "sum.h5", "--objective", f"{spring}=0.5",
-                       "--objective", "so3=2", "--steps", 5, "-j", 1, "-q")
+                       "--objective", "{name: so3, weight: 2, settings: {target: graphite}}",
+                       "--steps", 5, "-j", 1, "-q")
     assert code == 0, err
 
 
@@ -407,7 +408,8 @@ def test_a_bad_objective_on_the_command_line_is_one_line(tmp_path, cli):
                           (tmp_path / "missing.pt", "missing.pt: no such file"),
                           ("so3=heavy", "the weight after '=' is not a number"),
                           ("so3=-1", "weight must be positive"),
-                          ("nope", "unknown objective 'nope'")):
+                          ("nope", "unknown objective 'nope'"),
+                          ("{name: so3, settings: {colour: red}}", "unknown key 'colour'")):
         code, _, err = cli("refine", pool, "-o", tmp_path / "r.h5", "--objective", spec)
         assert code == 2 and message in one_line_error(err), (spec, err)
         assert not (tmp_path / "r.h5").exists()
