@@ -74,6 +74,34 @@ def device(text: str) -> str:
     return text
 
 
+def objective_term(text: str):
+    """An argparse type: one refinement objective term
+    (:class:`~hpcxtal.refine.config.ObjectiveTerm`) from ``NAME[=WEIGHT]`` (a built-in,
+    an entry point or ``module:attr``), ``FILE.pt[=WEIGHT]`` (a TorchScript module: the
+    ``torchscript`` objective) or a YAML mapping as in the config
+    (``{name: distance_matrix, weight: 0.5, settings: {reference: ref.cif}}``)."""
+    import yaml
+
+    from hpcxtal.config import from_mapping
+    from hpcxtal.refine.config import ObjectiveTerm
+
+    try:
+        if text.lstrip().startswith("{"):
+            return from_mapping(ObjectiveTerm, yaml.safe_load(text), "--objective")
+        name, sep, weight_text = text.rpartition("=")
+        if not sep:
+            name, weight_text = text, "1"
+        try:
+            weight = float(weight_text)
+        except ValueError:
+            raise ValueError(f"{text!r}: the weight after '=' is not a number") from None
+        if name.endswith(".pt"):
+            return ObjectiveTerm(name="torchscript", weight=weight, settings={"file": name})
+        return ObjectiveTerm(name=name, weight=weight)
+    except (ValueError, yaml.YAMLError) as err:
+        raise argparse.ArgumentTypeError(" ".join(str(err).split())) from None
+
+
 #: Table kinds each stage takes as its input file in file mode (``None``: any table).
 STAGE_INPUT_KINDS: dict[str, tuple[str, ...]] = {
     "shard": ("pool", "shard", "known_structures"),

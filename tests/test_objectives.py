@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line_error
+
 from hpcxtal.config import ConfigError, fingerprint, from_mapping
 from hpcxtal.descriptor.batch import build_batch
 from hpcxtal.descriptor.target import Environment
@@ -197,6 +199,58 @@ def test_refinement_recovers_a_structure_from_its_distance_matrix(small, tmp_pat
     np.testing.assert_allclose(result.cell[0], small["cell"][0], atol=1e-3)
 
 
+def _perovskite(a_site: str, b_site: str):
+    """Cubic perovskite ABO3 (Pm-3m, A on 1a, B on 1b, O on 3c) of a = 3.905 Å."""
+    from ase.data import atomic_numbers
+
+    from hpcxtal.crystal.row import decode
+    from hpcxtal.crystal.symmetry import space_group
+
+    by_label = {wp.label: wp.index for wp in space_group(221).wyckoff}
+    return decode(221, np.array([3.905] * 3 + [90] * 3), [by_label[x] for x in ("1a", "1b", "3c")],
+                  [[0, 0, 0], [0.5, 0.5, 0.5], [0, 0.5, 0.5]],
+                  species=[atomic_numbers[x] for x in (a_site, b_site, "O")])
+
+
+def test_element_resolved_distances_tell_elements_apart(tmp_path):
+    """With the target's elements, Sr-O distances are compared with Sr-O distances only:
+    SrTiO3 with Sr and Ti swapped has the same pooled distance list (loss 0 without
+    elements) but not the same per-class lists; the loss is exact at the target, its
+    gradient correct, and a row of another composition is a one-line error (sorted) or
+    far from the target (histogram)."""
+    from hpcxtal.crystal.row import to_atoms
+
+    right, swapped = _perovskite("Sr", "Ti"), _perovskite("Ti", "Sr")
+    atoms = to_atoms(right)
+    atoms.write(tmp_path / "ref.cif")
+    np.savetxt(tmp_path / "dm.txt", atoms.get_all_distances(mic=True))
+    resolved = [DistanceMatrixObjective(DistanceMatrixSettings(**kw)) for kw in (
+        {"reference": str(tmp_path / "ref.cif")},
+        {"distances": str(tmp_path / "dm.txt"), "elements": atoms.get_chemical_symbols()})]
+    pooled = DistanceMatrixObjective(DistanceMatrixSettings(distances=str(tmp_path / "dm.txt")))
+    torch.testing.assert_close(resolved[0].target, resolved[1].target)
+    batch = build_batch([right, swapped])
+    for objective in resolved:
+        loss = objective.loss(batch, batch.R0)
+        assert loss[0].item() < 1e-20 < 0.1 < loss[1].item()
+    assert pooled.loss(batch, batch.R0).max().item() < 1e-20
+    R = batch.R0.clone()
+    R[:, 0] *= 1.05
+    R.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r: resolved[0].loss(batch, r), (R,))
+    other = build_batch([_perovskite("Ba", "Ti")])
+    with pytest.raises(ValueError, match="the target's composition is O3SrTi, a row's is BaO3Ti"):
+        resolved[0].loss(other, other.R0)
+    # histogram mode: one histogram per pair class; Ba-O pairs the reference lacks count
+    histogram = DistanceMatrixObjective(DistanceMatrixSettings(
+        reference=str(tmp_path / "ref.cif"), mode="histogram", cutoff_A=4.0))
+    three = build_batch([right, swapped, _perovskite("Ba", "Ti")])
+    loss = histogram.loss(three, three.R0)
+    assert loss[0].item() < 1e-12 and loss[1].item() > 0.1 and loss[2].item() > 0.1
+    with pytest.raises(ValueError, match="elements .* need an N x N matrix"):
+        load_distances(tmp_path / "dm.txt", ["Sr", "Ti"])
+
+
 def test_histogram_mode_is_zero_at_the_reference_and_positive_elsewhere(small, tmp_path):
     from hpcxtal.crystal.row import decode, to_atoms
 
@@ -264,3 +318,127 @@ def test_refine_stage_on_files_uses_the_configured_objective(small, tmp_path):
     np.testing.assert_array_less(out["loss"], before * 1.01)
     assert out["loss"].sum() < 0.9 * before.sum()
     assert json.loads(out.attrs["stage_config"])["objective"][0]["settings"] == settings
+
+
+class _Spring(torch.nn.Module):
+    """A TorchScript user objective: every pair within 1.8 Å pulled toward 1.42 Å,
+    (multiplicity-weighted) mean over the cell's atoms."""
+
+    def __init__(self, cutoff: float = 1.8) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+
+    def forward(self, lattice: torch.Tensor, n_atoms: torch.Tensor, pair_vec: torch.Tensor,
+                pair_row: torch.Tensor, pair_weight: torch.Tensor,
+                pair_z: torch.Tensor) -> torch.Tensor:
+        d = torch.sqrt((pair_vec * pair_vec).sum(1))
+        per_pair = pair_weight * (d - 1.42) ** 2
+        total = torch.zeros(lattice.shape[0], dtype=pair_vec.dtype, device=pair_vec.device)
+        return total.index_add(0, pair_row, per_pair) / n_atoms.to(pair_vec.dtype)
+
+
+class _TwoArguments(torch.nn.Module):
+    cutoff: float = 0.0
+
+    def forward(self, lattice: torch.Tensor, n_atoms: torch.Tensor) -> torch.Tensor:
+        return lattice.sum((1, 2)) * 0
+
+
+def _scripted(module, path):
+    with pytest.warns(DeprecationWarning):  # torch 2.13 deprecates torch.jit.script
+        torch.jit.script(module).save(str(path))
+    return path
+
+
+def test_a_torchscript_objective_refines_rows_from_the_cli_and_lowers_its_loss(tmp_path, cli):
+    from conftest import small_pool_file
+
+    from hpcxtal.refine.config import TorchScriptSettings
+    from hpcxtal.refine.scripted import TorchScriptObjective
+    from hpcxtal.store.hdf5 import read_table
+
+    from hpcxtal.store.hdf5 import write_table
+
+    spring = _scripted(_Spring(), tmp_path / "spring.pt")
+    table, _ = read_table(small_pool_file(tmp_path / "sacada.h5", n=3))
+    table = table.take([1, 2])  # 6 and 8 atoms, space groups 214 and 141
+    cell = table["cell"].copy()
+    cell[:, :3] *= 1.08  # bonds stretched from about 1.42 to 1.53 Å
+    table = Table({**table.columns, "cell": cell})
+    pool = write_table(tmp_path / "pool.h5", table, kind="pool")
+    objective = TorchScriptObjective(TorchScriptSettings(file=str(spring)))
+    batch = build_batch(table)
+    before = objective.loss(batch, batch.R0).detach().numpy()
+    # the loss is the scripted sum over every atom's pairs (pymatgen's neighbours)
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from hpcxtal.store.formats import table_images
+    for k, atoms in enumerate(table_images(table)):
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        d = np.array([n.nn_distance for site in structure.get_all_neighbors(1.8) for n in site])
+        assert before[k] == pytest.approx(((d - 1.42) ** 2).sum() / len(atoms), rel=1e-9)
+    R = batch.R0.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda r: objective.loss(batch, r), (R,))
+    out = tmp_path / "out.h5"
+    code, _, err = cli("refine", pool, "-o", out, "--objective", spring, "--steps", 60,
+                       "-j", 1, "-q")
+    assert code == 0, err
+    refined, _ = read_table(out)
+    assert np.array_equal(refined["id"], table["id"])
+    assert np.all(before > 1e-2) and np.all(refined["loss"] < 0.1 * before)
+    batch = build_batch(refined)
+    np.testing.assert_allclose(objective.loss(batch, batch.R0).detach().numpy(), refined["loss"],
+                               rtol=1e-6, atol=1e-12)
+    # a weighted sum from repeated flags, one of them a term in the config's YAML form
+    code, _, err = cli("refine", pool, "-o", tmp_path / "sum.h5", "--objective", f"{spring}=0.5",
+                       "--objective", "{name: so3, weight: 2, settings: {target: graphite}}",
+                       "--steps", 5, "-j", 1, "-q")
+    assert code == 0, err
+
+
+def test_a_bad_objective_on_the_command_line_is_one_line(tmp_path, cli):
+    from conftest import small_pool_file
+
+    pool = small_pool_file(tmp_path / "pool.h5", n=1)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("import os; os.remove('/')\n")
+    two = _scripted(_TwoArguments(), tmp_path / "two.pt")
+    for spec, message in ((junk, "not a TorchScript module torch.jit.load reads"),
+                          (two, "forward must take 6 tensors"),
+                          (tmp_path / "missing.pt", "missing.pt: no such file"),
+                          ("so3=heavy", "the weight after '=' is not a number"),
+                          ("so3=-1", "weight must be positive"),
+                          ("nope", "unknown objective 'nope'"),
+                          ("{name: so3, settings: {colour: red}}", "unknown key 'colour'")):
+        code, _, err = cli("refine", pool, "-o", tmp_path / "r.h5", "--objective", spec)
+        assert code == 2 and message in one_line_error(err), (spec, err)
+        assert not (tmp_path / "r.h5").exists()
+
+
+def test_refine_without_objective_is_bit_identical_to_the_default(tmp_path, cli):
+    from conftest import small_pool_file
+
+    from hpcxtal.store.hdf5 import read_table
+
+    pool = small_pool_file(tmp_path / "pool.h5", n=3)
+    outputs = []
+    for name, extra in (("plain.h5", ()), ("so3.h5", ("--objective", "so3"))):
+        code, _, err = cli("refine", pool, "-o", tmp_path / name, "--steps", 40, "-j", 1, "-q",
+                           *extra)
+        assert code == 0, err
+        outputs.append(read_table(tmp_path / name)[0])
+    table, _ = read_table(pool)
+    direct = refine_table(table, RefineConfig(max_steps=40, device="cpu"))
+    for col in ("cell", "xyz", "loss", "valid", "steps"):
+        np.testing.assert_array_equal(outputs[0][col], outputs[1][col])
+    np.testing.assert_array_equal(outputs[0]["loss"], direct.loss)
+    np.testing.assert_array_equal(outputs[0]["cell"], direct.cell)
+
+
+def test_a_campaign_refuses_objective_on_the_command_line(tmp_path, cli):
+    camp = tmp_path / "camp"
+    assert cli("init", camp, "-q")[0] == 0
+    for extra in ((), ("--shard", 0)):
+        code, _, err = cli("refine", camp, "--objective", "so3", *extra)
+        assert code == 2, err
+        assert "--objective: a campaign takes this from its config" in one_line_error(err)

@@ -1,14 +1,16 @@
 """Reference task (a): recover known structures from their distance matrix.
 
-For each known structure (bundled SACADA rows, up to ``max_atoms`` atoms), given its
-space group, Wyckoff layout and a target distance matrix (exact, or with Gaussian noise
+For each known structure (``source``: the bundled SACADA carbon rows, the binary and
+ternary prototypes of :mod:`hpcxtal.data.prototypes`, or a table file; up to
+``max_atoms`` atoms), given its space group, Wyckoff layout with the element of each
+site (so the stoichiometry) and a target distance matrix (exact, or with Gaussian noise
 of ``noise_rmse_A``, the error size of AlphaCrystal-II's predictor), two methods search
 for the structure in the same run:
 
 - **refine**: ``starts`` random crystals of that symmetry (pyxtal ``from_random`` with
-  the same Wyckoff labels) refined at once by batched gradient descent on the
-  ``distance_matrix`` objective (the refine stage's loop: restarts, step control,
-  bounds); the lowest-loss row is the answer. Evaluations = loss + gradient
+  the same Wyckoff labels, each label's element as in the structure) refined at once
+  by batched gradient descent on the ``distance_matrix`` objective (the refine stage's
+  loop: restarts, step control, bounds); the lowest-loss row is the answer. Evaluations = loss + gradient
   evaluations (each row's steps plus the one it stops at).
 - **random**: random search, pyxtal random crystals of the same symmetry ranked by
   distance-matrix RMSE, as many as refine spent evaluations on that structure (and
@@ -23,7 +25,9 @@ tolerances: ltol 0.2, stol 0.3, angle_tol 5), RMSD (``get_rms_dist``: RMS displa
 normalised by (V/n)^(1/3), matched rows only), DM RMSE and distance-map overlap of the
 answer against the exact matrix (sorted, :mod:`hpcxtal.refine.distance`), evaluations
 and wall time. The noisy target is the exact atom-ordered matrix plus symmetric
-N(0, sigma^2) noise on every pair (clipped at 0.1 Å), sorted.
+N(0, sigma^2) noise on every pair (clipped at 0.1 Å), sorted. Every list is
+element-resolved (sorted by (element, element) pair class, then by distance; one class
+for carbon), and so is the objective, which is given each atom's element.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ log = logging.getLogger(__name__)
 class DMReconstructionConfig:
     """The benchmark's config file (lengths in Å)."""
 
-    source: str = "sacada"  # hpcxtal table of known single-element rows
+    source: str = "sacada"  # "sacada", "prototypes" or an hpcxtal table file
     max_atoms: int = 24  # structures with at most this many atoms in the cell ...
     n_structures: int = 20  # ... the first this many by id
     noise_rmse_A: list[float] = field(default_factory=lambda: [0.0, 0.5])
@@ -77,17 +81,20 @@ def ordered_distances(structure) -> np.ndarray:
     return np.asarray(structure.distance_matrix)
 
 
-def noisy_target(dm: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Sorted off-diagonal entries of ``dm`` plus symmetric N(0, sigma^2) noise (>= 0.1)."""
+def noisy_matrix(dm: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``dm`` plus symmetric N(0, sigma^2) noise off the diagonal, clipped at 0.1 Å."""
+    if sigma == 0:
+        return dm
     noise = np.triu(rng.normal(0.0, sigma, dm.shape), 1)
-    noisy = np.clip(dm + noise + noise.T, 0.1, None) if sigma > 0 else dm
-    return np.sort(noisy[~np.eye(len(dm), dtype=bool)])
+    return np.where(np.eye(len(dm), dtype=bool), 0.0, np.clip(dm + noise + noise.T, 0.1, None))
 
 
 def sorted_entries(structure) -> np.ndarray:
-    """Sorted off-diagonal entries of a pymatgen structure's distance matrix."""
-    dm = ordered_distances(structure)
-    return np.sort(dm[~np.eye(len(dm), dtype=bool)])
+    """Off-diagonal entries of a pymatgen structure's distance matrix, sorted by pair
+    class of its elements, then by distance (:func:`~hpcxtal.refine.distance.class_sorted`)."""
+    from hpcxtal.refine.distance import class_sorted
+
+    return class_sorted(ordered_distances(structure), np.array(structure.atomic_numbers))
 
 
 def fit_scale(structure, target: np.ndarray):
@@ -100,18 +107,34 @@ def fit_scale(structure, target: np.ndarray):
     return scaled
 
 
-def random_crystal(spg: int, labels: list[str], n_atoms: int, seed: list[int]):
-    """A pyxtal random crystal (carbon) of space group ``spg`` with Wyckoff sites
-    ``labels``, seeded by ``seed`` (None when pyxtal cannot place the atoms)."""
+def random_crystal(spg: int, sites: dict[str, list[str]], seed: list[int]):
+    """A pyxtal random crystal of space group ``spg`` with the Wyckoff sites ``sites``
+    (element -> its site labels), seeded by ``seed`` (None when pyxtal cannot place the
+    atoms)."""
     from pyxtal import pyxtal
 
+    from hpcxtal.crystal.symmetry import space_group
+
+    group = space_group(spg)
+    size = {wp.label: wp.multiplicity for wp in group.wyckoff}
+    elements = list(sites)
     xtal = pyxtal()
     state = int(np.random.default_rng(seed).integers(2**31))
     try:
-        xtal.from_random(3, spg, ["C"], [n_atoms], sites=[labels], random_state=state)
+        xtal.from_random(3, spg, elements, [sum(size[x] for x in sites[e]) for e in elements],
+                         sites=[sites[e] for e in elements], random_state=state)
     except Exception:  # noqa: BLE001  (pyxtal raises many kinds when placement fails)
         return None
     return xtal if xtal.valid else None
+
+
+def known_structures(cfg: DMReconstructionConfig):
+    """The source's table (:attr:`DMReconstructionConfig.source`)."""
+    from hpcxtal.data import resolve_input
+    from hpcxtal.data.prototypes import SOURCE, prototype_table
+    from hpcxtal.store.hdf5 import read_table
+
+    return prototype_table() if cfg.source == SOURCE else read_table(resolve_input(cfg.source))[0]
 
 
 def _judge(truth, answer, exact: np.ndarray, tol: float) -> dict:
@@ -127,14 +150,17 @@ def _judge(truth, answer, exact: np.ndarray, tol: float) -> dict:
             "dm_overlap": float(np.mean(np.abs(d - exact) < tol))}
 
 
-def _refine(row_table, target: np.ndarray, cfg: DMReconstructionConfig, workdir: Path):
-    """Refine the start rows toward ``target``; (answer row index, loss, evaluations)."""
+def _refine(row_table, target: np.ndarray, elements: list[str], cfg: DMReconstructionConfig,
+            workdir: Path):
+    """Refine the start rows toward the (N, N) matrix ``target`` of atoms of
+    ``elements``; (result, answer row index, evaluations)."""
     from hpcxtal.refine.represent import refine_table
 
     path = workdir / "target.txt"
     np.savetxt(path, target)
     term = ObjectiveTerm(name="distance_matrix",
-                         settings={"distances": str(path), "valid_rmse_A": cfg.valid_rmse_A})
+                         settings={"distances": str(path), "elements": elements,
+                                   "valid_rmse_A": cfg.valid_rmse_A})
     refine_cfg = dataclasses.replace(cfg.refine, objective=[term], seed=cfg.seed, device="cpu")
     result = refine_table(row_table, refine_cfg)
     best = int(np.nanargmin(result.loss))
@@ -146,15 +172,14 @@ def run(cfg: DMReconstructionConfig, progress=None) -> dict:
     """Run the benchmark; returns per-structure records and a summary per noise level
     and method (match rate, mean RMSD of matches, median time, evaluations)."""
     from hpcxtal.crystal.freevars import row_layout
-    from hpcxtal.crystal.row import Row, decode, from_pyxtal, to_structure
+    from hpcxtal.crystal.row import Row, from_pyxtal, to_structure
     from hpcxtal.crystal.symmetry import space_group
-    from hpcxtal.data import resolve_input
+    from hpcxtal.refine.distance import class_sorted
     from hpcxtal.refine.represent import use_threads
-    from hpcxtal.store.hdf5 import read_table
     from hpcxtal.store.table import Table, str_array
 
     use_threads(cfg.refine)
-    table, _ = read_table(resolve_input(cfg.source))
+    table = known_structures(cfg)
     order = np.argsort(table["id"], kind="stable")
     chosen = [k for k in order
               if row_layout(int(table["spg"][k]), table["wps"][k]).n_atoms <= cfg.max_atoms]
@@ -162,15 +187,18 @@ def run(cfg: DMReconstructionConfig, progress=None) -> dict:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         for n_done, k in enumerate(chosen):
-            truth_row = decode(int(table["spg"][k]), table["cell"][k], table["wps"][k], table["xyz"][k])
+            truth_row = table.row(k)
             truth = to_structure(truth_row)
             exact_dm = ordered_distances(truth)
-            exact = np.sort(exact_dm[~np.eye(len(exact_dm), dtype=bool)])
+            exact = sorted_entries(truth)
+            elements = [str(e) for e in truth.species]
             group = space_group(truth_row.spg)
-            labels = [group.wyckoff[w].label for w in truth_row.wps if w >= 0]
+            sites: dict[str, list[str]] = {}
+            for w, el in zip(truth_row.wps[truth_row.wps >= 0], truth_row.elements()):
+                sites.setdefault(el, []).append(group.wyckoff[w].label)
             sid = int(table["id"][k])
             n_atoms = truth_row.n_atoms()
-            starts = [x for x in (random_crystal(truth_row.spg, labels, n_atoms, [cfg.seed, sid, 0, j])
+            starts = [x for x in (random_crystal(truth_row.spg, sites, [cfg.seed, sid, 0, j])
                                   for j in range(cfg.starts)) if x is not None]
             if not starts:
                 log.warning("structure %d: pyxtal placed no random start; left out", sid)
@@ -184,14 +212,15 @@ def run(cfg: DMReconstructionConfig, progress=None) -> dict:
                 """The first ``n`` attempts and the seconds generating them took."""
                 for j in range(len(pool), n):
                     t0 = time.perf_counter()
-                    xtal = random_crystal(truth_row.spg, labels, n_atoms, [cfg.seed, sid, 1, j])
+                    xtal = random_crystal(truth_row.spg, sites, [cfg.seed, sid, 1, j])
                     pool.append((None if xtal is None else xtal.to_pymatgen(),
                                  time.perf_counter() - t0))
                 return [x for x, _ in pool[:n]], sum(t for _, t in pool[:n])
 
             for sigma in cfg.noise_rmse_A:
                 rng = np.random.default_rng([cfg.seed, sid, int(round(1000 * sigma))])
-                target = noisy_target(exact_dm, sigma, rng)
+                noisy = noisy_matrix(exact_dm, sigma, rng)
+                target = class_sorted(noisy, np.array(truth.atomic_numbers))
                 t0 = time.perf_counter()
                 cells = np.array([r.cell for r in start_rows])
                 for j, start in enumerate(start_pymatgen):
@@ -201,12 +230,14 @@ def run(cfg: DMReconstructionConfig, progress=None) -> dict:
                     "spg": np.array([r.spg for r in start_rows]),
                     "wps": np.array([r.wps for r in start_rows]),
                     "cell": cells, "xyz": np.array([r.xyz for r in start_rows]),
+                    "species": np.array([r.species for r in start_rows]),
                     "origin": str_array(["pyxtal"] * len(start_rows))})
-                result, best, evaluations = _refine(start_table, target, cfg, Path(tmp))
+                result, best, evaluations = _refine(start_table, noisy, elements, cfg, Path(tmp))
                 t_refine = time.perf_counter() - t0
                 answer = to_structure(Row(truth_row.spg, result.cell[best], start_rows[best].wps,
                                           result.xyz[best], species=start_rows[best].species))
-                rec = {"id": sid, "spg": truth_row.spg, "n_atoms": n_atoms,
+                rec = {"id": sid, "formula": truth.composition.reduced_formula,
+                       "spg": truth_row.spg, "n_atoms": n_atoms,
                        "n_free": row_layout(truth_row.spg, truth_row.wps).n_free,
                        "noise_rmse_A": sigma,
                        "target_rmse_A": float(np.sqrt(np.mean((target - exact) ** 2))),

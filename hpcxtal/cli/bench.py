@@ -11,11 +11,13 @@ from hpcxtal.cli.common import command, group
 def cmd_dm_reconstruction(args: argparse.Namespace) -> int:
     """Recover known structures from their distance matrix.
 
-    For known structures (bundled SACADA rows), given space group, Wyckoff layout and a
-    target distance matrix (exact or noisy), refine random starts on the distance_matrix
-    objective and compare with random search (pyxtal crystals ranked by distance-matrix
-    RMSE, same number of evaluations): match rate (StructureMatcher), RMSD, DM RMSE,
-    distance-map overlap, time. Example config: examples/dm_reconstruction.yaml.
+    For known structures (bundled SACADA carbon rows, or binary and ternary prototypes
+    with source: prototypes), given space group, Wyckoff layout with each site's element
+    and a target distance matrix (exact or noisy), refine random starts on the
+    element-resolved distance_matrix objective and compare with random search (pyxtal
+    crystals ranked by distance-matrix RMSE, same number of evaluations): match rate
+    (StructureMatcher), RMSD, DM RMSE, distance-map overlap, time. Example configs:
+    examples/dm_reconstruction.yaml (carbon), examples/dm_prototypes.yaml.
     """
     from hpcxtal.bench.dm_reconstruction import load_config, run
 

@@ -151,14 +151,23 @@ def cmd_refine(args: argparse.Namespace) -> int:
     per-sample clipping, plateau step control and perturbed restarts. Writes every row with
     loss, valid (CN), steps, round, refine_status and refine_reason. A campaign refines on
     its refine.objective (so3 by default; distance_matrix, energy, weighted sums, plug-ins:
-    docs/OBJECTIVES.md).
+    docs/OBJECTIVES.md); on files, --objective chooses it (repeat it for a weighted sum).
     """
     from hpcxtal.hpc import mpi
     from hpcxtal.refine.config import RefineConfig
     from hpcxtal.stages import stage_spec
 
+    options = {
+        "objective": ("--objective", args.objective),
+        "max_steps": ("--steps", args.steps), "dtype": ("--dtype", args.dtype),
+        "device": ("--device", args.device), "threads": ("--threads", args.threads),
+        "chunk_rows": ("--chunk-rows", args.chunk_rows)}
     campaign = open_campaign(args.source) if args.output is None else None
     if campaign is not None and args.shard is None:
+        given = [flag for flag, value in options.values() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]}: a campaign takes this from its config; edit the "
+                             f"refine section of {campaign.root / 'campaign.yaml'}")
         # The whole stage: round 1 of this rank's shards, then the later rounds.
         comm = mpi.world()
         rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
@@ -171,10 +180,15 @@ def cmd_refine(args: argparse.Namespace) -> int:
             stage_spec("rounds").run(campaign, None, args.force, resources)
         return 0
 
-    per_shard_stage(args, "refine", RefineConfig(), {
-        "max_steps": ("--steps", args.steps), "dtype": ("--dtype", args.dtype),
-        "device": ("--device", args.device), "threads": ("--threads", args.threads),
-        "chunk_rows": ("--chunk-rows", args.chunk_rows)})
+    if args.objective is not None and args.output is not None:
+        import torch
+
+        from hpcxtal.refine.scripted import load_module
+
+        for term in args.objective:  # a bad TorchScript file fails here, in one line
+            if term.name == "torchscript":
+                load_module(term.settings["file"], torch.float64)
+    per_shard_stage(args, "refine", RefineConfig(), options)
     return 0
 
 
@@ -412,6 +426,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                 force="redo outputs that are complete")
     per_shard_io(p, "refined table")
     p.add_argument("--steps", type=num.positive_int, help="step cap per row (file mode; default 1000)")
+    p.add_argument("--objective", type=num.objective_term, action="append", metavar="TERM",
+                   help="what to minimise (file mode; default so3): NAME[=WEIGHT] (so3, "
+                        "energy, an entry point, module:attr), FILE.pt[=WEIGHT] (a TorchScript "
+                        "module, docs/OBJECTIVES.md) or a YAML term as in the config, e.g. "
+                        "'{name: distance_matrix, settings: {reference: ref.cif}}'; repeat "
+                        "for a weighted sum")
     p.add_argument("--dtype", choices=["float64", "float32"], help="precision (file mode)")
     p.add_argument("--device", type=num.device,
                    help="torch device, e.g. cpu or cuda:0 (file mode; default auto)")

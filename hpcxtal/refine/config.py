@@ -63,17 +63,23 @@ class DistanceMatrixSettings:
 
     The target is a reference structure file (``reference``: any file ASE reads, CIF,
     extxyz ...) or a file of pair distances (``distances``: whitespace-separated
-    numbers, every ordered pair i != j of the cell once, any order). ``mode`` ``sorted``
+    numbers, every ordered pair i != j of the cell once, any order; or an N x N matrix,
+    with ``elements``, the element of each of its atoms in order). ``mode`` ``sorted``
     compares the sorted minimum-image distance matrix (rows must have the target's atom
-    count); ``histogram`` compares Gaussian-smeared pair-distance distributions per atom
-    within ``cutoff_A`` (any atom count). A row is valid for this objective when its
-    distance-matrix RMSE is below ``valid_rmse_A`` (None: the objective sets no validity).
+    count), element-resolved when the target's elements are known (a reference, or
+    ``elements``: pairs compared within each (element, element) class, so rows must have
+    the target's composition); ``histogram`` compares Gaussian-smeared pair-distance
+    distributions per atom within ``cutoff_A``, one per (element, element) class of the
+    reference (any atom count). A row is valid for this objective when its
+    distance-matrix RMSE is below ``valid_rmse_A`` (None: the objective sets no
+    validity).
     Files enter the fingerprint by path (as ``relax.model`` does): give a changed target
     a new file name. Relative paths are taken from the directory a command runs in.
     """
 
     reference: str | None = None
     distances: str | None = None
+    elements: list[str] | None = None  # with distances: the element of each matrix atom
     mode: str = "sorted"
     cutoff_A: float = 6.0  # histogram mode: pairs within this distance
     sigma_A: float = 0.1  # histogram mode: Gaussian width
@@ -87,6 +93,14 @@ class DistanceMatrixSettings:
                              "(a file of pair distances)")
         if self.mode not in ("sorted", "histogram"):
             raise ValueError(f"mode must be sorted or histogram, got {self.mode!r}")
+        if self.elements is not None:
+            from ase.data import atomic_numbers
+
+            if self.distances is None:
+                raise ValueError("elements go with distances (a reference names its own)")
+            unknown = [e for e in self.elements if e not in atomic_numbers or e == "X"]
+            if unknown:
+                raise ValueError(f"elements: {unknown[0]!r} is no element symbol")
         if self.mode == "histogram" and self.reference is None:
             raise ValueError("mode histogram needs a reference structure file")
         if min(self.cutoff_A, self.sigma_A, self.bin_A, self.overlap_tolerance_A) <= 0:
@@ -118,12 +132,27 @@ class EnergySettings:
             raise ValueError(f"backend {self.backend!r}: use mace or chgnet")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TorchScriptSettings:
+    """Settings of the ``torchscript`` objective: ``file``, a TorchScript module saved
+    with ``torch.jit.save`` whose ``forward`` follows the contract of
+    :mod:`hpcxtal.refine.scripted` (docs/OBJECTIVES.md). The file enters the fingerprint
+    by path: give a changed module a new file name."""
+
+    file: str
+
+    def __post_init__(self) -> None:
+        if not Path(self.file).is_file():
+            raise ValueError(f"file {self.file}: no such file")
+
+
 #: Built-in objectives: name -> (``module:class``, settings class). The classes are
 #: imported (with torch) only when an objective is built.
 BUILTIN_OBJECTIVES: dict[str, tuple[str, type]] = {
     "so3": ("hpcxtal.refine.objective:SO3Objective", SO3Settings),
     "distance_matrix": ("hpcxtal.refine.distance:DistanceMatrixObjective", DistanceMatrixSettings),
     "energy": ("hpcxtal.refine.energy:EnergyObjective", EnergySettings),
+    "torchscript": ("hpcxtal.refine.scripted:TorchScriptObjective", TorchScriptSettings),
 }
 
 
