@@ -115,9 +115,13 @@ def build_space_group_tables() -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _space_group_tables() -> dict[str, np.ndarray]:
-    """The shipped tables, read once per process."""
+    """The shipped tables, read once per process, with ``first_op``: where each
+    position's operations start in ``ops``."""
     with np.load(SPACE_GROUP_TABLES) as f:
-        return {name: f[name] for name in f.files}
+        tables = {name: f[name] for name in f.files}
+    mult = tables["multiplicity"]
+    tables["first_op"] = np.cumsum(mult, dtype=np.int64) - mult
+    return tables
 
 
 @lru_cache(maxsize=None)
@@ -125,10 +129,9 @@ def space_group(spg: int) -> SpaceGroup:
     """The tables of space group ``spg`` (pyxtal's, from :data:`SPACE_GROUP_TABLES`), cached."""
     system = lattice_system(spg)
     t = _space_group_tables()
-    first_op = np.cumsum(t["multiplicity"], dtype=np.int64) - t["multiplicity"]
     positions = []
     for k in np.flatnonzero(t["group"] == spg):
-        ops = t["ops"][first_op[k]:first_op[k] + t["multiplicity"][k]].copy()
+        ops = t["ops"][t["first_op"][k]:t["first_op"][k] + t["multiplicity"][k]].copy()
         ops.setflags(write=False)
         free = np.any(ops[0][:, :3] != 0, axis=0)
         free.setflags(write=False)
@@ -142,13 +145,12 @@ def wyckoff_cost_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lookup tables over all groups, indexed ``[spg, wp]``: multiplicity, free
     coordinates, and a valid-entry mask. Shape (231, 27); row 0 unused."""
     t = _space_group_tables()
-    first_op = np.cumsum(t["multiplicity"], dtype=np.int64) - t["multiplicity"]
     group, index = t["group"].astype(np.int64), t["index"].astype(np.int64)
     mult = np.zeros((231, 27), dtype=np.int64)
     dof = np.zeros((231, 27), dtype=np.int64)
     ok = np.zeros((231, 27), dtype=bool)
     mult[group, index] = t["multiplicity"]
-    dof[group, index] = np.any(t["ops"][first_op][:, :, :3] != 0, axis=1).sum(1)
+    dof[group, index] = np.any(t["ops"][t["first_op"]][:, :, :3] != 0, axis=1).sum(1)
     ok[group, index] = True
     for table in (mult, dof, ok):
         table.setflags(write=False)
